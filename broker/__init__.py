@@ -1,0 +1,33 @@
+"""session-broker's library: lease upstream credentials ("sessions") from a pool kept in Redis.
+
+Every decision (which session is free, cooldowns, concurrency, health) is one atomic Lua script,
+so it holds for a whole fleet of replicas sharing one Redis. No HTTP here; see ``proxy``.
+"""
+
+from broker.errors import BrokerError, ConfigError, LeaseError, NoSessionAvailable, StoreError
+from broker.keys import PoolKeys
+from broker.leases import Lease, Outcome, Released
+from broker.pool import Pool
+from broker.selection import Strategy
+from broker.sessions import Session, load_sessions, session_id_for
+from broker.settings import BrokerSettings
+from broker.store import open_store
+
+__all__ = [
+    "BrokerError",
+    "BrokerSettings",
+    "ConfigError",
+    "Lease",
+    "LeaseError",
+    "NoSessionAvailable",
+    "Outcome",
+    "Pool",
+    "PoolKeys",
+    "Released",
+    "Session",
+    "StoreError",
+    "Strategy",
+    "load_sessions",
+    "open_store",
+    "session_id_for",
+]

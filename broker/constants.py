@@ -1,0 +1,39 @@
+"""Key names, bounds and tunables of the broker, each with the reason for its value."""
+
+from typing import Final
+
+#: Prefix of every Redis key the broker writes; a pool's keys are ``sb:{<pool>}:...``.
+KEY_PREFIX: Final = "sb"
+
+#: Pool used when none is configured.
+DEFAULT_POOL: Final = "default"
+
+#: Default lease lifetime. Long enough for an ordinary upstream call; streams renew theirs.
+DEFAULT_LEASE_TTL_MS: Final = 60_000
+
+#: How long an ended lease id is remembered. redis-py resends a command after a reconnect within
+#: seconds, and a release can arrive after its lease expired; both must be recognised, but the
+#: memory costs about 80 bytes per lease, so it is bounded.
+LEASE_MEMORY_MS: Final = 120_000
+
+#: Cooldown after a 429 that carries no usable Retry-After (the predecessor's 60 s).
+DEFAULT_RATE_LIMIT_COOLDOWN_MS: Final = 60_000
+
+#: Upper bound for any cooldown, so an absurd Retry-After cannot take a session away for days.
+DEFAULT_RATE_LIMIT_COOLDOWN_MAX_MS: Final = 3_600_000
+
+#: Health: the success rate drifts halfway back to 1 every half-life without news, so a session
+#: that failed an hour ago is not punished forever.
+HEALTH_HALF_LIFE_MS: Final = 300_000
+
+#: Health: weight of one new observation in the moving averages (about the last 10 count most).
+HEALTH_ALPHA: Final = 0.1
+
+#: Health: the lowest score, so a flaky session keeps getting some traffic and can recover.
+HEALTH_FLOOR: Final = 0.05
+
+#: Health: average latency above this starts to lower the score, down to half at twice of it.
+HEALTH_LATENCY_TARGET_MS: Final = 2_000
+
+#: Number of session ids one sync call sends; larger pools are synced in several calls.
+SYNC_CHUNK: Final = 5_000

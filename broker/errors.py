@@ -1,0 +1,48 @@
+"""Every error the broker raises. The tree::
+
+BrokerError                 root: catch this to catch them all
+├── ConfigError             a bad setting or sessions file; the message names it
+├── StoreError              the store (Redis) failed or could not be reached
+├── NoSessionAvailable      nothing can be leased now; says why and when to try again
+└── LeaseError              a lease id the store does not know or no longer holds
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+__all__ = ["BrokerError", "ConfigError", "LeaseError", "NoSessionAvailable", "StoreError"]
+
+
+class BrokerError(Exception):
+    """Root of the broker's errors."""
+
+
+class ConfigError(BrokerError):
+    """A setting or the sessions file is invalid. The message names what and what is accepted."""
+
+
+class StoreError(BrokerError):
+    """The store failed: Redis unreachable, timed out, or a script answered an error."""
+
+
+class LeaseError(BrokerError):
+    """The lease is unknown to the store (never granted, or forgotten long ago)."""
+
+
+class NoSessionAvailable(BrokerError):
+    """No session of the pool can be leased right now.
+
+    ``reason`` is one of ``cooling`` (every usable session is cooling down), ``busy`` (at their
+    concurrency limit), ``disabled`` (none enabled), ``empty`` (the pool has no sessions) or
+    ``tried`` (this request already tried every eligible one). ``retry_after_ms`` is the time until
+    the earliest known moment one becomes available, or None when no such moment is known.
+    """
+
+    def __init__(self, reason: str, retry_after_ms: int | None, counts: Mapping[str, int]) -> None:
+        self.reason = reason
+        self.retry_after_ms = retry_after_ms
+        self.counts = dict(counts)
+        when = "" if retry_after_ms is None else f"; earliest in {retry_after_ms} ms"
+        detail = ", ".join(f"{name} {count}" for name, count in self.counts.items())
+        super().__init__(f"no session available: {reason} ({detail}){when}")

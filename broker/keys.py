@@ -1,0 +1,40 @@
+"""The Redis key layout of a pool. Every key carries the pool's hash tag, so a script touches one
+slot and runs unchanged on Redis Cluster. The order of ``PoolKeys.all`` is the KEYS order that
+every script in ``lua/`` expects (see ``lua/common.lua``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from broker.constants import KEY_PREFIX
+
+
+@dataclass(frozen=True, slots=True)
+class PoolKeys:
+    """Names of the keys of one pool."""
+
+    pool: str
+
+    @property
+    def base(self) -> str:
+        return f"{KEY_PREFIX}:{{{self.pool}}}"
+
+    def session(self, session_id: str) -> str:
+        """The hash of one session: ``HGETALL`` on it shows the session's whole state."""
+        return f"{self.base}:s:{session_id}"
+
+    @property
+    def all(self) -> tuple[str, ...]:
+        b = self.base
+        return (
+            f"{b}:pool",
+            f"{b}:members",
+            f"{b}:avail",
+            f"{b}:cooling",
+            f"{b}:leases",
+            f"{b}:owners",
+            f"{b}:expired",
+            f"{b}:released",
+            f"{b}:disabled",
+            f"{b}:s:",
+        )

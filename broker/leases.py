@@ -1,0 +1,42 @@
+"""Leases: a session borrowed for one upstream attempt, and what happened on it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Outcome(StrEnum):
+    """What one upstream attempt came to; the predecessor's error categories."""
+
+    SUCCESS = "success"  # 2xx/3xx, or another 4xx: the client's fault, not the session's
+    RATE_LIMITED = "rate_limited"  # 429, or headers saying nothing remains
+    AUTH = "auth"  # 401/403
+    SERVER = "server"  # 5xx
+    NETWORK = "network"  # connection refused, reset, DNS
+    TIMEOUT = "timeout"
+    OTHER = "other"
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """One session borrowed until ``expires_at_ms`` (store time) unless renewed or released."""
+
+    pool: str
+    session_id: str
+    lease_id: str
+    expires_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Released:
+    """The store's answer to a release.
+
+    ``status`` is ``released`` (the lease was live), ``late`` (it had expired, the outcome still
+    counted) or ``duplicate`` (released before; nothing changed). ``cooldown_until_ms`` is the
+    session's cooldown deadline after a ``rate_limited`` outcome, else 0.
+    """
+
+    status: str
+    session_id: str
+    cooldown_until_ms: int

@@ -1,0 +1,139 @@
+"""A pool of sessions in the store: sync, acquire, release and renew, one script call each."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Awaitable, Collection, Sequence
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from broker.constants import (
+    HEALTH_ALPHA,
+    HEALTH_FLOOR,
+    HEALTH_HALF_LIFE_MS,
+    HEALTH_LATENCY_TARGET_MS,
+    LEASE_MEMORY_MS,
+    SYNC_CHUNK,
+)
+from broker.errors import LeaseError, NoSessionAvailable, StoreError
+from broker.keys import PoolKeys
+from broker.leases import Lease, Outcome, Released
+from broker.scripts import Scripts
+from broker.sessions import Session
+from broker.settings import BrokerSettings
+
+_COUNTS = ("available", "cooling", "busy", "disabled")
+
+
+async def _call(operation: str, pending: Awaitable[Any]) -> Any:
+    try:
+        return await pending
+    except RedisError as exc:
+        raise StoreError(f"{operation} failed: {type(exc).__name__}: {exc}") from exc
+
+
+class Pool:
+    """One pool of sessions in the store, as seen by one replica."""
+
+    def __init__(self, redis: Redis, settings: BrokerSettings, *, name: str | None = None) -> None:
+        self.name = name or settings.pool
+        self.keys = PoolKeys(self.name)
+        self.redis = redis
+        self.settings = settings
+        self._key_list = self.keys.all
+        self._scripts = Scripts.register(redis)
+
+    async def _run(self, operation: str, *args: object) -> Any:
+        script = getattr(self._scripts, operation)
+        return await _call(
+            operation, script(keys=self._key_list, args=(LEASE_MEMORY_MS, *args), client=self.redis)
+        )
+
+    async def sync(self, sessions: Sequence[Session]) -> int:
+        """Make the pool's sessions exactly ``sessions`` (ids and limits only; never secrets)."""
+        args: list[object] = []
+        for s in sessions:
+            args += [s.id, s.weight, s.max_concurrency or 0, s.rpm or 0, int(s.enabled)]
+        # A large pool goes in several calls; the last one drops sessions no call named.
+        generation = uuid.uuid4().hex
+        step = SYNC_CHUNK * 5
+        starts = range(0, max(len(args), 1), step)
+        size = 0
+        for start in starts:
+            final = int(start == starts[-1])
+            chunk = args[start : start + step]
+            size = int(
+                await self._run("sync", self.settings.strategy.value, generation, final, *chunk)
+            )
+        return size
+
+    async def acquire(self, *, exclude: Collection[str] = (), lease_id: str | None = None) -> Lease:
+        """Lease an eligible session other than those in ``exclude``.
+
+        Raises NoSessionAvailable when there is none, saying why and when one may be.
+        """
+        lease_id = lease_id or uuid.uuid4().hex
+        reply = await self._run(
+            "acquire", lease_id, self.settings.lease_ttl_ms, random.getrandbits(31), *exclude
+        )
+        if reply[0] == "ok":
+            return Lease(self.name, reply[1], reply[2], int(reply[3]))
+        if reply[0] == "ended":
+            raise LeaseError(f"lease {lease_id} already ended; make a new lease id per acquire")
+        _, reason, earliest, now, *counts = reply
+        retry_after = None if int(earliest) < 0 else max(0, int(earliest) - int(now))
+        raise NoSessionAvailable(
+            reason, retry_after, dict(zip(_COUNTS, map(int, counts), strict=True))
+        )
+
+    def cooldown_ms(self, retry_after_ms: int | None) -> int:
+        """The cooldown for a 429: the upstream's wait if usable, else the default; clamped."""
+        wanted = self.settings.rate_limit_cooldown_ms if retry_after_ms is None else retry_after_ms
+        return max(0, min(wanted, self.settings.rate_limit_cooldown_max_ms))
+
+    async def release(
+        self,
+        lease: Lease,
+        outcome: Outcome,
+        *,
+        latency_ms: int = -1,
+        retry_after_ms: int | None = None,
+        detail: str = "",
+    ) -> Released:
+        """End ``lease`` and record ``outcome``. Idempotent: a replay changes nothing.
+
+        ``retry_after_ms`` is the upstream's requested wait after a 429 (None: not given or not
+        usable); ``detail`` a status code or error class name for the session's ``last_error``.
+        """
+        status, session_id, deadline = await self._run(
+            "release",
+            lease.lease_id,
+            outcome.value,
+            latency_ms,
+            self.cooldown_ms(retry_after_ms),
+            detail,
+            HEALTH_HALF_LIFE_MS,
+            HEALTH_ALPHA,
+            HEALTH_FLOOR,
+            HEALTH_LATENCY_TARGET_MS,
+        )
+        if status == "unknown":
+            raise LeaseError(f"lease {lease.lease_id} is unknown to pool {self.name!r}")
+        return Released(status, session_id or lease.session_id, int(deadline))
+
+    async def renew(self, lease: Lease) -> Lease:
+        """Extend a live lease by the lease TTL. Raises LeaseError if it is no longer live."""
+        status, expiry = await self._run("renew", lease.lease_id, self.settings.lease_ttl_ms)
+        if status != "ok":
+            raise LeaseError(f"lease {lease.lease_id} is no longer live (released or expired)")
+        return Lease(lease.pool, lease.session_id, lease.lease_id, int(expiry))
+
+    async def session_state(self, session_id: str) -> dict[str, str]:
+        """The session's hash as stored (what ``HGETALL`` shows an operator)."""
+        state: dict[str, str] = await _call(
+            "read", self.redis.hgetall(self.keys.session(session_id))
+        )
+        return state

@@ -1,0 +1,51 @@
+"""The Lua scripts, loaded once from package data and called with EVALSHA.
+
+Each script file in ``lua/`` is one atomic operation on a pool; ``common.lua`` is a prelude put in
+front of each of them (key layout, eligibility, housekeeping). redis-py's ``Script`` sends EVALSHA
+and, on NOSCRIPT (a restarted or failed-over server), loads the script and sends it again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from importlib.resources.abc import Traversable
+from pathlib import Path
+
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+
+PRELUDE = "common.lua"
+OPERATIONS = ("acquire", "release", "renew", "sync")
+
+
+def _lua_dir() -> Traversable:
+    packaged = resources.files("broker").joinpath("lua")
+    if packaged.is_dir():
+        return packaged
+    # A source checkout or an editable install: the folder sits at the top of the repository.
+    return Path(__file__).resolve().parent.parent / "lua"
+
+
+@cache
+def source(operation: str) -> str:
+    """The full text sent to Redis for ``operation``: the prelude, then the script."""
+    folder = _lua_dir()
+    prelude = folder.joinpath(PRELUDE).read_text(encoding="utf-8")
+    body = folder.joinpath(f"{operation}.lua").read_text(encoding="utf-8")
+    return f"{prelude}\n{body}"
+
+
+@dataclass(frozen=True, slots=True)
+class Scripts:
+    """The registered scripts of one Redis client."""
+
+    acquire: AsyncScript
+    release: AsyncScript
+    renew: AsyncScript
+    sync: AsyncScript
+
+    @classmethod
+    def register(cls, redis: Redis) -> Scripts:
+        return cls(*(redis.register_script(source(name)) for name in OPERATIONS))
