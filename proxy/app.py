@@ -1,0 +1,37 @@
+"""The two aiohttp applications of a replica: the proxy on LISTEN and the ops endpoints on
+ADMIN_LISTEN. The replica's resources open and close with the proxy app (``cleanup_ctx``)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from proxy.auth import api_key_middleware
+from proxy.forward import handle
+from proxy.ops import add_ops_routes
+from proxy.replica import REPLICA, Replica
+
+
+def build_proxy_app(replica: Replica) -> web.Application:
+    keys = replica.settings.api_keys
+    middlewares = [api_key_middleware(keys)] if keys else []
+    # Bodies are streamed by the handler itself, bounded by MAX_BODY_BYTES.
+    app = web.Application(middlewares=middlewares, client_max_size=replica.settings.max_body_bytes)
+    app[REPLICA] = replica
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        await replica.start()
+        yield
+        await replica.close()
+
+    app.cleanup_ctx.append(resources)
+    app.router.add_route("*", "/{path:.*}", handle)
+    return app
+
+
+def build_ops_app(replica: Replica) -> web.Application:
+    app = web.Application()
+    app[REPLICA] = replica
+    add_ops_routes(app)
+    return app

@@ -1,0 +1,40 @@
+"""A request body streamed to the upstream as it arrives, and kept so a retry can send it again."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import StreamReader
+
+
+class BodyTooLarge(Exception):
+    """The client sent more than MAX_BODY_BYTES."""
+
+
+class ReplayableBody:
+    """Reads the client's body chunk by chunk, at most ``limit`` bytes in all.
+
+    Each call of ``stream()`` yields the whole body from the start: first what earlier attempts
+    already read, then the rest as the client sends it. Memory is bounded by ``limit``.
+    """
+
+    def __init__(self, content: StreamReader, limit: int) -> None:
+        self._content = content
+        self._limit = limit
+        self._chunks: list[bytes] = []
+        self._size = 0
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        index = 0
+        while True:
+            if index < len(self._chunks):
+                yield self._chunks[index]
+                index += 1
+                continue
+            chunk = await self._content.readany()
+            if not chunk:
+                return
+            self._size += len(chunk)
+            if self._size > self._limit:
+                raise BodyTooLarge(f"request body over {self._limit} bytes")
+            self._chunks.append(chunk)

@@ -1,0 +1,352 @@
+"""Forwarding: one client request, up to RETRY_COUNT upstream attempts, each on its own lease.
+
+acquire (never a session this request already tried)
+  -> send with the session's secret -> classify the answer -> release with the outcome
+retry on 429 (at once, on another session), 401/403, 5xx and network errors (after backoff),
+only while nothing has been sent to the client; the last attempt's answer goes back as it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import aiohttp
+import structlog
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from broker import Lease, LeaseError, NoSessionAvailable, Outcome, StoreError
+from proxy.body import BodyTooLarge, ReplayableBody
+from proxy.replica import REPLICA, Replica
+from proxy.responses import error_response
+from proxy.retry_after import retry_after_ms
+
+log = structlog.get_logger(__name__)
+
+#: Hop-by-hop headers (RFC 9110 section 7.6.1) and Host: they describe one connection, not the
+#: message, so they are never passed on.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+    }
+)
+#: Credentials a client may send: they are for this proxy (PROXY_API_KEYS) or nobody, never for
+#: the upstream, which only ever sees the leased session's secret.
+CLIENT_CREDENTIALS = frozenset(
+    {"authorization", "proxy-authorization", "proxy-authenticate", "cookie", "x-api-key", "api-key"}
+)
+#: Headers of an upstream answer kept from the client: with web-session credentials an upstream
+#: may rotate the session's cookie, which is a secret.
+UPSTREAM_ONLY = frozenset({"set-cookie", "set-cookie2"})
+#: Most bytes of a failed attempt's answer kept to replay if no further attempt is possible.
+FAILED_BODY_LIMIT = 64 * 1024
+#: The longest X-Request-ID passed through; longer or unprintable ones are replaced.
+REQUEST_ID_MAX = 128
+
+
+def outcome_of(status: int) -> Outcome:
+    """What an upstream status says about the session (other 4xx are the client's own fault)."""
+    if status == 429:
+        return Outcome.RATE_LIMITED
+    if status in (401, 403):
+        return Outcome.AUTH
+    if status >= 500:
+        return Outcome.SERVER
+    return Outcome.SUCCESS
+
+
+def request_id_of(headers: CIMultiDictProxy[str]) -> str:
+    given = headers.get("X-Request-ID", "")
+    if 0 < len(given) <= REQUEST_ID_MAX and given.isascii() and given.isprintable():
+        return given
+    return uuid.uuid4().hex
+
+
+def _drop(headers: Iterable[tuple[str, str]], extra: frozenset[str]) -> CIMultiDict[str]:
+    kept: CIMultiDict[str] = CIMultiDict()
+    items = list(headers)
+    named = {
+        token.strip().lower()
+        for name, value in items
+        if name.lower() == "connection"
+        for token in value.split(",")
+    }
+    for name, value in items:
+        lowered = name.lower()
+        if lowered not in HOP_BY_HOP and lowered not in extra and lowered not in named:
+            kept.add(name, value)
+    return kept
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A retryable attempt that failed; replayed to the client if no other attempt can follow."""
+
+    response: web.Response
+    backoff: bool
+
+
+class Forwarder:
+    """Handles one client request."""
+
+    def __init__(self, replica: Replica, request: web.Request, request_id: str) -> None:
+        self.replica = replica
+        self.settings = replica.settings
+        self.request = request
+        self.request_id = request_id
+        self.tried: set[str] = set()
+        limit = self.settings.max_body_bytes
+        self.body = ReplayableBody(request.content, limit) if request.body_exists else None
+        # Only the configured upstream: the client's path and query, never its Host or an
+        # absolute URI; encoded=True keeps the path byte for byte.
+        self.url = URL(replica.upstream_url + request.rel_url.raw_path_qs, encoded=True)
+        header = self.settings.header
+        self.header_name = header.name
+        self.outgoing = _drop(request.headers.items(), CLIENT_CREDENTIALS | {header.name.lower()})
+        self.outgoing["X-Request-ID"] = request_id
+
+    async def run(self) -> web.StreamResponse:
+        if (self.request.content_length or 0) > self.settings.max_body_bytes:
+            return self._too_large()
+        last: Failure | None = None
+        for attempt in range(self.replica.max_attempts):
+            if last is not None and last.backoff:
+                await self._backoff(attempt)
+            try:
+                lease = await self.replica.pool.acquire(exclude=self.tried)
+            except NoSessionAvailable as exc:
+                if last is not None and exc.reason == "tried":
+                    return last.response
+                return self._unavailable(exc)
+            except StoreError as exc:
+                log.warning("store unavailable", error=str(exc))
+                return error_response(503, "store_unavailable", "session store unreachable")
+            self.tried.add(lease.session_id)
+            final = attempt == self.replica.max_attempts - 1
+            result = await self._attempt(lease, final=final)
+            if isinstance(result, web.StreamResponse):
+                return result
+            last = result
+        assert last is not None  # max_attempts >= 1
+        return last.response
+
+    async def _backoff(self, attempt: int) -> None:
+        if not self.settings.exponential_backoff_enabled:
+            return
+        ceiling = min(self.settings.backoff_max, self.settings.backoff_base * 2 ** (attempt - 1))
+        await asyncio.sleep(random.uniform(0, ceiling))  # full jitter
+
+    def _too_large(self) -> web.Response:
+        limit = self.settings.max_body_bytes
+        return error_response(413, "request_too_large", f"request body over {limit} bytes")
+
+    def _unavailable(self, exc: NoSessionAvailable) -> web.Response:
+        log.info("no session available", reason=exc.reason, retry_after_ms=exc.retry_after_ms)
+        if exc.reason == "cooling":
+            return error_response(
+                429,
+                "all_sessions_cooling",
+                "every upstream session is cooling down after a rate limit; retry later",
+                retry_after_ms=exc.retry_after_ms,
+            )
+        if exc.reason in ("busy", "tried"):
+            return error_response(
+                503,
+                "all_sessions_busy",
+                "every upstream session is at its concurrency limit; retry later",
+                retry_after_ms=exc.retry_after_ms,
+            )
+        return error_response(503, "no_session_enabled", "no upstream session is enabled")
+
+    async def _attempt(self, lease: Lease, *, final: bool) -> web.StreamResponse | Failure:
+        secret = self.replica.secrets.get(lease.session_id)
+        if secret is None:
+            # The store lists a session this replica's configuration does not have (a rollout).
+            self._release(lease, Outcome.OTHER, -1, detail="no secret on this replica")
+            return Failure(error_response(503, "no_session_enabled", "no usable session"), False)
+        headers = self.outgoing.copy()
+        headers[self.header_name] = self.settings.header.value(secret)
+        started = time.monotonic()
+        try:
+            upstream = await self.replica.client.request(
+                self.request.method,
+                self.url,
+                headers=headers,
+                data=self.body.stream() if self.body is not None else None,
+                allow_redirects=False,
+            )
+        except BodyTooLarge:
+            self._release(lease, Outcome.SUCCESS, -1)
+            return self._too_large()
+        except TimeoutError:
+            self._release(lease, Outcome.TIMEOUT, _ms_since(started), detail="connect/read timeout")
+            return Failure(error_response(504, "upstream_timeout", "upstream timed out"), True)
+        except aiohttp.ClientError as exc:
+            self._release(lease, Outcome.NETWORK, _ms_since(started), detail=type(exc).__name__)
+            return Failure(
+                error_response(502, "upstream_unreachable", "upstream unreachable"), True
+            )
+        except asyncio.CancelledError:
+            self._release(lease, Outcome.SUCCESS, _ms_since(started))
+            raise
+        outcome = outcome_of(upstream.status)
+        wait_ms = retry_after_ms(upstream.headers, time.time())
+        if outcome is not Outcome.SUCCESS and not final:
+            return await self._fail(lease, upstream, outcome, wait_ms, started)
+        return await self._stream(lease, upstream, outcome, wait_ms, started)
+
+    async def _fail(
+        self,
+        lease: Lease,
+        upstream: aiohttp.ClientResponse,
+        outcome: Outcome,
+        wait_ms: int | None,
+        started: float,
+    ) -> Failure:
+        body = b""
+        try:
+            body = await upstream.content.read(FAILED_BODY_LIMIT)
+        except (aiohttp.ClientError, TimeoutError):
+            pass  # the status says enough; the body is only kept for a replay
+        finally:
+            upstream.close()
+            self._release(
+                lease, outcome, _ms_since(started), retry_after=wait_ms, detail=str(upstream.status)
+            )
+        log.info(
+            "attempt failed",
+            session=lease.session_id,
+            status=upstream.status,
+            outcome=outcome.value,
+            retry_after_ms=wait_ms,
+        )
+        headers = _drop(
+            upstream.headers.items(), UPSTREAM_ONLY | {"content-length", "content-encoding"}
+        )
+        replay = web.Response(status=upstream.status, body=body, headers=headers)
+        if upstream.headers.get("Content-Encoding"):
+            replay.headers["Content-Encoding"] = upstream.headers["Content-Encoding"]
+        return Failure(replay, backoff=outcome is Outcome.SERVER)
+
+    async def _stream(
+        self,
+        lease: Lease,
+        upstream: aiohttp.ClientResponse,
+        outcome: Outcome,
+        wait_ms: int | None,
+        started: float,
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        response.headers.extend(_drop(upstream.headers.items(), UPSTREAM_ONLY))
+        response.headers["X-Request-ID"] = self.request_id
+        renewer = asyncio.create_task(self._renew(lease))
+        detail = str(upstream.status)
+        broken = False
+        try:
+            await response.prepare(self.request)
+            async for chunk in upstream.content.iter_any():
+                await response.write(chunk)
+            await response.write_eof()
+        except TimeoutError:
+            outcome, detail, broken = Outcome.TIMEOUT, "read timeout mid-response", True
+        except aiohttp.ClientPayloadError as exc:
+            outcome, detail, broken = Outcome.NETWORK, type(exc).__name__, True
+        except ConnectionResetError:
+            log.info("client went away mid-response", session=lease.session_id)
+        finally:
+            renewer.cancel()
+            upstream.close()
+            self._release(lease, outcome, _ms_since(started), retry_after=wait_ms, detail=detail)
+        if broken:
+            # The client must not take a cut-off body for a whole one: drop the connection.
+            log.warning("upstream broke mid-response", session=lease.session_id, detail=detail)
+            if self.request.transport is not None:
+                self.request.transport.close()
+        return response
+
+    async def _renew(self, lease: Lease) -> None:
+        period = self.settings.lease_ttl / 3
+        while True:
+            await asyncio.sleep(period)
+            try:
+                lease = await self.replica.pool.renew(lease)
+            except LeaseError:
+                log.warning("lease lost during a long response", session=lease.session_id)
+                return
+            except StoreError as exc:
+                log.warning("lease renewal failed", session=lease.session_id, error=str(exc))
+
+    def _release(
+        self,
+        lease: Lease,
+        outcome: Outcome,
+        latency_ms: int,
+        *,
+        retry_after: int | None = None,
+        detail: str = "",
+    ) -> None:
+        """Release in the background: it must land even when this request is being cancelled."""
+        self.replica.spawn(_release(self.replica, lease, outcome, latency_ms, retry_after, detail))
+
+
+async def _release(
+    replica: Replica,
+    lease: Lease,
+    outcome: Outcome,
+    latency_ms: int,
+    retry_after: int | None,
+    detail: str,
+) -> None:
+    try:
+        released = await replica.pool.release(
+            lease, outcome, latency_ms=latency_ms, retry_after_ms=retry_after, detail=detail
+        )
+    except (StoreError, LeaseError) as exc:
+        log.warning(
+            "release failed; the lease will expire", session=lease.session_id, error=str(exc)
+        )
+        return
+    if outcome is Outcome.RATE_LIMITED:
+        log.info(
+            "session rate limited",
+            session=lease.session_id,
+            cooldown_until_ms=released.cooldown_until_ms,
+            retry_after_ms=retry_after,
+        )
+
+
+def _ms_since(started: float) -> int:
+    return round((time.monotonic() - started) * 1000)
+
+
+async def handle(request: web.Request) -> web.StreamResponse:
+    """The proxy's only route: every method, every path."""
+    replica: Replica = request.app[REPLICA]
+    request_id = request_id_of(request.headers)
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    try:
+        if replica.draining:
+            response: web.StreamResponse = error_response(
+                503, "shutting_down", "this replica is shutting down; retry on another"
+            )
+        else:
+            async with replica.tracking():
+                response = await Forwarder(replica, request, request_id).run()
+        if not response.prepared:
+            response.headers["X-Request-ID"] = request_id
+        return response
+    finally:
+        structlog.contextvars.unbind_contextvars("request_id")

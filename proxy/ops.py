@@ -1,0 +1,40 @@
+"""Ops endpoints on ADMIN_LISTEN, a port of their own so they never shadow an upstream path."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from aiohttp import web
+
+from proxy.replica import REPLICA
+
+
+def package_version() -> str:
+    try:
+        return version("session-broker")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Alive: the process answers."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready: sessions synced, store reachable, not draining."""
+    replica = request.app[REPLICA]
+    if await replica.ready():
+        return web.json_response({"status": "ready"})
+    status = "draining" if replica.draining else "not ready"
+    return web.json_response({"status": status}, status=503)
+
+
+async def version_info(request: web.Request) -> web.Response:
+    return web.json_response({"name": "session-broker", "version": package_version()})
+
+
+def add_ops_routes(app: web.Application) -> None:
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/version", version_info)

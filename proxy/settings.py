@@ -1,0 +1,196 @@
+"""The one module that reads the environment (and the equivalent command-line flags).
+
+Every setting is an environment variable and a flag of the same name (``LEASE_TTL`` and
+``--lease-ttl``); a flag wins over the variable. A bad value stops start-up with a message that
+names the variable and what it accepts. Everything else receives the typed ``Settings``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+import msgspec
+
+from broker import BrokerSettings, ConfigError, Session, Strategy, load_sessions
+
+__all__ = ["HELP", "Listen", "SessionHeader", "Settings", "load_settings"]
+
+Seconds = Annotated[float, msgspec.Meta(ge=0, le=86_400 * 7)]
+
+#: What each setting accepts: shown by ``--help`` and in every error about the setting.
+HELP: dict[str, str] = {
+    "UPSTREAM_URL": "the upstream base URL, http:// or https:// (required for serve)",
+    "SESSIONS": "comma-separated session secrets (or use SESSIONS_FILE)",
+    "SESSIONS_FILE": "path of a JSON or TOML sessions file (.toml for TOML)",
+    "REDIS_URL": "redis://, rediss:// or unix:// URL with optional user:password; "
+    "unset runs the embedded in-process store",
+    "POOL": "pool name: letters, digits, '.', '_' or '-', up to 64",
+    "LISTEN": "host:port the proxy listens on",
+    "ADMIN_LISTEN": "host:port of the ops endpoints (/healthz, /readyz, /version)",
+    "SESSION_HEADER": "'Header-Name: template' where the template contains {secret}",
+    "SESSION_SELECTION_STRATEGY": "one of health, round-robin, random, lru, least-busy",
+    "RETRY_COUNT": "attempts per request, 1-100 (default: the pool size, at most 10)",
+    "RATE_LIMIT_COOLDOWN": "seconds a session cools after a 429 without usable Retry-After",
+    "RATE_LIMIT_COOLDOWN_MAX": "largest cooldown in seconds; longer Retry-After values are cut",
+    "LEASE_TTL": "seconds a lease lives unless renewed, at least 1",
+    "EXPONENTIAL_BACKOFF_ENABLED": "true or false: back off (full jitter) after 5xx/network errors",
+    "BACKOFF_BASE": "seconds of the first backoff ceiling (doubles per attempt)",
+    "BACKOFF_MAX": "largest backoff ceiling in seconds",
+    "UPSTREAM_CONNECT_TIMEOUT": "seconds to connect to the upstream, more than 0",
+    "UPSTREAM_READ_TIMEOUT": "seconds the upstream may stay silent while answering, more than 0",
+    "MAX_BODY_BYTES": "largest request body in bytes (413 beyond), at least 0",
+    "PROXY_API_KEYS": "comma-separated keys clients must present; unset: no client auth",
+    "SHUTDOWN_GRACE": "seconds in-flight requests get to finish after SIGTERM",
+    "LOG_LEVEL": "one of debug, info, warning, error",
+    "LOG_FORMAT": "json (one object per line) or console (for a terminal)",
+}
+#: Values never echoed back in an error message.
+_SECRET_SETTINGS = frozenset({"SESSIONS", "PROXY_API_KEYS", "REDIS_URL"})
+_POOL_NAME = r"^[A-Za-z0-9._-]{1,64}$"
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class SessionHeader:
+    """Where a session's secret goes: header ``name`` with ``{secret}`` in ``template``."""
+
+    name: str
+    template: str
+
+    def value(self, secret: str) -> str:
+        return self.template.replace("{secret}", secret)
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
+    """All settings, validated. Durations in seconds; see HELP for each."""
+
+    upstream_url: str | None = None
+    sessions: str | None = None
+    sessions_file: str | None = None
+    redis_url: str | None = None
+    pool: Annotated[str, msgspec.Meta(pattern=_POOL_NAME)] = "default"
+    listen: str = "0.0.0.0:8080"
+    admin_listen: str = "0.0.0.0:9090"
+    session_header: str = "Authorization: Bearer {secret}"
+    session_selection_strategy: Strategy = Strategy.HEALTH
+    retry_count: Annotated[int, msgspec.Meta(ge=1, le=100)] | None = None
+    rate_limit_cooldown: Seconds = 60.0
+    rate_limit_cooldown_max: Seconds = 3600.0
+    lease_ttl: Annotated[float, msgspec.Meta(ge=1, le=86_400)] = 60.0
+    exponential_backoff_enabled: bool = True
+    backoff_base: Seconds = 0.1
+    backoff_max: Seconds = 2.0
+    upstream_connect_timeout: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 5.0
+    upstream_read_timeout: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 120.0
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=0)] = 10 * 1024 * 1024
+    proxy_api_keys: str | None = None
+    shutdown_grace: Seconds = 30.0
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "console"] = "json"
+
+    def broker(self) -> BrokerSettings:
+        return BrokerSettings(
+            redis_url=self.redis_url,
+            pool=self.pool,
+            strategy=self.session_selection_strategy,
+            lease_ttl_ms=round(self.lease_ttl * 1000),
+            rate_limit_cooldown_ms=round(self.rate_limit_cooldown * 1000),
+            rate_limit_cooldown_max_ms=round(self.rate_limit_cooldown_max * 1000),
+        )
+
+    def load_sessions(self) -> list[Session]:
+        path = Path(self.sessions_file) if self.sessions_file else None
+        return load_sessions(secrets=self.sessions, path=path)
+
+    @property
+    def listen_address(self) -> Listen:
+        return _listen("LISTEN", self.listen)
+
+    @property
+    def admin_address(self) -> Listen:
+        return _listen("ADMIN_LISTEN", self.admin_listen)
+
+    @property
+    def header(self) -> SessionHeader:
+        name, _, template = self.session_header.partition(":")
+        return SessionHeader(name.strip(), template.strip())
+
+    @property
+    def api_keys(self) -> tuple[str, ...]:
+        return tuple(k.strip() for k in (self.proxy_api_keys or "").split(",") if k.strip())
+
+
+def _bad(name: str, value: object, reason: str) -> ConfigError:
+    shown = "(hidden)" if name in _SECRET_SETTINGS else repr(value)
+    return ConfigError(f"invalid setting {name}={shown}: {reason}; accepts {HELP[name]}")
+
+
+def _listen(name: str, value: str) -> Listen:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise _bad(name, value, "not host:port")
+    return Listen(host.strip("[]") or "0.0.0.0", int(port))
+
+
+def _check(settings: Settings) -> None:
+    """Checks msgspec's types cannot express: URL forms, addresses, the header template."""
+    if settings.upstream_url is not None:
+        url = urlsplit(settings.upstream_url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise _bad("UPSTREAM_URL", settings.upstream_url, "not an http(s) URL with a host")
+    if settings.redis_url is not None and urlsplit(settings.redis_url).scheme not in (
+        "redis",
+        "rediss",
+        "unix",
+    ):
+        raise _bad("REDIS_URL", settings.redis_url, "unknown scheme")
+    settings.listen_address  # noqa: B018 - parsing is the check
+    settings.admin_address  # noqa: B018
+    header = settings.header
+    if not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", header.name) or "{secret}" not in (
+        header.template
+    ):
+        raise _bad("SESSION_HEADER", settings.session_header, "not 'Name: ...{secret}...'")
+    if settings.backoff_base > settings.backoff_max:
+        raise _bad("BACKOFF_BASE", settings.backoff_base, "larger than BACKOFF_MAX")
+    if settings.rate_limit_cooldown > settings.rate_limit_cooldown_max:
+        raise _bad("RATE_LIMIT_COOLDOWN", settings.rate_limit_cooldown, "larger than its _MAX")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.lower().replace("_", "-")
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting, named after its variable."""
+    for name, text in HELP.items():
+        parser.add_argument(_flag(name), dest=name, metavar="VALUE", help=f"{name}: {text}")
+
+
+def load_settings(environ: Mapping[str, str], flags: argparse.Namespace | None = None) -> Settings:
+    """Settings from the environment, overridden by flags; raises ConfigError when invalid."""
+    raw: dict[str, str] = {name: environ[name] for name in HELP if environ.get(name, "") != ""}
+    if flags is not None:
+        raw |= {name: getattr(flags, name) for name in HELP if getattr(flags, name, None)}
+    try:
+        settings = msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        match = re.search(r"at `\$\.([A-Z_]+)`", str(exc))
+        if match is None:
+            raise ConfigError(f"invalid settings: {exc}") from exc
+        name = match.group(1)
+        reason = str(exc)[: match.start()].rstrip(" -")
+        raise _bad(name, raw.get(name), reason.replace("`", "")) from exc
+    _check(settings)
+    return settings
