@@ -8,6 +8,9 @@ KEY_PREFIX: Final = "sb"
 #: Pool used when none is configured.
 DEFAULT_POOL: Final = "default"
 
+#: The master name Sentinel deployments use unless told otherwise (the example in sentinel.conf).
+DEFAULT_SENTINEL_MASTER: Final = "mymaster"
+
 #: Default lease lifetime. Long enough for an ordinary upstream call; streams renew theirs.
 DEFAULT_LEASE_TTL_MS: Final = 60_000
 

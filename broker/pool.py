@@ -7,7 +7,6 @@ import uuid
 from collections.abc import Awaitable, Collection, Sequence
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from broker.constants import (
@@ -24,6 +23,7 @@ from broker.leases import Lease, Outcome, Released
 from broker.scripts import Scripts
 from broker.sessions import Session
 from broker.settings import BrokerSettings
+from broker.store import Store
 
 _COUNTS = ("available", "cooling", "busy", "disabled")
 
@@ -38,7 +38,7 @@ async def _call(operation: str, pending: Awaitable[Any]) -> Any:
 class Pool:
     """One pool of sessions in the store, as seen by one replica."""
 
-    def __init__(self, redis: Redis, settings: BrokerSettings, *, name: str | None = None) -> None:
+    def __init__(self, redis: Store, settings: BrokerSettings, *, name: str | None = None) -> None:
         self.name = name or settings.pool
         self.keys = PoolKeys(self.name)
         self.redis = redis

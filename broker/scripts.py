@@ -13,8 +13,9 @@ from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
-from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+
+from broker.store import Store
 
 PRELUDE = "common.lua"
 OPERATIONS = ("acquire", "release", "renew", "sync")
@@ -47,5 +48,5 @@ class Scripts:
     sync: AsyncScript
 
     @classmethod
-    def register(cls, redis: Redis) -> Scripts:
+    def register(cls, redis: Store) -> Scripts:
         return cls(*(redis.register_script(source(name)) for name in OPERATIONS))

@@ -3,23 +3,39 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from broker.constants import (
     DEFAULT_LEASE_TTL_MS,
     DEFAULT_POOL,
     DEFAULT_RATE_LIMIT_COOLDOWN_MAX_MS,
     DEFAULT_RATE_LIMIT_COOLDOWN_MS,
+    DEFAULT_SENTINEL_MASTER,
 )
 from broker.selection import Strategy
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BrokerSettings:
-    """How a replica reaches the store and leases sessions. Durations in integer milliseconds."""
+    """How a replica reaches the store and leases sessions. Durations in integer milliseconds.
+
+    The store's topology: standalone (``redis_url``), Sentinel (``redis_sentinels``: the master's
+    address comes from them; ``redis_url``, if given, only lends its user, password, database and
+    TLS) or Redis Cluster (``redis_cluster``: ``redis_url`` names any node). Without any of them
+    the embedded in-process store runs.
+    """
 
     #: ``redis://``, ``rediss://`` or ``unix://`` URL; None runs the embedded in-process store.
-    redis_url: str | None = None
+    #: Not in the repr: it may carry a password.
+    redis_url: str | None = field(default=None, repr=False)
+    #: Sentinel addresses (host, port); not empty selects Sentinel.
+    redis_sentinels: tuple[tuple[str, int], ...] = ()
+    #: The name the sentinels monitor the master under.
+    redis_sentinel_master: str = DEFAULT_SENTINEL_MASTER
+    #: Password of the sentinels themselves (their ``requirepass``), when they have one.
+    redis_sentinel_password: str | None = field(default=None, repr=False)
+    #: ``redis_url`` is one node of a Redis Cluster; the client discovers the others.
+    redis_cluster: bool = False
     pool: str = DEFAULT_POOL
     strategy: Strategy = Strategy.HEALTH
     lease_ttl_ms: int = DEFAULT_LEASE_TTL_MS

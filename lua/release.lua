@@ -13,13 +13,15 @@ local cooldown_ms, detail = tonumber(ARGV[5]), ARGV[6]
 local half_life, alpha, floor = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
 local latency_target = tonumber(ARGV[10])
 
+-- Housekeeping first: a lease past its expiry is 'late' even if no call has reaped it yet.
+local now = now_ms()
+housekeeping(now)
 if redis.call('ZSCORE', released_key, lease_id) then
   return {'duplicate', '', 0}
 end
 local id = redis.call('HGET', owners_key, lease_id)
 if not id then return {'unknown', '', 0} end
 
-local now = now_ms()
 local key = session_prefix .. id
 local status = 'late'
 if redis.call('ZREM', leases_key, lease_id) == 1 then
@@ -63,5 +65,4 @@ if outcome == 'rate_limited' then
   redis.call('HINCRBY', key, 'cooldowns', 1)
 end
 refresh(id, now)
-housekeeping(now)
 return {status, id, deadline}

@@ -1,4 +1,10 @@
-"""A request body streamed to the upstream as it arrives, and kept so a retry can send it again."""
+"""A request body streamed to the upstream as it arrives, and kept so a retry can send it again.
+
+A body with a Content-Length (checked against MAX_BODY_BYTES before anything is sent) streams
+through as it arrives. A chunked body of unknown length is read first, bounded, so one that is too
+large gets its 413 before any of it reaches the upstream: a body cut short on the way would reach
+the upstream as a complete, wrong request.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +29,11 @@ class ReplayableBody:
         self._limit = limit
         self._chunks: list[bytes] = []
         self._size = 0
+
+    async def read_all(self) -> None:
+        """Read the whole body now; raises BodyTooLarge past the limit."""
+        async for _ in self.stream():
+            pass
 
     async def stream(self) -> AsyncIterator[bytes]:
         index = 0

@@ -121,6 +121,11 @@ class Forwarder:
     async def run(self) -> web.StreamResponse:
         if (self.request.content_length or 0) > self.settings.max_body_bytes:
             return self._too_large()
+        if self.body is not None and self.request.content_length is None:
+            try:
+                await self.body.read_all()
+            except BodyTooLarge:
+                return self._too_large()
         last: Failure | None = None
         for attempt in range(self.replica.max_attempts):
             if last is not None and last.backoff:

@@ -12,10 +12,10 @@ from typing import Any
 import aiohttp
 import structlog
 from aiohttp import web
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from broker import ConfigError, Pool, Session, StoreError, open_store
+from broker.store import Store
 from proxy.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -45,7 +45,7 @@ class Replica:
         self._idle = asyncio.Event()
         self._idle.set()
         self._background: set[asyncio.Task[Any]] = set()
-        self.store: Redis | None = None
+        self.store: Store | None = None
         self._pool: Pool | None = None
         self._client: aiohttp.ClientSession | None = None
         self._sync_task: asyncio.Task[None] | None = None
@@ -73,6 +73,9 @@ class Replica:
             auto_decompress=False,  # bytes pass through as the upstream encoded them
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
             cookie_jar=aiohttp.DummyCookieJar(),  # never keep one client's cookies for another
+            # Send what the client sent: an Accept-Encoding added here would get the client a
+            # compressed body it never asked for.
+            skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent"),
         )
         self._sync_task = asyncio.create_task(self._sync())
 
@@ -81,7 +84,7 @@ class Replica:
         while True:
             try:
                 size = await self.pool.sync(self.sessions)
-            except StoreError as exc:
+            except StoreError as exc:  # anything else is a bug: it propagates to close()
                 delay = SYNC_RETRY_S[min(attempt, len(SYNC_RETRY_S) - 1)]
                 attempt += 1
                 log.warning("store unreachable at start-up; retrying", error=str(exc), in_s=delay)
@@ -94,6 +97,7 @@ class Replica:
     async def close(self) -> None:
         if self._sync_task is not None:
             self._sync_task.cancel()
+            await asyncio.gather(self._sync_task, return_exceptions=True)
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         if self._client is not None:

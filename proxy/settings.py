@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from broker import BrokerSettings, ConfigError, Session, Strategy, load_sessions
+from broker.constants import DEFAULT_SENTINEL_MASTER
 
 __all__ = ["HELP", "Listen", "SessionHeader", "Settings", "load_settings"]
 
@@ -28,8 +29,15 @@ HELP: dict[str, str] = {
     "UPSTREAM_URL": "the upstream base URL, http:// or https:// (required for serve)",
     "SESSIONS": "comma-separated session secrets (or use SESSIONS_FILE)",
     "SESSIONS_FILE": "path of a JSON or TOML sessions file (.toml for TOML)",
+    "SESSIONS_RELOAD_INTERVAL": "seconds between checks of SESSIONS_FILE for changes; 0 turns "
+    "the checks off (SIGHUP still reloads)",
     "REDIS_URL": "redis://, rediss:// or unix:// URL with optional user:password; "
     "unset runs the embedded in-process store",
+    "REDIS_SENTINELS": "comma-separated host:port of Redis Sentinels; they name the master "
+    "(REDIS_URL then only gives user, password, database and TLS)",
+    "REDIS_SENTINEL_MASTER": "the master's name as the sentinels know it",
+    "REDIS_SENTINEL_PASSWORD": "password of the sentinels themselves, if they require one",
+    "REDIS_CLUSTER": "true or false: REDIS_URL is one node of a Redis Cluster",
     "POOL": "pool name: letters, digits, '.', '_' or '-', up to 64",
     "LISTEN": "host:port the proxy listens on",
     "ADMIN_LISTEN": "host:port of the ops endpoints (/healthz, /readyz, /version)",
@@ -51,8 +59,9 @@ HELP: dict[str, str] = {
     "LOG_FORMAT": "json (one object per line) or console (for a terminal)",
 }
 #: Values never echoed back in an error message.
-_SECRET_SETTINGS = frozenset({"SESSIONS", "PROXY_API_KEYS", "REDIS_URL"})
+_SECRET_SETTINGS = frozenset({"SESSIONS", "PROXY_API_KEYS", "REDIS_URL", "REDIS_SENTINEL_PASSWORD"})
 _POOL_NAME = r"^[A-Za-z0-9._-]{1,64}$"
+_SENTINEL_MASTER_NAME = r"^[^\s]{1,128}$"
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +87,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     upstream_url: str | None = None
     sessions: str | None = None
     sessions_file: str | None = None
+    sessions_reload_interval: Seconds = 10.0
     redis_url: str | None = None
+    redis_sentinels: str | None = None
+    redis_sentinel_master: Annotated[str, msgspec.Meta(pattern=_SENTINEL_MASTER_NAME)] = (
+        DEFAULT_SENTINEL_MASTER
+    )
+    redis_sentinel_password: str | None = None
+    redis_cluster: bool = False
     pool: Annotated[str, msgspec.Meta(pattern=_POOL_NAME)] = "default"
     listen: str = "0.0.0.0:8080"
     admin_listen: str = "0.0.0.0:9090"
@@ -102,6 +118,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     def broker(self) -> BrokerSettings:
         return BrokerSettings(
             redis_url=self.redis_url,
+            redis_sentinels=self.sentinel_addresses,
+            redis_sentinel_master=self.redis_sentinel_master,
+            redis_sentinel_password=self.redis_sentinel_password,
+            redis_cluster=self.redis_cluster,
             pool=self.pool,
             strategy=self.session_selection_strategy,
             lease_ttl_ms=round(self.lease_ttl * 1000),
@@ -112,6 +132,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     def load_sessions(self) -> list[Session]:
         path = Path(self.sessions_file) if self.sessions_file else None
         return load_sessions(secrets=self.sessions, path=path)
+
+    @property
+    def sentinel_addresses(self) -> tuple[tuple[str, int], ...]:
+        parts = (self.redis_sentinels or "").split(",")
+        found = [_listen("REDIS_SENTINELS", p.strip()) for p in parts if p.strip()]
+        return tuple((where.host, where.port) for where in found)
 
     @property
     def listen_address(self) -> Listen:
@@ -149,12 +175,7 @@ def _check(settings: Settings) -> None:
         url = urlsplit(settings.upstream_url)
         if url.scheme not in ("http", "https") or not url.hostname:
             raise _bad("UPSTREAM_URL", settings.upstream_url, "not an http(s) URL with a host")
-    if settings.redis_url is not None and urlsplit(settings.redis_url).scheme not in (
-        "redis",
-        "rediss",
-        "unix",
-    ):
-        raise _bad("REDIS_URL", settings.redis_url, "unknown scheme")
+    _check_redis(settings)
     settings.listen_address  # noqa: B018 - parsing is the check
     settings.admin_address  # noqa: B018
     header = settings.header
@@ -166,6 +187,33 @@ def _check(settings: Settings) -> None:
         raise _bad("BACKOFF_BASE", settings.backoff_base, "larger than BACKOFF_MAX")
     if settings.rate_limit_cooldown > settings.rate_limit_cooldown_max:
         raise _bad("RATE_LIMIT_COOLDOWN", settings.rate_limit_cooldown, "larger than its _MAX")
+
+
+def _check_redis(settings: Settings) -> None:
+    """The URL's scheme, and a topology that makes sense: Sentinel or Cluster, not both."""
+    url = urlsplit(settings.redis_url) if settings.redis_url is not None else None
+    if url is not None and url.scheme not in ("redis", "rediss", "unix"):
+        raise _bad("REDIS_URL", settings.redis_url, "unknown scheme")
+    if settings.redis_sentinels is not None:
+        if not settings.sentinel_addresses:
+            raise _bad("REDIS_SENTINELS", settings.redis_sentinels, "no host:port given")
+        if settings.redis_cluster:
+            raise _bad(
+                "REDIS_CLUSTER", "true", "Sentinel (REDIS_SENTINELS) and Cluster exclude each other"
+            )
+        if url is not None and url.scheme == "unix":
+            raise _bad(
+                "REDIS_URL", settings.redis_url, "a unix:// socket cannot be used with Sentinel"
+            )
+    if settings.redis_cluster:
+        if url is None:
+            raise _bad("REDIS_CLUSTER", "true", "REDIS_URL must name a node of the cluster")
+        if url.scheme == "unix":
+            raise _bad(
+                "REDIS_URL", settings.redis_url, "Redis Cluster is reached over TCP, not unix://"
+            )
+        if url.path.strip("/") not in ("", "0"):
+            raise _bad("REDIS_URL", settings.redis_url, "Redis Cluster has only database 0")
 
 
 def _flag(name: str) -> str:

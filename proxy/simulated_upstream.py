@@ -201,7 +201,7 @@ class SimulatedUpstream:
             {
                 "method": request.method,
                 "path": request.path,
-                "query": request.query_string,
+                "raw_path": request.raw_path,
                 "headers": [[k, v] for k, v in request.headers.items()],
                 "body_bytes": len(body),
             }

@@ -1,0 +1,101 @@
+"""Concurrency limits under races: many asyncio tasks on several replicas, and several OS
+processes. Holders are counted by the test itself (see worker.py), not by the broker."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from redis.asyncio import Redis
+
+from broker import Session
+
+WORKER = Path(__file__).with_name("worker.py")
+REAL_REDIS_ONLY = pytest.mark.parametrize("backend", [pytest.param("redis", id="redis")])
+LIMITS = {"s0": 1, "s1": 2, "s2": 3}
+
+
+def load_worker() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("broker_tests_worker", WORKER)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+worker = load_worker()
+
+
+def limited_sessions() -> list[Session]:
+    return [Session(id=i, secret=f"x-{i}", max_concurrency=n) for i, n in LIMITS.items()]
+
+
+async def assert_all_returned(redis: Redis, pool_state, expected_leases: int) -> None:
+    """After a race every slot is back and every lease counted once."""
+    successes = 0
+    for session_id in LIMITS:
+        state = await pool_state(session_id)
+        assert state["in_flight"] == "0"
+        successes += int(state["n_success"])
+        assert await redis.get(worker.counter_key(session_id)) == "0"
+    assert successes == expected_leases
+
+
+@pytest.mark.slow
+async def test_tasks_never_exceed_max_concurrency(make_pool, redis: Redis) -> None:
+    """Many tasks on three replicas acquiring at once never hold a session beyond its limit."""
+    pools = [await make_pool(limited_sessions())] + [await make_pool() for _ in range(2)]
+    tasks, iterations = 24, 12
+    result = await worker.race(pools, redis, tasks, iterations)
+    assert result.leases == tasks * iterations
+    for session_id, limit in LIMITS.items():
+        assert 1 <= result.max_holders[session_id] <= limit, result.max_holders
+    assert result.max_holders["s2"] == LIMITS["s2"]  # the race did push a session to its limit
+    assert result.busy > 0
+    await assert_all_returned(redis, pools[0].session_state, tasks * iterations)
+
+
+@REAL_REDIS_ONLY
+@pytest.mark.slow
+async def test_processes_never_exceed_max_concurrency(make_pool, redis: Redis, store) -> None:
+    """Two OS processes racing with many tasks each never exceed a session's max_concurrency."""
+    pool = await make_pool(limited_sessions())
+    tasks, iterations = 12, 12
+    processes = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, str(WORKER), "race", store.url, str(tasks), str(iterations),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )
+        for _ in range(2)
+    ]  # fmt: skip
+    try:
+        for process in processes:
+            assert process.stdout is not None
+            ready = await asyncio.wait_for(process.stdout.readline(), timeout=30)
+            assert ready == b"ready\n"
+        outputs = await asyncio.wait_for(
+            asyncio.gather(*(process.communicate(b"go\n") for process in processes)), timeout=60
+        )
+    finally:
+        for process in processes:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+    assert [process.returncode for process in processes] == [0, 0]
+    results = [worker.RaceResult(**json.loads(stdout)) for stdout, _ in outputs]
+    combined = worker.RaceResult()
+    for result in results:
+        assert result.leases == tasks * iterations
+        assert result.busy > 0
+        combined.merge(result)
+    for session_id, limit in LIMITS.items():
+        assert 1 <= combined.max_holders[session_id] <= limit, combined.max_holders
+    assert combined.max_holders["s2"] == LIMITS["s2"]
+    await assert_all_returned(redis, pool.session_state, 2 * tasks * iterations)

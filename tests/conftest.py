@@ -1,0 +1,80 @@
+"""Fixtures shared by every test folder: a real ``redis-server`` on a free port.
+
+The server is started once per test session and stopped after it. Where ``redis-server`` is not
+installed the tests that need it skip with a reason, except in CI (``CI=true``), where a missing
+server is a failure: a CI run must not pass by skipping half the suite.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+#: How long a freshly started server may take to answer PING.
+REDIS_START_TIMEOUT_S = 10.0
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _wait_until_ready(process: subprocess.Popen[bytes], url: str, log: Path) -> None:
+    deadline = time.monotonic() + REDIS_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"redis-server exited with {process.returncode}: {log.read_text()}")
+        client = redis.Redis.from_url(url, socket_connect_timeout=0.5)
+        try:
+            if client.ping():
+                return
+        except redis.ConnectionError:
+            time.sleep(0.05)
+        finally:
+            client.close()
+    pytest.fail(f"redis-server did not answer within {REDIS_START_TIMEOUT_S} s: {log.read_text()}")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a private ``redis-server`` (database 0) on a free port, never the shared 6379."""
+    executable = shutil.which("redis-server")
+    if executable is None:
+        reason = "redis-server is not on PATH"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason}; CI=true requires the real-Redis tests to run")
+        pytest.skip(reason)
+    workdir = tmp_path_factory.mktemp("redis")
+    log = workdir / "redis.log"
+    port = _free_port()
+    command = [
+        executable,
+        "--port", str(port),
+        "--bind", "127.0.0.1",
+        "--save", "",
+        "--appendonly", "no",
+        "--dir", str(workdir),
+        "--logfile", str(log),
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        _wait_until_ready(process, url, log)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -1,0 +1,126 @@
+"""Fixtures for end-to-end proxy tests: a real aiohttp upstream, real replicas on real sockets,
+and (where a test needs two replicas to share state) the real Redis of tests/conftest.py."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+import aiohttp
+import pytest
+import redis.asyncio
+from aiohttp import web
+
+from broker import Session
+from proxy.replica import Replica
+from proxy.serve import RunningReplica, start
+from proxy.settings import Settings
+from proxy.simulated_upstream import SimulatedUpstream
+
+SESSIONS = [Session(id=name, secret=f"secret-{name}") for name in ("a", "b", "c")]
+
+StartUpstream = Callable[[web.Application], Awaitable[str]]
+StartReplica = Callable[..., Awaitable[RunningReplica]]
+
+
+@pytest.fixture
+async def serve_app() -> AsyncIterator[StartUpstream]:
+    """Start any aiohttp app on a free port; yields a function returning its base URL."""
+    runners: list[web.AppRunner] = []
+
+    async def serve(app: web.Application) -> str:
+        # handler_cancellation: an upstream handler notices when the proxy hangs up on it.
+        runner = web.AppRunner(
+            app, access_log=None, shutdown_timeout=0.5, handler_cancellation=True
+        )
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        runners.append(runner)
+        return f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+    yield serve
+    for runner in runners:
+        await runner.cleanup()
+
+
+class GatedStream:
+    """An upstream that sends one event, then waits for the test to open the gate."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.finished = asyncio.Event()
+        self.disconnected = asyncio.Event()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        try:
+            await response.write(b"data: first\n\n")
+            await self.gate.wait()
+            await response.write(b"data: last\n\n")
+            await response.write_eof()
+        except (ConnectionResetError, asyncio.CancelledError):
+            self.disconnected.set()
+            raise
+        self.finished.set()
+        return response
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/stream", self.handle)
+        return app
+
+
+@pytest.fixture
+def upstream() -> GatedStream:
+    """A streaming upstream the test controls: one event, then the rest when the gate opens."""
+    return GatedStream()
+
+
+@pytest.fixture
+def sim() -> SimulatedUpstream:
+    return SimulatedUpstream()
+
+
+@pytest.fixture
+async def upstream_url(sim: SimulatedUpstream, serve_app: StartUpstream) -> str:
+    return await serve_app(sim.app())
+
+
+@pytest.fixture
+async def shared_redis(redis_server: str) -> AsyncIterator[str]:
+    """The real Redis, emptied for this test: replicas given this URL share one pool."""
+    client = redis.asyncio.Redis.from_url(redis_server)
+    await client.flushall()
+    await client.aclose()
+    return redis_server
+
+
+@pytest.fixture
+async def start_replica(upstream_url: str) -> AsyncIterator[StartReplica]:
+    """Start a replica (proxy + ops on free ports); extra keywords are Settings fields."""
+    running: list[RunningReplica] = []
+
+    async def start_one(sessions: Sequence[Session] = SESSIONS, **overrides: Any) -> RunningReplica:
+        fields: dict[str, Any] = {
+            "upstream_url": upstream_url,
+            "listen": "127.0.0.1:0",
+            "admin_listen": "127.0.0.1:0",
+            "shutdown_grace": 2.0,
+            "exponential_backoff_enabled": False,
+        }
+        replica = await start(Replica(Settings(**(fields | overrides)), list(sessions)))
+        running.append(replica)
+        await asyncio.wait_for(replica.replica.synced.wait(), 10)
+        return replica
+
+    yield start_one
+    for replica in running:
+        await replica.stop()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session

@@ -1,0 +1,87 @@
+"""Graceful shutdown of a real `session-broker serve` process on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+from typing import TYPE_CHECKING
+
+import aiohttp
+import pytest
+import redis.asyncio
+
+if TYPE_CHECKING:
+    from tests.proxy.conftest import GatedStream, StartUpstream
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def wait_ready(http: aiohttp.ClientSession, url: str) -> None:
+    for _ in range(200):
+        try:
+            async with http.get(url) as response:
+                if response.status == 200:
+                    return
+        except aiohttp.ClientConnectionError:
+            pass
+        await asyncio.sleep(0.05)
+    pytest.fail(f"{url} never became ready")
+
+
+@pytest.mark.slow
+async def test_sigterm_lets_a_running_stream_finish(
+    serve_app: StartUpstream,
+    shared_redis: str,
+    http: aiohttp.ClientSession,
+    upstream: GatedStream,
+) -> None:
+    """SIGTERM mid-stream: readiness false, new requests 503, the stream completes, the process
+    exits 0 and no lease is left in the store."""
+    upstream_url = await serve_app(upstream.app())
+    proxy_port, ops_port = free_port(), free_port()
+    env = os.environ | {
+        "UPSTREAM_URL": upstream_url,
+        "SESSIONS": "secret-one",
+        "REDIS_URL": shared_redis,
+        "LISTEN": f"127.0.0.1:{proxy_port}",
+        "ADMIN_LISTEN": f"127.0.0.1:{ops_port}",
+        "SHUTDOWN_GRACE": "20",
+        "LOG_FORMAT": "json",
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", env=env, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        await wait_ready(http, f"http://127.0.0.1:{ops_port}/readyz")
+        stream = await http.get(f"http://127.0.0.1:{proxy_port}/stream")
+        assert await stream.content.readuntil(b"\n\n") == b"data: first\n\n"
+        process.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.3)
+        async with http.get(f"http://127.0.0.1:{ops_port}/readyz") as ready:
+            assert ready.status == 503
+        async with http.get(f"http://127.0.0.1:{proxy_port}/stream") as refused:
+            assert refused.status == 503
+            assert (await refused.json())["error"]["code"] == "shutting_down"
+        upstream.gate.set()
+        assert await stream.content.read() == b"data: last\n\n"
+        stream.close()
+        assert await asyncio.wait_for(process.wait(), 15) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    stderr = (await process.stderr.read()).decode()  # type: ignore[union-attr]
+    assert "Traceback" not in stderr
+    store = redis.asyncio.Redis.from_url(shared_redis, decode_responses=True)
+    assert await store.zcard("sb:{default}:leases") == 0
+    ids = await store.zrange("sb:{default}:members", 0, -1)
+    assert [await store.hget(f"sb:{{default}}:s:{i}", "in_flight") for i in ids] == ["0"]
+    await store.aclose()

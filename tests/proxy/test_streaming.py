@@ -1,0 +1,73 @@
+"""Streaming: answers reach the client as the upstream sends them, and leases follow the stream."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import aiohttp
+
+from broker import Session
+
+if TYPE_CHECKING:
+    from tests.proxy.conftest import GatedStream, StartReplica, StartUpstream
+
+ONE = [Session(id="a", secret="secret-a")]
+
+
+async def test_sse_arrives_incrementally(
+    start_replica: StartReplica,
+    serve_app: StartUpstream,
+    http: aiohttp.ClientSession,
+    upstream: GatedStream,
+) -> None:
+    """The client reads the first event while the upstream has not yet sent the last one."""
+    replica = await start_replica(sessions=ONE, upstream_url=await serve_app(upstream.app()))
+    async with http.get(replica.proxy_url + "/stream") as response:
+        first = await asyncio.wait_for(response.content.readuntil(b"\n\n"), 5)
+        assert first == b"data: first\n\n"
+        assert not upstream.finished.is_set()
+        upstream.gate.set()
+        assert await response.content.read() == b"data: last\n\n"
+    state = await replica.replica.pool.session_state("a")
+    assert state["n_success"] == "1"
+
+
+async def test_client_disconnect_frees_the_lease_at_once(
+    start_replica: StartReplica,
+    serve_app: StartUpstream,
+    http: aiohttp.ClientSession,
+    upstream: GatedStream,
+) -> None:
+    """A client that goes away mid-stream ends the upstream call and releases the lease."""
+    replica = await start_replica(sessions=ONE, upstream_url=await serve_app(upstream.app()))
+    response = await http.get(replica.proxy_url + "/stream")
+    await asyncio.wait_for(response.content.readuntil(b"\n\n"), 5)
+    assert (await replica.replica.pool.session_state("a"))["in_flight"] == "1"
+    response.close()  # the client disconnects; the lease TTL (60 s) is far away
+    for _ in range(100):
+        if (await replica.replica.pool.session_state("a"))["in_flight"] == "0":
+            break
+        await asyncio.sleep(0.02)
+    assert (await replica.replica.pool.session_state("a"))["in_flight"] == "0"
+    await asyncio.wait_for(upstream.disconnected.wait(), 5)  # and the upstream call ended
+
+
+async def test_lease_renewed_during_a_long_stream(
+    start_replica: StartReplica,
+    serve_app: StartUpstream,
+    http: aiohttp.ClientSession,
+    upstream: GatedStream,
+) -> None:
+    """A stream longer than the lease TTL keeps its lease: it is renewed, not expired."""
+    replica = await start_replica(
+        sessions=ONE, upstream_url=await serve_app(upstream.app()), lease_ttl=1
+    )
+    async with http.get(replica.proxy_url + "/stream") as response:
+        await response.content.readuntil(b"\n\n")
+        await asyncio.sleep(2.0)  # twice the TTL
+        state = await replica.replica.pool.session_state("a")
+        assert state["in_flight"] == "1"
+        assert "leases_expired" not in state
+        upstream.gate.set()
+        await response.read()
