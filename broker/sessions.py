@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tomllib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -35,6 +35,7 @@ class Session(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     weight: Annotated[float, msgspec.Meta(gt=0, le=1_000_000)] = 1.0
     max_concurrency: Annotated[int, msgspec.Meta(ge=1)] | None = None
     rpm: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    burst: Annotated[int, msgspec.Meta(ge=1)] = 1
     enabled: bool = True
 
     def __repr__(self) -> str:
@@ -42,10 +43,9 @@ class Session(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     __str__ = __repr__
 
-    def __rich_repr__(self) -> Iterator[tuple[str, object]]:
+    def __rich_repr__(self) -> list[tuple[str, Any]]:
         # msgspec's own rich repr would list every field, the secret included.
-        yield "id", self.id
-        yield "weight", self.weight
+        return [("id", self.id), ("weight", self.weight)]
 
 
 class _File(msgspec.Struct, forbid_unknown_fields=True):

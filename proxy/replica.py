@@ -38,6 +38,7 @@ class Replica:
         self.upstream_url = settings.upstream_url.rstrip("/")
         self.sessions = sessions
         self.secrets = {s.id: s.secret for s in sessions}
+        self.header_families = settings.header_families
         self.max_attempts = settings.retry_count or min(len(sessions), DEFAULT_MAX_ATTEMPTS)
         self.draining = False
         self.synced = asyncio.Event()
