@@ -9,12 +9,14 @@ from broker.errors import (
     ConfigError,
     LeaseError,
     NoSessionAvailable,
+    QueueFull,
     StoreError,
     UnknownSession,
 )
 from broker.keys import PoolKeys
-from broker.leases import Lease, Outcome, Released
+from broker.leases import Lease, Outcome, Released, Ticket
 from broker.pool import Pool
+from broker.queue import WaitQueue
 from broker.selection import Strategy
 from broker.sessions import Session, load_sessions, session_id_for
 from broker.settings import BrokerSettings
@@ -30,11 +32,14 @@ __all__ = [
     "Outcome",
     "Pool",
     "PoolKeys",
+    "QueueFull",
     "Released",
     "Session",
     "StoreError",
     "Strategy",
+    "Ticket",
     "UnknownSession",
+    "WaitQueue",
     "load_sessions",
     "open_store",
     "session_id_for",

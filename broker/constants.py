@@ -57,3 +57,11 @@ RATE_LIMIT_STREAK_WINDOW_MS: Final = 600_000
 #: request's arrival upstream are milliseconds apart, and that jitter must never tip an upstream
 #: that enforces the very same rpm into a 429. Costs at most 2% of the quota.
 QUOTA_SLACK: Final = 1.02
+
+#: A waiting replica renews its ticket in the fleet-wide queue at least every FALLBACK_WAIT_S; a
+#: ticket not renewed for TICKET_TTL_MS (its replica died) lapses, so it blocks nobody for long.
+TICKET_TTL_MS: Final = 5_000
+
+#: The longest a waiting head sleeps without a wake-up before asking the store again: a wake
+#: missed (a dropped pub/sub connection) costs at most this.
+FALLBACK_WAIT_S: Final = 1.0

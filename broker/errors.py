@@ -16,6 +16,7 @@ __all__ = [
     "ConfigError",
     "LeaseError",
     "NoSessionAvailable",
+    "QueueFull",
     "StoreError",
     "UnknownSession",
 ]
@@ -41,7 +42,8 @@ class NoSessionAvailable(BrokerError):
     """No session of the pool can be leased right now.
 
     ``reason`` is ``empty`` (the pool has no sessions), ``disabled`` (none enabled), ``tried``
-    (this request already tried every eligible one), ``busy`` (some are at their concurrency
+    (this request already tried every eligible one), ``queued`` (older requests of the fleet are
+    waiting and go first), ``busy`` (some are at their concurrency
     limit or probing a half-open breaker: one may free up any moment), or else whichever of
     ``cooling`` (after a 429), ``open`` (circuit breaker) and ``quota`` (rpm used up) ends
     soonest. ``retry_after_ms`` is the time until the earliest known moment one becomes
@@ -49,10 +51,19 @@ class NoSessionAvailable(BrokerError):
     each of available, cooling, busy, disabled, open and quota.
     """
 
-    def __init__(self, reason: str, retry_after_ms: int | None, counts: Mapping[str, int]) -> None:
+    def __init__(
+        self,
+        reason: str,
+        retry_after_ms: int | None,
+        counts: Mapping[str, int],
+        *,
+        store_now_ms: int | None = None,
+    ) -> None:
         self.reason = reason
         self.retry_after_ms = retry_after_ms
         self.counts = dict(counts)
+        #: The store's clock when this was decided (ms), if it came from the store.
+        self.store_now_ms = store_now_ms
         when = "" if retry_after_ms is None else f"; earliest in {retry_after_ms} ms"
         detail = ", ".join(f"{name} {count}" for name, count in self.counts.items())
         super().__init__(f"no session available: {reason} ({detail}){when}")
@@ -60,3 +71,10 @@ class NoSessionAvailable(BrokerError):
 
 class UnknownSession(BrokerError):
     """The pool has no session of that id."""
+
+
+class QueueFull(NoSessionAvailable):
+    """Nothing can be leased now and this replica already has QUEUE_MAX requests waiting.
+
+    ``reason`` and ``retry_after_ms`` are the most recent the queue learned from the store.
+    """

@@ -40,4 +40,11 @@ class PoolKeys:
             f"{b}:open",
             f"{b}:quota",
             f"{b}:probes",
+            f"{b}:waiters",
+            f"{b}:tickets",
         )
+
+    @property
+    def wake_channel(self) -> str:
+        """Pub/sub channel on which the scripts announce a session that became available."""
+        return f"{self.base}:wake"

@@ -43,3 +43,15 @@ class Released:
     status: str
     session_id: str
     cooldown_until_ms: int
+
+
+@dataclass(slots=True)
+class Ticket:
+    """A waiting request's place in the fleet-wide queue: the oldest ``arrival_ms`` (store time,
+    learned from its first refusal) goes first; a ticket not renewed within ``ttl_ms`` lapses."""
+
+    id: str
+    ttl_ms: int
+    arrival_ms: int = 0
+    #: Whether the store holds the ticket now (it does after a refusal, not after a grant).
+    held: bool = False

@@ -22,7 +22,7 @@ from broker.constants import (
 from broker.errors import LeaseError, NoSessionAvailable, StoreError, UnknownSession
 from broker.events import Transition, emit, parse
 from broker.keys import PoolKeys
-from broker.leases import Lease, Outcome, Released
+from broker.leases import Lease, Outcome, Released, Ticket
 from broker.scripts import Scripts
 from broker.sessions import Session
 from broker.settings import BrokerSettings
@@ -90,14 +90,28 @@ class Pool:
             )
         return int(size)
 
-    async def acquire(self, *, exclude: Collection[str] = (), lease_id: str | None = None) -> Lease:
+    async def acquire(
+        self,
+        *,
+        exclude: Collection[str] = (),
+        lease_id: str | None = None,
+        ticket: Ticket | None = None,
+    ) -> Lease:
         """Lease an eligible session other than those in ``exclude``.
 
-        Raises NoSessionAvailable when there is none, saying why and when one may be.
+        Raises NoSessionAvailable when there is none, saying why and when one may be. With a
+        ``ticket`` the caller means to wait: it keeps a place in the fleet-wide queue, and while
+        older tickets wait only the oldest may lease (others get reason ``queued``).
         """
         lease_id = lease_id or uuid.uuid4().hex
+        queueing = ("", 0, 0) if ticket is None else (ticket.id, ticket.arrival_ms, ticket.ttl_ms)
         reply = await self._run(
-            "acquire", lease_id, self.settings.lease_ttl_ms, random.getrandbits(31), *exclude
+            "acquire",
+            lease_id,
+            self.settings.lease_ttl_ms,
+            random.getrandbits(31),
+            *queueing,
+            *exclude,
         )
         if reply[0] == "ok":
             return Lease(self.name, reply[1], reply[2], int(reply[3]), probe=bool(reply[4]))
@@ -106,8 +120,15 @@ class Pool:
         _, reason, earliest, now, counts = reply
         retry_after = None if int(earliest) < 0 else max(0, int(earliest) - int(now))
         raise NoSessionAvailable(
-            reason, retry_after, dict(zip(_COUNTS, map(int, counts), strict=True))
+            reason,
+            retry_after,
+            dict(zip(_COUNTS, map(int, counts), strict=True)),
+            store_now_ms=int(now),
         )
+
+    async def leave(self, ticket: Ticket) -> None:
+        """Give up a place in the fleet-wide queue (the next in line is woken)."""
+        await self._run("leave", ticket.id)
 
     def cooldown_ms(self, wait_ms: int | None) -> int:
         """The cooldown for a 429: the upstream's wait if usable, else the default; clamped."""

@@ -18,7 +18,7 @@ from redis.commands.core import AsyncScript
 from broker.store import Store
 
 PRELUDE = "common.lua"
-OPERATIONS = ("acquire", "release", "renew", "sync", "set_disabled")
+OPERATIONS = ("acquire", "release", "renew", "sync", "set_disabled", "leave")
 
 
 def _lua_dir() -> Traversable:
@@ -47,6 +47,7 @@ class Scripts:
     renew: AsyncScript
     sync: AsyncScript
     set_disabled: AsyncScript
+    leave: AsyncScript
 
     @classmethod
     def register(cls, redis: Store) -> Scripts:

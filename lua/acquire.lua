@@ -1,16 +1,24 @@
 -- acquire.lua: lease one eligible session of the pool.
 -- KEYS: the pool's keys, see common.lua.
 -- ARGV: 1 lease memory (ms), 2 lease id (made by the client, so a resent call is recognised),
---       3 lease TTL (ms), 4 random seed (integer), 5.. session ids this request already tried.
+--       3 lease TTL (ms), 4 random seed (integer), 5 ticket id ('' when the caller will not wait),
+--       6 the ticket's arrival (ms of the store's clock; 0 = now), 7 ticket TTL (ms),
+--       8.. session ids this request already tried.
+-- While tickets wait anywhere in the fleet only the oldest may take a session: any other caller
+-- gets 'queued' and, with a ticket id, joins (or renews its place in) the queue. A caller that
+-- finds nothing eligible joins it too. A ticket holder that gets a session leaves the queue and
+-- wakes the next in line.
 -- Returns {'ok', session id, lease id, expiry ms, probe (1 | 0), events}
 --      or {'none', reason, earliest ms or -1, now ms, {available, cooling, busy, disabled, open,
 --          quota}, events}, reason being 'empty' | 'disabled' | 'tried' (every eligible one was
---          tried by this request) | 'busy' | 'cooling' | 'open' | 'quota' (the soonest to end)
+--          tried by this request) | 'queued' (older requests wait) | 'busy' | 'cooling' | 'open'
+--          | 'quota' (the soonest to end)
 --      or {'ended', lease id, events} when the lease id belongs to a lease that already ended.
 local lease_id, ttl_ms = ARGV[2], tonumber(ARGV[3])
 math.randomseed(tonumber(ARGV[4]))
-local excluded, n_excluded = {}, #ARGV - 4
-for i = 5, #ARGV do excluded[ARGV[i]] = true end
+local ticket, arrival, ticket_ttl = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
+local excluded, n_excluded = {}, #ARGV - 7
+for i = 8, #ARGV do excluded[ARGV[i]] = true end
 
 local owner = redis.call('HGET', owners_key, lease_id)
 if owner then
@@ -23,6 +31,25 @@ if redis.call('ZSCORE', released_key, lease_id) then return {'ended', lease_id, 
 
 local now = now_ms()
 housekeeping(now)
+if arrival <= 0 then arrival = now end
+
+-- The oldest ticket still renewed; stale ones (their replica gave up or died) are dropped.
+local function oldest_ticket()
+  for _ = 1, batch do
+    local head = redis.call('ZRANGE', waiters_key, 0, 0)[1]
+    if not head then return nil end
+    if (tonumber(redis.call('HGET', tickets_key, head)) or 0) > now then return head end
+    redis.call('ZREM', waiters_key, head)
+    redis.call('HDEL', tickets_key, head)
+  end
+  return redis.call('ZRANGE', waiters_key, 0, 0)[1]
+end
+
+local function hold_ticket()
+  if ticket == '' then return end
+  redis.call('ZADD', waiters_key, 'NX', arrival, ticket)
+  redis.call('HSET', tickets_key, ticket, now + ticket_ttl)
+end
 
 local function first_allowed(ids)
   for _, id in ipairs(ids) do if not excluded[id] then return id end end
@@ -58,7 +85,7 @@ local function choose()
 end
 
 -- Why nothing is eligible, and the earliest moment something will be (without scanning).
-local function unavailable()
+local function unavailable(forced)
   local total = redis.call('ZCARD', members_key)
   local c = {available = redis.call('ZCARD', avail_key), cooling = redis.call('ZCARD', cooling_key),
     open = redis.call('ZCARD', open_key), quota = redis.call('ZCARD', quota_key),
@@ -80,12 +107,23 @@ local function unavailable()
   if total == 0 then reason = 'empty'
   elseif c.available > 0 then reason = 'tried'
   elseif c.disabled == total then reason = 'disabled' end
+  if forced and reason ~= 'empty' and reason ~= 'disabled' then reason, earliest = forced, -1 end
   local counts = {c.available, c.cooling, c.busy, c.disabled, c.open, c.quota}
   return {'none', reason, earliest, now, counts, events}
 end
 
+local head = oldest_ticket()
+if head and head ~= ticket then
+  hold_ticket()
+  return unavailable('queued')
+end
 local id = choose()
-if not id then return unavailable() end
+if not id then
+  hold_ticket()
+  return unavailable()
+end
+local from_queue = ticket ~= '' and redis.call('ZREM', waiters_key, ticket) == 1
+if from_queue then redis.call('HDEL', tickets_key, ticket) end
 
 local key = session_prefix .. id
 local expiry = now + ttl_ms
@@ -109,4 +147,6 @@ if rpm > 0 then
 end
 if strategy == 'round-robin' then redis.call('HSET', pool_key, 'rr_cursor', s[4]) end
 refresh(id, now)
+-- The next in line may take what is left; with nothing left, waking it would be a wasted try.
+if from_queue and redis.call('ZCARD', avail_key) > 0 then redis.call('PUBLISH', wake_channel, '') end
 return {'ok', id, lease_id, expiry, probe, events}

@@ -18,6 +18,11 @@
 --  11 open       ZSET  session id -> when its open circuit breaker half-opens (ms)
 --  12 quota      ZSET  session id -> when its rpm quota admits the next request (ms)
 --  13 probes     SET   lease ids that are half-open probes
+--  14 waiters    ZSET  ticket id -> arrival (ms): requests waiting anywhere in the fleet, oldest
+--                      first (one ticket per replica's oldest waiter; see broker/queue.py)
+--  15 tickets    HASH  ticket id -> deadline (ms): a ticket not renewed by then is dropped
+-- A session becoming available is published on the channel <pool base>:wake (payload: its id),
+-- so waiting replicas retry at once instead of polling.
 -- ARGV[1] (every script): how long an ended lease id is remembered (ms).
 -- Script-specific arguments start at ARGV[2].
 -- Every script returns its own reply followed by a list of events, one per transition it made:
@@ -26,6 +31,8 @@ local pool_key, members_key, avail_key, cooling_key = KEYS[1], KEYS[2], KEYS[3],
 local leases_key, owners_key, expired_key, released_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local disabled_key, session_prefix = KEYS[9], KEYS[10]
 local open_key, quota_key, probes_key = KEYS[11], KEYS[12], KEYS[13]
+local waiters_key, tickets_key = KEYS[14], KEYS[15]
+local wake_channel = string.gsub(pool_key, ':pool$', ':wake')
 local lease_memory_ms = tonumber(ARGV[1])
 -- How many due entries one call processes per housekeeping pass; the rest wait for the next call.
 local batch = 256
@@ -106,6 +113,7 @@ local function refresh(id, now)
   if state ~= v[16] then
     redis.call('HSET', key, 'state', state)
     table.insert(events, {id, 'state', v[16] or '', state})
+    if state == 'available' then redis.call('PUBLISH', wake_channel, id) end
   end
   return state
 end

@@ -21,7 +21,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from broker import Lease, LeaseError, NoSessionAvailable, Outcome, StoreError
+from broker import Lease, LeaseError, NoSessionAvailable, Outcome, Pool, StoreError
 from proxy.body import BodyTooLarge, ReplayableBody
 from proxy.ratelimit_headers import exhausted_ms
 from proxy.replica import REPLICA, Replica
@@ -115,6 +115,7 @@ UNAVAILABLE = {
         "every upstream session is at its concurrency limit; retry later",
     ),
     "tried": (503, "no_session_left", "every available session was tried for this request"),
+    "queued": (503, "requests_queued", "older requests are waiting for a session; retry later"),
     "disabled": (503, "no_session_enabled", "no upstream session is enabled"),
 }
 
@@ -158,6 +159,13 @@ class Forwarder:
         self.outgoing = _drop(request.headers.items(), CLIENT_CREDENTIALS | {header.name.lower()})
         self.outgoing["X-Request-ID"] = request_id
         self.families = replica.header_families
+        # Which pool granted each lease (the shared one, or the local fallback in an outage).
+        self.pools: dict[str, Pool] = {}
+        wait_s = self.settings.queue_timeout
+        asked = _seconds(request.headers.get("X-Request-Timeout"))
+        if asked is not None:
+            wait_s = min(wait_s, asked)
+        self.wait_until = time.monotonic() + wait_s
 
     async def run(self) -> web.StreamResponse:
         if (self.request.content_length or 0) > self.settings.max_body_bytes:
@@ -177,9 +185,10 @@ class Forwarder:
                 if last is not None and exc.reason == "tried":
                     return last.response
                 return self._unavailable(exc)
-            except StoreError as exc:
-                log.warning("store unavailable", error=str(exc))
-                return error_response(503, "store_unavailable", "session store unreachable")
+            except StoreError:
+                return error_response(
+                    503, "store_unavailable", "the session store is unreachable; retry later"
+                )
             final = attempt == self.replica.max_attempts - 1
             result = await self._attempt(lease, secret, final=final)
             if isinstance(result, web.StreamResponse):
@@ -191,7 +200,9 @@ class Forwarder:
     async def _lease(self) -> tuple[Lease, str]:
         """A lease on a session this replica holds the secret of; raises NoSessionAvailable."""
         while True:
-            lease = await self.replica.pool.acquire(exclude=self.tried)
+            wait_s = max(0.0, self.wait_until - time.monotonic())
+            lease, pool = await self.replica.leasing.lease(exclude=self.tried, timeout_s=wait_s)
+            self.pools[lease.lease_id] = pool
             self.tried.add(lease.session_id)
             secret = self.replica.secrets.get(lease.session_id)
             if secret is not None:
@@ -329,12 +340,12 @@ class Forwarder:
         while True:
             await asyncio.sleep(period)
             try:
-                lease = await self.replica.pool.renew(lease)
+                lease = await self.pools[lease.lease_id].renew(lease)
             except LeaseError:
                 log.warning("lease lost during a long response", session=lease.session_id)
                 return
             except StoreError as exc:
-                log.warning("lease renewal failed", session=lease.session_id, error=str(exc))
+                self.replica.leasing.mark_down(exc)
 
     def _release(
         self,
@@ -346,11 +357,13 @@ class Forwarder:
         detail: str = "",
     ) -> None:
         """Release in the background: it must land even when this request is being cancelled."""
-        self.replica.spawn(_release(self.replica, lease, outcome, latency_ms, waits, detail))
+        pool = self.pools[lease.lease_id]
+        self.replica.spawn(_release(self.replica, pool, lease, outcome, latency_ms, waits, detail))
 
 
 async def _release(
     replica: Replica,
+    pool: Pool,
     lease: Lease,
     outcome: Outcome,
     latency_ms: int,
@@ -358,7 +371,7 @@ async def _release(
     detail: str,
 ) -> None:
     try:
-        released = await replica.pool.release(
+        released = await pool.release(
             lease,
             outcome,
             latency_ms=latency_ms,
@@ -366,9 +379,12 @@ async def _release(
             exhausted_ms=waits.exhausted_ms,
             detail=detail,
         )
-    except (StoreError, LeaseError) as exc:
+    except StoreError as exc:
+        replica.leasing.mark_down(exc)  # logged once per outage; the lease will expire
+        return
+    except LeaseError as exc:
         log.warning(
-            "release failed; the lease will expire", session=lease.session_id, error=str(exc)
+            "release refused; the lease had ended", session=lease.session_id, error=str(exc)
         )
         return
     if released.cooldown_until_ms:
@@ -379,6 +395,15 @@ async def _release(
             retry_after_ms=waits.retry_after_ms,
             exhausted_ms=waits.exhausted_ms,
         )
+
+
+def _seconds(value: str | None) -> float | None:
+    """A client's X-Request-Timeout in seconds, if it is a usable number."""
+    try:
+        seconds = float(value) if value is not None else None
+    except ValueError:
+        return None
+    return seconds if seconds is not None and 0 <= seconds < float("inf") else None
 
 
 def _ms_since(started: float) -> int:

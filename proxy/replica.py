@@ -14,16 +14,14 @@ import structlog
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from broker import ConfigError, Pool, Session, StoreError, open_store
-from broker.store import Store
+from broker import ConfigError, Pool, Session
+from proxy.leasing import Leasing
 from proxy.settings import Settings
 
 log = structlog.get_logger(__name__)
 
 #: Most attempts per request when RETRY_COUNT is not set: the pool size, at most this.
 DEFAULT_MAX_ATTEMPTS = 10
-#: Wait between attempts to write the sessions into an unreachable store at start-up (seconds).
-SYNC_RETRY_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 #: How long /readyz waits for the store's PONG.
 READY_PING_TIMEOUT_S = 1.0
 
@@ -46,15 +44,19 @@ class Replica:
         self._idle = asyncio.Event()
         self._idle.set()
         self._background: set[asyncio.Task[Any]] = set()
-        self.store: Store | None = None
-        self._pool: Pool | None = None
+        self._leasing: Leasing | None = None
         self._client: aiohttp.ClientSession | None = None
         self._sync_task: asyncio.Task[None] | None = None
 
     @property
+    def leasing(self) -> Leasing:
+        assert self._leasing is not None, "replica not started"
+        return self._leasing
+
+    @property
     def pool(self) -> Pool:
-        assert self._pool is not None, "replica not started"
-        return self._pool
+        """The shared pool."""
+        return self.leasing.pool
 
     @property
     def client(self) -> aiohttp.ClientSession:
@@ -62,8 +64,13 @@ class Replica:
         return self._client
 
     async def start(self) -> None:
-        self.store = open_store(self.settings.broker())
-        self._pool = Pool(self.store, self.settings.broker())
+        self._leasing = Leasing(
+            self.settings.broker(),
+            self.sessions,
+            queue_max=self.settings.queue_max,
+            failure_mode=self.settings.redis_failure_mode,
+        )
+        self._leasing.start()
         timeout = aiohttp.ClientTimeout(
             total=None,
             sock_connect=self.settings.upstream_connect_timeout,
@@ -81,19 +88,11 @@ class Replica:
         self._sync_task = asyncio.create_task(self._sync())
 
     async def _sync(self) -> None:
-        attempt = 0
-        while True:
-            try:
-                size = await self.pool.sync(self.sessions)
-            except StoreError as exc:  # anything else is a bug: it propagates to close()
-                delay = SYNC_RETRY_S[min(attempt, len(SYNC_RETRY_S) - 1)]
-                attempt += 1
-                log.warning("store unreachable at start-up; retrying", error=str(exc), in_s=delay)
-                await asyncio.sleep(delay)
-                continue
-            log.info("sessions synced", pool=self.pool.name, sessions=size)
-            self.synced.set()
-            return
+        """Write this replica's sessions into the store; if it is unreachable, the store's
+        outage handling takes over and syncs them once it answers (see proxy.leasing)."""
+        await self.leasing.sync()
+        log.info("sessions synced", pool=self.pool.name, sessions=len(self.sessions))
+        self.synced.set()
 
     async def close(self) -> None:
         if self._sync_task is not None:
@@ -103,8 +102,8 @@ class Replica:
             await asyncio.gather(*self._background, return_exceptions=True)
         if self._client is not None:
             await self._client.close()
-        if self.store is not None:
-            await self.store.aclose()
+        if self._leasing is not None:
+            await self._leasing.close()
 
     def spawn(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run ``work`` in the background; close() waits for it (lease releases must land)."""
@@ -134,14 +133,21 @@ class Replica:
         return True
 
     async def ready(self) -> bool:
-        """Serving: sessions synced, the store answering, not draining."""
-        if self.draining or not self.synced.is_set() or self.store is None:
+        """Serving: not draining, and the store answering with the sessions synced -- or, with
+        REDIS_FAILURE_MODE=open, serving from the local pool while it does not."""
+        if self.draining or self._leasing is None:
+            return False
+        serving_locally = self.settings.redis_failure_mode == "open"
+        if not self.leasing.store_up:
+            return serving_locally
+        if not self.synced.is_set():
             return False
         try:
-            return bool(await asyncio.wait_for(self.store.ping(), READY_PING_TIMEOUT_S))
+            await asyncio.wait_for(self.leasing.store.ping(), READY_PING_TIMEOUT_S)
         except (TimeoutError, OSError, RedisError) as exc:
-            log.debug("store ping failed", error=type(exc).__name__)
-            return False
+            self.leasing.mark_down(exc)
+            return serving_locally
+        return True
 
 
 REPLICA = web.AppKey("replica", Replica)

@@ -62,6 +62,10 @@ HELP: dict[str, str] = {
     "UPSTREAM_READ_TIMEOUT": "seconds the upstream may stay silent while answering, more than 0",
     "MAX_BODY_BYTES": "largest request body in bytes (413 beyond), at least 0",
     "PROXY_API_KEYS": "comma-separated keys clients must present; unset: no client auth",
+    "QUEUE_TIMEOUT": "seconds a request may wait for a free session (0: answer at once)",
+    "QUEUE_MAX": "most requests waiting per replica, at least 1; beyond it: answer at once",
+    "REDIS_FAILURE_MODE": "closed (503 while the store is unreachable) or open (serve from a "
+    "local pool)",
     "SHUTDOWN_GRACE": "seconds in-flight requests get to finish after SIGTERM",
     "LOG_LEVEL": "one of debug, info, warning, error",
     "LOG_FORMAT": "json (one object per line) or console (for a terminal)",
@@ -125,6 +129,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     upstream_read_timeout: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 120.0
     max_body_bytes: Annotated[int, msgspec.Meta(ge=0)] = 10 * 1024 * 1024
     proxy_api_keys: str | None = None
+    queue_timeout: Seconds = 0.0
+    queue_max: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1000
+    redis_failure_mode: Literal["closed", "open"] = "closed"
     shutdown_grace: Seconds = 30.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
