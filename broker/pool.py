@@ -45,6 +45,9 @@ class Pool:
         self.settings = settings
         self._key_list = self.keys.all
         self._scripts = Scripts.register(redis)
+        #: Who claims the sessions this object syncs: one replica, one id (see ``sync``).
+        self.claimant = uuid.uuid4().hex
+        self._claimed: list[object] | None = None
 
     async def _run(self, operation: str, *args: object) -> Any:
         script = getattr(self._scripts, operation)
@@ -53,22 +56,63 @@ class Pool:
         )
 
     async def sync(self, sessions: Sequence[Session]) -> int:
-        """Make the pool's sessions exactly ``sessions`` (ids and limits only; never secrets)."""
-        args: list[object] = []
+        """Claim ``sessions`` (ids and limits only; never secrets) for this replica.
+
+        The pool holds every session some live replica's claim names: the ones named here join
+        it, and those this replica named before and no live claim names any more leave it (never
+        leased again; their history and in-flight leases are kept). Replicas that briefly
+        disagree, as in a rollout, so never remove each other's sessions. The claim lasts
+        ``settings.claim_ttl_ms``: a long-running replica calls ``keep_claim`` more often than
+        that, and ``leave`` when it stops. Returns the number of sessions in the pool.
+        """
+        values: list[object] = []
         for s in sessions:
-            args += [s.id, s.weight, s.max_concurrency or 0, s.rpm or 0, int(s.enabled)]
-        # A large pool goes in several calls; the last one drops sessions no call named.
+            values += [s.id, s.weight, s.max_concurrency or 0, s.rpm or 0, int(s.enabled)]
+        self._claimed = values
+        return await self._sync_all(values)
+
+    async def keep_claim(self) -> int:
+        """Renew this replica's claim; sync again if it had expired (the store was out of reach
+        for longer than the claim TTL). Also drops other replicas' expired claims, so sessions
+        only a dead replica named leave the pool. Returns the number of sessions in the pool."""
+        size, status = await self._sync_step("renew")
+        if status == "lost" and self._claimed is not None:
+            size = await self._sync_all(self._claimed)
+        return size
+
+    async def leave(self) -> int:
+        """Drop this replica's claim: the sessions no other live replica names leave the pool
+        at once, rather than when the claim expires."""
+        self._claimed = None
+        size, _ = await self._sync_step("leave")
+        return size
+
+    async def _sync_all(self, values: list[object]) -> int:
+        # A large pool goes in several calls; the last one makes the collected ids the claim.
         generation = uuid.uuid4().hex
         step = SYNC_CHUNK * 5
-        starts = range(0, max(len(args), 1), step)
+        starts = range(0, max(len(values), 1), step)
         size = 0
         for start in starts:
-            final = int(start == starts[-1])
-            chunk = args[start : start + step]
-            size = int(
-                await self._run("sync", self.settings.strategy.value, generation, final, *chunk)
-            )
+            kind = "last" if start == starts[-1] else "part"
+            size, _ = await self._sync_step(kind, generation, *values[start : start + step])
         return size
+
+    async def _sync_step(self, step: str, generation: str = "", *values: object) -> tuple[int, str]:
+        keys = (*self._key_list, *self.keys.claims)
+        args: tuple[Any, ...] = (
+            LEASE_MEMORY_MS,
+            self.settings.strategy.value,
+            self.claimant,
+            self.settings.claim_ttl_ms,
+            step,
+            generation,
+            *values,
+        )
+        size, status = await _call(
+            "sync", self._scripts.sync(keys=keys, args=args, client=self.redis)
+        )
+        return int(size), str(status)
 
     async def acquire(self, *, exclude: Collection[str] = (), lease_id: str | None = None) -> Lease:
         """Lease an eligible session other than those in ``exclude``.

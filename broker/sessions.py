@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tomllib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -42,10 +42,9 @@ class Session(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     __str__ = __repr__
 
-    def __rich_repr__(self) -> Iterator[tuple[str, object]]:
+    def __rich_repr__(self) -> list[tuple[str, Any]]:
         # msgspec's own rich repr would list every field, the secret included.
-        yield "id", self.id
-        yield "weight", self.weight
+        return [("id", self.id), ("weight", self.weight)]
 
 
 class _File(msgspec.Struct, forbid_unknown_fields=True):

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from broker.constants import (
+    DEFAULT_CLAIM_TTL_MS,
     DEFAULT_LEASE_TTL_MS,
     DEFAULT_POOL,
     DEFAULT_RATE_LIMIT_COOLDOWN_MAX_MS,
@@ -41,5 +42,7 @@ class BrokerSettings:
     lease_ttl_ms: int = DEFAULT_LEASE_TTL_MS
     rate_limit_cooldown_ms: int = DEFAULT_RATE_LIMIT_COOLDOWN_MS
     rate_limit_cooldown_max_ms: int = DEFAULT_RATE_LIMIT_COOLDOWN_MAX_MS
+    #: How long a replica's claim on its configured sessions lasts unless renewed (see sync).
+    claim_ttl_ms: int = DEFAULT_CLAIM_TTL_MS
     #: Socket timeout for each Redis command and connect (seconds).
     redis_timeout_s: float = 2.0
