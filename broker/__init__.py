@@ -4,7 +4,14 @@ Every decision (which session is free, cooldowns, concurrency, health) is one at
 so it holds for a whole fleet of replicas sharing one Redis. No HTTP here; see ``proxy``.
 """
 
-from broker.errors import BrokerError, ConfigError, LeaseError, NoSessionAvailable, StoreError
+from broker.errors import (
+    BrokerError,
+    ConfigError,
+    LeaseError,
+    NoSessionAvailable,
+    StoreError,
+    UnknownSession,
+)
 from broker.keys import PoolKeys
 from broker.leases import Lease, Outcome, Released
 from broker.pool import Pool
@@ -27,6 +34,7 @@ __all__ = [
     "Session",
     "StoreError",
     "Strategy",
+    "UnknownSession",
     "load_sessions",
     "open_store",
     "session_id_for",

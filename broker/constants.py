@@ -45,3 +45,20 @@ DEFAULT_CLAIM_TTL_MS: Final = 60_000
 
 #: Number of session ids one sync call sends; larger pools are synced in several calls.
 SYNC_CHUNK: Final = 5_000
+
+#: Circuit breaker defaults: consecutive failures that open it, how long it stays open at first
+#: (doubling per repeated trip, up to the longest), and the probes a half-open breaker admits
+#: across the whole fleet.
+DEFAULT_BREAKER_THRESHOLD: Final = 5
+DEFAULT_BREAKER_TIMEOUT_MS: Final = 60_000
+DEFAULT_BREAKER_TIMEOUT_MAX_MS: Final = 600_000
+DEFAULT_HALF_OPEN_PROBES: Final = 1
+
+#: 429s closer together than this (the later one from a request sent after the earlier cooldown
+#: ended) count as a streak: each doubles the cooldown, until a success ends the streak.
+RATE_LIMIT_STREAK_WINDOW_MS: Final = 600_000
+
+#: Requests under an rpm quota are spaced 2% wider than 60000/rpm ms: a grant here and the
+#: request's arrival upstream are milliseconds apart, and that jitter must never tip an upstream
+#: that enforces the very same rpm into a 429. Costs at most 2% of the quota.
+QUOTA_SLACK: Final = 1.02

@@ -11,7 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-__all__ = ["BrokerError", "ConfigError", "LeaseError", "NoSessionAvailable", "StoreError"]
+__all__ = [
+    "BrokerError",
+    "ConfigError",
+    "LeaseError",
+    "NoSessionAvailable",
+    "StoreError",
+    "UnknownSession",
+]
 
 
 class BrokerError(Exception):
@@ -33,10 +40,13 @@ class LeaseError(BrokerError):
 class NoSessionAvailable(BrokerError):
     """No session of the pool can be leased right now.
 
-    ``reason`` is one of ``cooling`` (every usable session is cooling down), ``busy`` (at their
-    concurrency limit), ``disabled`` (none enabled), ``empty`` (the pool has no sessions) or
-    ``tried`` (this request already tried every eligible one). ``retry_after_ms`` is the time until
-    the earliest known moment one becomes available, or None when no such moment is known.
+    ``reason`` is ``empty`` (the pool has no sessions), ``disabled`` (none enabled), ``tried``
+    (this request already tried every eligible one), ``busy`` (some are at their concurrency
+    limit or probing a half-open breaker: one may free up any moment), or else whichever of
+    ``cooling`` (after a 429), ``open`` (circuit breaker) and ``quota`` (rpm used up) ends
+    soonest. ``retry_after_ms`` is the time until the earliest known moment one becomes
+    available, or None when no such moment is known. ``counts`` has the number of sessions in
+    each of available, cooling, busy, disabled, open and quota.
     """
 
     def __init__(self, reason: str, retry_after_ms: int | None, counts: Mapping[str, int]) -> None:
@@ -46,3 +56,7 @@ class NoSessionAvailable(BrokerError):
         when = "" if retry_after_ms is None else f"; earliest in {retry_after_ms} ms"
         detail = ", ".join(f"{name} {count}" for name, count in self.counts.items())
         super().__init__(f"no session available: {reason} ({detail}){when}")
+
+
+class UnknownSession(BrokerError):
+    """The pool has no session of that id."""

@@ -43,4 +43,7 @@ class PoolKeys:
             f"{b}:released",
             f"{b}:disabled",
             f"{b}:s:",
+            f"{b}:open",
+            f"{b}:quota",
+            f"{b}:probes",
         )

@@ -16,6 +16,7 @@ class Outcome(StrEnum):
     NETWORK = "network"  # connection refused, reset, DNS
     TIMEOUT = "timeout"
     OTHER = "other"
+    UNUSED = "unused"  # the lease was not used for a request (no penalty, no health change)
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +27,8 @@ class Lease:
     session_id: str
     lease_id: str
     expires_at_ms: int
+    #: A half-open breaker's probe: its outcome decides whether the breaker closes.
+    probe: bool = False
 
 
 @dataclass(frozen=True, slots=True)

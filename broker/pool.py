@@ -15,9 +15,12 @@ from broker.constants import (
     HEALTH_HALF_LIFE_MS,
     HEALTH_LATENCY_TARGET_MS,
     LEASE_MEMORY_MS,
+    QUOTA_SLACK,
+    RATE_LIMIT_STREAK_WINDOW_MS,
     SYNC_CHUNK,
 )
-from broker.errors import LeaseError, NoSessionAvailable, StoreError
+from broker.errors import LeaseError, NoSessionAvailable, StoreError, UnknownSession
+from broker.events import Transition, emit, parse
 from broker.keys import PoolKeys
 from broker.leases import Lease, Outcome, Released
 from broker.scripts import Scripts
@@ -25,7 +28,7 @@ from broker.sessions import Session
 from broker.settings import BrokerSettings
 from broker.store import Store
 
-_COUNTS = ("available", "cooling", "busy", "disabled")
+_COUNTS = ("available", "cooling", "busy", "disabled", "open", "quota")
 
 
 async def _call(operation: str, pending: Awaitable[Any]) -> Any:
@@ -49,11 +52,22 @@ class Pool:
         self.claimant = uuid.uuid4().hex
         self._claimed: list[object] | None = None
 
-    async def _run(self, operation: str, *args: object) -> Any:
+    async def _run(
+        self, operation: str, *args: object, extra_keys: tuple[str, ...] = ()
+    ) -> list[Any]:
+        """Run one script; log the transitions it made; return its reply without them."""
         script = getattr(self._scripts, operation)
-        return await _call(
-            operation, script(keys=self._key_list, args=(LEASE_MEMORY_MS, *args), client=self.redis)
+        keys = (*self._key_list, *extra_keys)
+        *reply, events = await _call(
+            operation, script(keys=keys, args=(LEASE_MEMORY_MS, *args), client=self.redis)
         )
+        transitions = parse(self.name, events)
+        emit(transitions)
+        self.on_transitions(transitions)
+        return list(reply)
+
+    def on_transitions(self, transitions: list[Transition]) -> None:
+        """Called with every transition this replica's calls made; for alerting and metrics."""
 
     async def sync(self, sessions: Sequence[Session]) -> int:
         """Claim ``sessions`` (ids and limits only; never secrets) for this replica.
@@ -67,7 +81,7 @@ class Pool:
         """
         values: list[object] = []
         for s in sessions:
-            values += [s.id, s.weight, s.max_concurrency or 0, s.rpm or 0, int(s.enabled)]
+            values += [s.id, s.weight, s.max_concurrency or 0, s.rpm or 0, s.burst, int(s.enabled)]
         self._claimed = values
         return await self._sync_all(values)
 
@@ -90,7 +104,7 @@ class Pool:
     async def _sync_all(self, values: list[object]) -> int:
         # A large pool goes in several calls; the last one makes the collected ids the claim.
         generation = uuid.uuid4().hex
-        step = SYNC_CHUNK * 5
+        step = SYNC_CHUNK * 6
         starts = range(0, max(len(values), 1), step)
         size = 0
         for start in starts:
@@ -99,18 +113,23 @@ class Pool:
         return size
 
     async def _sync_step(self, step: str, generation: str = "", *values: object) -> tuple[int, str]:
-        keys = (*self._key_list, *self.keys.claims)
-        args: tuple[Any, ...] = (
-            LEASE_MEMORY_MS,
-            self.settings.strategy.value,
+        config = self.settings
+        size, status = await self._run(
+            "sync",
+            config.strategy.value,
             self.claimant,
-            self.settings.claim_ttl_ms,
+            config.claim_ttl_ms,
             step,
             generation,
+            # Pool-wide tunables: the last replica to sync writes them.
+            config.breaker_threshold,
+            config.breaker_timeout_ms,
+            max(config.breaker_timeout_max_ms, config.breaker_timeout_ms),
+            config.half_open_probes,
+            RATE_LIMIT_STREAK_WINDOW_MS,
+            QUOTA_SLACK,
             *values,
-        )
-        size, status = await _call(
-            "sync", self._scripts.sync(keys=keys, args=args, client=self.redis)
+            extra_keys=self.keys.claims,
         )
         return int(size), str(status)
 
@@ -124,18 +143,18 @@ class Pool:
             "acquire", lease_id, self.settings.lease_ttl_ms, random.getrandbits(31), *exclude
         )
         if reply[0] == "ok":
-            return Lease(self.name, reply[1], reply[2], int(reply[3]))
+            return Lease(self.name, reply[1], reply[2], int(reply[3]), probe=bool(reply[4]))
         if reply[0] == "ended":
             raise LeaseError(f"lease {lease_id} already ended; make a new lease id per acquire")
-        _, reason, earliest, now, *counts = reply
+        _, reason, earliest, now, counts = reply
         retry_after = None if int(earliest) < 0 else max(0, int(earliest) - int(now))
         raise NoSessionAvailable(
             reason, retry_after, dict(zip(_COUNTS, map(int, counts), strict=True))
         )
 
-    def cooldown_ms(self, retry_after_ms: int | None) -> int:
+    def cooldown_ms(self, wait_ms: int | None) -> int:
         """The cooldown for a 429: the upstream's wait if usable, else the default; clamped."""
-        wanted = self.settings.rate_limit_cooldown_ms if retry_after_ms is None else retry_after_ms
+        wanted = self.settings.rate_limit_cooldown_ms if wait_ms is None else wait_ms
         return max(0, min(wanted, self.settings.rate_limit_cooldown_max_ms))
 
     async def release(
@@ -145,24 +164,33 @@ class Pool:
         *,
         latency_ms: int = -1,
         retry_after_ms: int | None = None,
+        exhausted_ms: int | None = None,
         detail: str = "",
     ) -> Released:
         """End ``lease`` and record ``outcome``. Idempotent: a replay changes nothing.
 
         ``retry_after_ms`` is the upstream's requested wait after a 429 (None: not given or not
-        usable); ``detail`` a status code or error class name for the session's ``last_error``.
+        usable); ``exhausted_ms`` the wait until its rate-limit headers say the session has quota
+        again, when they say none is left (it cools the session before any 429, and stands in for
+        a missing Retry-After); ``detail`` a status code or error class name for ``last_error``.
         """
+        wait = retry_after_ms if retry_after_ms is not None else exhausted_ms
+        if outcome is Outcome.RATE_LIMITED:
+            cooldown = self.cooldown_ms(wait)
+        else:
+            cooldown = -1 if exhausted_ms is None else self.cooldown_ms(exhausted_ms)
         status, session_id, deadline = await self._run(
             "release",
             lease.lease_id,
             outcome.value,
             latency_ms,
-            self.cooldown_ms(retry_after_ms),
+            cooldown,
             detail,
             HEALTH_HALF_LIFE_MS,
             HEALTH_ALPHA,
             HEALTH_FLOOR,
             HEALTH_LATENCY_TARGET_MS,
+            self.settings.rate_limit_cooldown_max_ms,
         )
         if status == "unknown":
             raise LeaseError(f"lease {lease.lease_id} is unknown to pool {self.name!r}")
@@ -173,7 +201,23 @@ class Pool:
         status, expiry = await self._run("renew", lease.lease_id, self.settings.lease_ttl_ms)
         if status != "ok":
             raise LeaseError(f"lease {lease.lease_id} is no longer live (released or expired)")
-        return Lease(lease.pool, lease.session_id, lease.lease_id, int(expiry))
+        return Lease(lease.pool, lease.session_id, lease.lease_id, int(expiry), lease.probe)
+
+    async def disable(self, session_id: str, reason: str = "operator") -> str:
+        """Take a session out of use, fleet-wide, until ``enable``; returns its new state."""
+        if not reason:
+            raise ValueError("a disable needs a reason")
+        return await self._set_disabled(session_id, reason)
+
+    async def enable(self, session_id: str) -> str:
+        """Put a disabled session (by an operator or a 401/403) back into use; its new state."""
+        return await self._set_disabled(session_id, "")
+
+    async def _set_disabled(self, session_id: str, reason: str) -> str:
+        (state,) = await self._run("set_disabled", session_id, reason)
+        if state == "unknown":
+            raise UnknownSession(f"pool {self.name!r} has no session {session_id!r}")
+        return str(state)
 
     async def session_state(self, session_id: str) -> dict[str, str]:
         """The session's hash as stored (what ``HGETALL`` shows an operator)."""

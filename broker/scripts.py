@@ -18,7 +18,7 @@ from redis.commands.core import AsyncScript
 from broker.store import Store
 
 PRELUDE = "common.lua"
-OPERATIONS = ("acquire", "release", "renew", "sync")
+OPERATIONS = ("acquire", "release", "renew", "sync", "set_disabled")
 
 
 def _lua_dir() -> Traversable:
@@ -46,6 +46,7 @@ class Scripts:
     release: AsyncScript
     renew: AsyncScript
     sync: AsyncScript
+    set_disabled: AsyncScript
 
     @classmethod
     def register(cls, redis: Store) -> Scripts:

@@ -35,6 +35,7 @@ class Session(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     weight: Annotated[float, msgspec.Meta(gt=0, le=1_000_000)] = 1.0
     max_concurrency: Annotated[int, msgspec.Meta(ge=1)] | None = None
     rpm: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    burst: Annotated[int, msgspec.Meta(ge=1)] = 1
     enabled: bool = True
 
     def __repr__(self) -> str:

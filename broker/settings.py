@@ -6,7 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from broker.constants import (
+    DEFAULT_BREAKER_THRESHOLD,
+    DEFAULT_BREAKER_TIMEOUT_MAX_MS,
+    DEFAULT_BREAKER_TIMEOUT_MS,
     DEFAULT_CLAIM_TTL_MS,
+    DEFAULT_HALF_OPEN_PROBES,
     DEFAULT_LEASE_TTL_MS,
     DEFAULT_POOL,
     DEFAULT_RATE_LIMIT_COOLDOWN_MAX_MS,
@@ -44,5 +48,10 @@ class BrokerSettings:
     rate_limit_cooldown_max_ms: int = DEFAULT_RATE_LIMIT_COOLDOWN_MAX_MS
     #: How long a replica's claim on its configured sessions lasts unless renewed (see sync).
     claim_ttl_ms: int = DEFAULT_CLAIM_TTL_MS
+    #: Consecutive server/network/timeout failures that open a session's breaker; 0: no breaker.
+    breaker_threshold: int = DEFAULT_BREAKER_THRESHOLD
+    breaker_timeout_ms: int = DEFAULT_BREAKER_TIMEOUT_MS
+    breaker_timeout_max_ms: int = DEFAULT_BREAKER_TIMEOUT_MAX_MS
+    half_open_probes: int = DEFAULT_HALF_OPEN_PROBES
     #: Socket timeout for each Redis command and connect (seconds).
     redis_timeout_s: float = 2.0

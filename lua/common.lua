@@ -2,7 +2,9 @@
 -- each script sees one key layout and one definition of a session's eligibility.
 --
 -- KEYS (the same list for every script; built by broker/keys.py, all under the pool's hash tag):
---   1 pool       HASH  strategy, epoch_ms, next_ordinal, rr_cursor
+--   1 pool       HASH  strategy, epoch_ms, next_ordinal, rr_cursor, and the pool-wide tunables
+--                      breaker_threshold, breaker_timeout_ms, breaker_timeout_max_ms,
+--                      half_open_probes, streak_window_ms, quota_slack (written by sync)
 --   2 members    ZSET  session id -> ordinal, every session the configuration names
 --   3 avail      ZSET  session id -> selection score, the sessions eligible right now
 --   4 cooling    ZSET  session id -> cooldown deadline (ms)
@@ -10,21 +12,31 @@
 --   6 owners     HASH  lease id -> session id, live leases and expired ones not yet released
 --   7 expired    ZSET  lease id -> when it expired (ms), expired before its release arrived
 --   8 released   ZSET  lease id -> when it was released (ms), remembered so a replay counts once
---   9 disabled   SET   session ids that are disabled (by configuration or an operator)
+--   9 disabled   SET   session ids that are disabled (by configuration, an operator or a 401/403)
 --  10 the prefix of session hashes: session <id> lives at KEYS[10] .. <id>. Passed as a key so
 --     that its hash tag decides the slot; every key a script touches shares that tag.
+--  11 open       ZSET  session id -> when its open circuit breaker half-opens (ms)
+--  12 quota      ZSET  session id -> when its rpm quota admits the next request (ms)
+--  13 probes     SET   lease ids that are half-open probes
 -- ARGV[1] (every script): how long an ended lease id is remembered (ms).
 -- Script-specific arguments start at ARGV[2].
+-- Every script returns its own reply followed by a list of events, one per transition it made:
+-- {session id, 'state', from, to} or {session id, 'breaker', from, to}.
 local pool_key, members_key, avail_key, cooling_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local leases_key, owners_key, expired_key, released_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local disabled_key, session_prefix = KEYS[9], KEYS[10]
+local open_key, quota_key, probes_key = KEYS[11], KEYS[12], KEYS[13]
 local lease_memory_ms = tonumber(ARGV[1])
 -- How many due entries one call processes per housekeeping pass; the rest wait for the next call.
 local batch = 256
 
-local pool_meta = redis.call('HMGET', pool_key, 'strategy', 'epoch_ms')
+local pool_meta = redis.call('HMGET', pool_key, 'strategy', 'epoch_ms', 'half_open_probes',
+  'quota_slack')
 local strategy = pool_meta[1] or 'health'
 local epoch_ms = tonumber(pool_meta[2]) or 0
+local half_open_probes = tonumber(pool_meta[3]) or 1
+local quota_slack = tonumber(pool_meta[4]) or 1
+local events = {}
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -37,48 +49,72 @@ local function selection_score(f)
   local last_used = math.max(0, (tonumber(f.last_used) or 0) - epoch_ms)
   if strategy == 'lru' then return last_used end
   -- 2^41 ms is 69 years: the in-flight count orders first, least recently used breaks ties.
-  if strategy == 'least-busy' then return math.min(tonumber(f.in_flight) or 0, 4095) * 2^41 + last_used end
+  if strategy == 'least-busy' then return math.min(f.in_flight, 4095) * 2^41 + last_used end
   if strategy == 'health' then return (tonumber(f.weight) or 1) * (tonumber(f.health) or 1) end
   return 0
 end
 
--- Recompute one session's state and its membership of avail, cooling and disabled.
+-- The spacing of a session's requests under its rpm quota (ms), a little wider than 60000/rpm:
+-- the slack absorbs the jitter between a grant here and the request's arrival upstream.
+local function quota_interval(rpm)
+  return 60000 / rpm * quota_slack
+end
+
+-- When a session's rpm quota (GCRA: one request per interval, bursts of `burst`) admits its
+-- next request; 0 without a quota.
+local function quota_at(f)
+  if f.rpm <= 0 or f.tat == 0 then return 0 end
+  return f.tat - quota_interval(f.rpm) * (math.max(f.burst, 1) - 1)
+end
+
+local function place(key, member, yes, score)
+  if yes then redis.call('ZADD', key, score, member) else redis.call('ZREM', key, member) end
+end
+
+-- Recompute one session's state and its membership of avail, cooling, open, quota and disabled.
+-- The first matching reason wins: removed, disabled, open, cooling, quota, probing, busy.
 local function refresh(id, now)
   local key = session_prefix .. id
   local v = redis.call('HMGET', key, 'enabled', 'disabled_reason', 'cooldown_until', 'in_flight',
-    'max_concurrency', 'ordinal', 'last_used', 'weight', 'health')
+    'max_concurrency', 'ordinal', 'last_used', 'weight', 'health', 'breaker', 'breaker_until',
+    'probes', 'rpm', 'burst', 'tat', 'state')
   local f = {enabled = v[1], disabled_reason = v[2], cooldown_until = tonumber(v[3]) or 0,
     in_flight = tonumber(v[4]) or 0, max_concurrency = tonumber(v[5]) or 0, ordinal = v[6],
-    last_used = v[7], weight = v[8], health = v[9]}
+    last_used = v[7], weight = v[8], health = v[9], breaker = v[10] or 'closed',
+    breaker_until = tonumber(v[11]) or 0, probes = tonumber(v[12]) or 0, rpm = tonumber(v[13]) or 0,
+    burst = tonumber(v[14]) or 1, tat = tonumber(v[15]) or 0}
+  if f.breaker == 'open' and f.breaker_until <= now then
+    f.breaker, f.probes = 'half_open', 0
+    redis.call('HSET', key, 'breaker', 'half_open', 'probes', 0)
+    table.insert(events, {id, 'breaker', 'open', 'half_open'})
+  end
+  local admits_at = quota_at(f)
   local state
-  if not redis.call('ZSCORE', members_key, id) then
-    state = 'removed'
-  elseif f.enabled == '0' or (f.disabled_reason and f.disabled_reason ~= '') then
-    state = 'disabled'
-  elseif f.cooldown_until > now then
-    state = 'cooling'
-  elseif f.max_concurrency > 0 and f.in_flight >= f.max_concurrency then
-    state = 'busy'
-  else
-    state = 'available'
+  if not redis.call('ZSCORE', members_key, id) then state = 'removed'
+  elseif f.enabled == '0' or (f.disabled_reason and f.disabled_reason ~= '') then state = 'disabled'
+  elseif f.breaker == 'open' then state = 'open'
+  elseif f.cooldown_until > now then state = 'cooling'
+  elseif admits_at > now then state = 'quota'
+  elseif f.breaker == 'half_open' and f.probes >= half_open_probes then state = 'probing'
+  elseif f.max_concurrency > 0 and f.in_flight >= f.max_concurrency then state = 'busy'
+  else state = 'available' end
+  place(avail_key, id, state == 'available', state == 'available' and selection_score(f) or 0)
+  place(cooling_key, id, state == 'cooling', f.cooldown_until)
+  place(open_key, id, state == 'open', f.breaker_until)
+  place(quota_key, id, state == 'quota', admits_at)
+  if state == 'disabled' then redis.call('SADD', disabled_key, id) else redis.call('SREM', disabled_key, id) end
+  if state ~= v[16] then
+    redis.call('HSET', key, 'state', state)
+    table.insert(events, {id, 'state', v[16] or '', state})
   end
-  if state == 'available' then
-    redis.call('ZADD', avail_key, selection_score(f), id)
-  else
-    redis.call('ZREM', avail_key, id)
-  end
-  if state == 'cooling' then
-    redis.call('ZADD', cooling_key, f.cooldown_until, id)
-  else
-    redis.call('ZREM', cooling_key, id)
-  end
-  if state == 'disabled' then
-    redis.call('SADD', disabled_key, id)
-  else
-    redis.call('SREM', disabled_key, id)
-  end
-  redis.call('HSET', key, 'state', state)
   return state
+end
+
+-- A probe lease that ends (released or expired) gives its half-open slot back; true if it was one.
+local function end_probe(lease, key)
+  if redis.call('SREM', probes_key, lease) == 0 then return false end
+  if redis.call('HINCRBY', key, 'probes', -1) < 0 then redis.call('HSET', key, 'probes', 0) end
+  return true
 end
 
 -- Leases whose holder stopped renewing them: give their slots back.
@@ -92,16 +128,16 @@ local function expire_leases(now)
       local key = session_prefix .. id
       if redis.call('HINCRBY', key, 'in_flight', -1) < 0 then redis.call('HSET', key, 'in_flight', 0) end
       redis.call('HINCRBY', key, 'leases_expired', 1)
+      end_probe(lease, key)
       refresh(id, now)
     end
   end
 end
 
--- Sessions whose cooldown deadline has passed go back to avail (or to busy/disabled).
-local function end_cooldowns(now)
-  local due = redis.call('ZRANGEBYSCORE', cooling_key, '-inf', now, 'LIMIT', 0, batch)
-  for _, id in ipairs(due) do
-    redis.call('ZREM', cooling_key, id)
+-- Sessions whose deadline in a time-ordered set has passed get their state recomputed.
+local function end_due(key, now)
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', key, '-inf', now, 'LIMIT', 0, batch)) do
+    redis.call('ZREM', key, id)
     refresh(id, now)
   end
 end
@@ -114,11 +150,14 @@ local function forget_ended(now)
     redis.call('HDEL', owners_key, lease)
     redis.call('ZREM', expired_key, lease)
   end
-  redis.call('ZREMRANGEBYSCORE', released_key, '-inf', horizon)
+  local stale = math.min(redis.call('ZCOUNT', released_key, '-inf', horizon), batch)
+  if stale > 0 then redis.call('ZREMRANGEBYRANK', released_key, 0, stale - 1) end
 end
 
 local function housekeeping(now)
   expire_leases(now)
-  end_cooldowns(now)
+  end_due(open_key, now)
+  end_due(cooling_key, now)
+  end_due(quota_key, now)
   forget_ended(now)
 end

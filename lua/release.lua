@@ -1,26 +1,25 @@
 -- release.lua: end a lease and record what happened on it.
 -- KEYS: the pool's keys, see common.lua.
 -- ARGV: 1 lease memory (ms), 2 lease id, 3 outcome (success | rate_limited | auth | server |
---       network | timeout | other), 4 latency (ms, -1 unknown), 5 cooldown (ms, used on
---       rate_limited), 6 detail (a status code or error class; never a secret),
---       7 health half-life (ms), 8 EWMA weight of one observation (0..1), 9 health floor (0..1),
---       10 latency target (ms).
--- Returns {status, session id or '', cooldown deadline ms or 0} where status is
+--       network | timeout | other | unused), 4 latency (ms, -1 unknown), 5 cooldown (ms; -1 none):
+--       on rate_limited the base of an escalating cooldown, otherwise a wait the upstream's
+--       headers asked for (nothing left until reset), 6 detail (a status code or error class;
+--       never a secret), 7 health half-life (ms), 8 EWMA weight of one observation (0..1),
+--       9 health floor (0..1), 10 latency target (ms), 11 longest cooldown (ms).
+-- Returns {status, session id or '', cooldown deadline ms or 0, events} where status is
 --   'released' (the lease was live), 'late' (it had expired; the outcome still counts),
 --   'duplicate' (released before: nothing changes) or 'unknown' (no such lease remembered).
 local lease_id, outcome, latency = ARGV[2], ARGV[3], tonumber(ARGV[4])
 local cooldown_ms, detail = tonumber(ARGV[5]), ARGV[6]
 local half_life, alpha, floor = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
-local latency_target = tonumber(ARGV[10])
+local latency_target, cooldown_max = tonumber(ARGV[10]), tonumber(ARGV[11])
 
 -- Housekeeping first: a lease past its expiry is 'late' even if no call has reaped it yet.
 local now = now_ms()
 housekeeping(now)
-if redis.call('ZSCORE', released_key, lease_id) then
-  return {'duplicate', '', 0}
-end
+if redis.call('ZSCORE', released_key, lease_id) then return {'duplicate', '', 0, events} end
 local id = redis.call('HGET', owners_key, lease_id)
-if not id then return {'unknown', '', 0} end
+if not id then return {'unknown', '', 0, events} end
 
 local key = session_prefix .. id
 local status = 'late'
@@ -32,8 +31,12 @@ else
 end
 redis.call('HDEL', owners_key, lease_id)
 redis.call('ZADD', released_key, now, lease_id)
-
+local probe = end_probe(lease_id, key)
 redis.call('HINCRBY', key, 'n_' .. outcome, 1)
+if outcome == 'unused' then
+  refresh(id, now)
+  return {status, id, 0, events}
+end
 if outcome ~= 'success' then
   redis.call('HSET', key, 'last_error', detail ~= '' and (outcome .. ': ' .. detail) or outcome,
     'last_error_at', now)
@@ -57,12 +60,56 @@ if outcome ~= 'rate_limited' then
   if avg_latency then redis.call('HSET', key, 'latency_ms', math.floor(avg_latency + 0.5)) end
 end
 
-local deadline = 0
+-- Cooldowns are absolute deadlines and only ever move later. Repeated 429s within the streak
+-- window double the wait each time; a 429 from a request sent while the session was already
+-- cooling says nothing new and does not escalate. A success ends the streak.
+local c = redis.call('HMGET', key, 'cooldown_until', 'rl_streak', 'rl_last_at', 'breaker')
+local deadline, old_deadline = 0, tonumber(c[1]) or 0
 if outcome == 'rate_limited' then
-  -- A cooldown is an absolute deadline and only ever moves later.
-  deadline = math.max(tonumber(redis.call('HGET', key, 'cooldown_until')) or 0, now + cooldown_ms)
+  local streak = tonumber(c[2]) or 0
+  local window = tonumber(redis.call('HGET', pool_key, 'streak_window_ms')) or 600000
+  if old_deadline <= now then
+    streak = (now - (tonumber(c[3]) or 0) > window) and 1 or streak + 1
+  end
+  streak = math.max(streak, 1)
+  local wait = math.min(cooldown_ms * 2 ^ (streak - 1), math.max(cooldown_max, cooldown_ms))
+  deadline = math.max(old_deadline, math.floor(now + wait))
+  redis.call('HSET', key, 'cooldown_until', deadline, 'rl_streak', streak, 'rl_last_at', now)
+  redis.call('HINCRBY', key, 'cooldowns', 1)
+elseif cooldown_ms >= 0 then
+  deadline = math.max(old_deadline, now + cooldown_ms)
   redis.call('HSET', key, 'cooldown_until', deadline)
   redis.call('HINCRBY', key, 'cooldowns', 1)
 end
+if outcome == 'success' then redis.call('HSET', key, 'rl_streak', 0) end
+
+if outcome == 'auth' then
+  -- The credential was refused: out until an operator re-enables it.
+  redis.call('HSET', key, 'disabled_reason', 'auth', 'disabled_at', now)
+end
+
+-- Circuit breaker: consecutive server/network/timeout failures open it; after its timeout
+-- (growing with each trip) it half-opens for a few probes; a probe's success closes it, its
+-- failure opens it again.
+local threshold = tonumber(redis.call('HGET', pool_key, 'breaker_threshold')) or 0
+local breaker = c[4] or 'closed'
+local failed = outcome == 'server' or outcome == 'network' or outcome == 'timeout'
+if failed then
+  local failures = redis.call('HINCRBY', key, 'breaker_failures', 1)
+  if threshold > 0 and ((breaker == 'half_open' and probe) or (breaker == 'closed' and failures >= threshold)) then
+    local b = redis.call('HMGET', pool_key, 'breaker_timeout_ms', 'breaker_timeout_max_ms')
+    local trips = redis.call('HINCRBY', key, 'breaker_trips', 1)
+    local open_for = math.min(tonumber(b[1]) * 2 ^ (trips - 1), tonumber(b[2]))
+    redis.call('HSET', key, 'breaker', 'open', 'breaker_until', math.floor(now + open_for),
+      'breaker_opened_at', now)
+    table.insert(events, {id, 'breaker', breaker, 'open'})
+  end
+elseif outcome == 'success' then
+  redis.call('HSET', key, 'breaker_failures', 0)
+  if breaker == 'half_open' and probe then
+    redis.call('HSET', key, 'breaker', 'closed', 'breaker_trips', 0)
+    table.insert(events, {id, 'breaker', 'half_open', 'closed'})
+  end
+end
 refresh(id, now)
-return {status, id, deadline}
+return {status, id, deadline, events}

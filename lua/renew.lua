@@ -1,12 +1,13 @@
 -- renew.lua: extend a live lease (a long streaming response is still running).
 -- KEYS: the pool's keys, see common.lua.
 -- ARGV: 1 lease memory (ms), 2 lease id, 3 lease TTL (ms): the new expiry is now + TTL.
--- Returns {'ok', expiry ms} or {'gone', 0} when the lease is no longer live (released or expired).
+-- Returns {'ok', expiry ms, events} or {'gone', 0, events} when the lease is no longer live
+-- (released or expired).
 local lease_id, ttl_ms = ARGV[2], tonumber(ARGV[3])
 -- Housekeeping first: a lease past its expiry is gone even if no call has reaped it yet.
 local now = now_ms()
 housekeeping(now)
-if not redis.call('ZSCORE', leases_key, lease_id) then return {'gone', 0} end
+if not redis.call('ZSCORE', leases_key, lease_id) then return {'gone', 0, events} end
 local expiry = now + ttl_ms
 redis.call('ZADD', leases_key, 'XX', expiry, lease_id)
-return {'ok', expiry}
+return {'ok', expiry, events}

@@ -4,23 +4,31 @@
 -- reaches pods at different moments) never take each other's sessions away; it leaves when the
 -- last claim naming it is replaced, dropped or expires: never leased again, its hash (history,
 -- in-flight leases) kept, and it comes back with that history if it is named again.
--- KEYS: the pool's keys (common.lua), then 11 claims ZSET replica id -> claim deadline (ms),
---       12 prefix of claim sets: the ids replica r names are the ZSET KEYS[12] .. r (id -> position).
+-- KEYS: the pool's keys (common.lua), then two more, the last two of the list:
+--       claims ZSET replica id -> claim deadline (ms), and the prefix of claim sets: the ids
+--       replica r names are the ZSET <prefix> .. r (id -> position).
 -- ARGV: 1 lease memory (ms), 2 strategy, 3 replica id, 4 claim TTL (ms), 5 step: 'part' (more
 --       sessions follow), 'last' (the configuration is complete), 'renew' (no sessions: extend the
 --       claim) or 'leave' (drop the claim), 6 generation (unique per sync: a multi-call sync
---       collects into claim set .. ':' .. generation), then five values per session:
---       id, weight, max concurrency (0 = none), rpm (0 = none), enabled (1 | 0).
--- Returns {sessions in the pool, 'ok' | 'lost'}: 'lost' answers a renew whose claim had expired
--- and was dropped (the replica syncs again).
-local claims_key, claim_prefix = KEYS[11], KEYS[12]
+--       collects into claim set .. ':' .. generation), then the pool-wide tunables, stored in the
+--       pool hash (the last replica to sync sets them): 7 breaker threshold (0 = no breaker),
+--       8 breaker timeout (ms), 9 longest breaker timeout (ms), 10 half-open probes, 11 429
+--       streak window (ms), 12 quota slack (factor >= 1 on each rpm interval); then six values
+--       per session: id, weight, max concurrency (0 = none), rpm (0 = none), burst, enabled (1|0).
+-- Returns {sessions in the pool, 'ok' | 'lost', events}: 'lost' answers a renew whose claim had
+-- expired and was dropped (the replica syncs again).
+local claims_key, claim_prefix = KEYS[#KEYS - 1], KEYS[#KEYS]
 local replica, ttl_ms, step = ARGV[3], tonumber(ARGV[4]), ARGV[5]
 local mine = claim_prefix .. replica
 local collecting = mine .. ':' .. ARGV[6]
 local now = now_ms()
 redis.call('HSETNX', pool_key, 'epoch_ms', now)
-redis.call('HSET', pool_key, 'strategy', ARGV[2])
+redis.call('HSET', pool_key, 'strategy', ARGV[2], 'breaker_threshold', ARGV[7],
+  'breaker_timeout_ms', ARGV[8], 'breaker_timeout_max_ms', ARGV[9], 'half_open_probes', ARGV[10],
+  'streak_window_ms', ARGV[11], 'quota_slack', ARGV[12])
 strategy = ARGV[2]
+half_open_probes = tonumber(ARGV[10])
+quota_slack = tonumber(ARGV[12])
 epoch_ms = tonumber(redis.call('HGET', pool_key, 'epoch_ms'))
 
 local function claimed(id)
@@ -51,14 +59,14 @@ local function drop_expired_claims()
 end
 
 local function reply()
-  return {redis.call('ZCARD', members_key), 'ok'}
+  return {redis.call('ZCARD', members_key), 'ok', events}
 end
 
 if step == 'renew' then
   local alive = redis.call('ZSCORE', claims_key, replica)
   if alive then redis.call('ZADD', claims_key, now + ttl_ms, replica) end
   drop_expired_claims()
-  if not alive then return {redis.call('ZCARD', members_key), 'lost'} end
+  if not alive then return {redis.call('ZCARD', members_key), 'lost', events} end
   return reply()
 end
 if step == 'leave' then
@@ -68,9 +76,9 @@ end
 
 -- 'part' and 'last': record the limits of the sessions named, collect their ids in order.
 local position = redis.call('ZCARD', collecting)
-for i = 7, #ARGV, 5 do
+for i = 13, #ARGV, 6 do
   redis.call('HSET', session_prefix .. ARGV[i], 'weight', ARGV[i + 1], 'max_concurrency',
-    ARGV[i + 2], 'rpm', ARGV[i + 3], 'enabled', ARGV[i + 4])
+    ARGV[i + 2], 'rpm', ARGV[i + 3], 'burst', ARGV[i + 4], 'enabled', ARGV[i + 5])
   position = position + 1
   redis.call('ZADD', collecting, position, ARGV[i])
 end

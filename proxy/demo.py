@@ -20,8 +20,14 @@ from proxy.serve import start
 from proxy.settings import Settings
 from proxy.simulated_upstream import Limits, SimulatedUpstream
 
-DEMO_SESSIONS = [Session(id=f"demo-{n}", secret=f"demo-secret-{n}") for n in range(1, 5)]
 DEMO_LIMITS = Limits(rpm=60, burst=3)
+#: The broker knows the quota of the first two sessions; it learns the others' from 429s.
+DEMO_SESSIONS = [
+    Session(id="demo-1", secret="demo-secret-1", rpm=DEMO_LIMITS.rpm, burst=DEMO_LIMITS.burst),
+    Session(id="demo-2", secret="demo-secret-2", rpm=DEMO_LIMITS.rpm, burst=DEMO_LIMITS.burst),
+    Session(id="demo-3", secret="demo-secret-3"),
+    Session(id="demo-4", secret="demo-secret-4"),
+]
 
 
 async def _client(proxy_url: str, deadline: float, statuses: Counter[int]) -> None:
@@ -87,7 +93,9 @@ def run_demo(*, seconds: float, concurrency: int) -> int:
         print(f"  {session_id:<10} {ok:>6} {limited:>6} {share:>14}")
     wasted = sum(s.statuses[429] for s in upstream.values() if s)  # type: ignore[attr-defined]
     print(
-        f"\nupstream 429s: {wasted} (each one put its session into a cooldown shared by every "
-        "replica;\nwith all sessions cooling, clients got 429 + Retry-After instead of waste)"
+        f"\nupstream 429s: {wasted}. demo-1 and demo-2 carry their rpm quota in the sessions "
+        "file,\nso the broker spaces their requests and the upstream never refuses them; "
+        "demo-3 and\ndemo-4 do not, so each of their 429s starts a cooldown every replica "
+        "honours. With\nall sessions busy, clients got 429 + Retry-After from the proxy instead."
     )
     return 0 if statuses[200] > 0 else 1

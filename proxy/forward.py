@@ -23,6 +23,7 @@ from yarl import URL
 
 from broker import Lease, LeaseError, NoSessionAvailable, Outcome, StoreError
 from proxy.body import BodyTooLarge, ReplayableBody
+from proxy.ratelimit_headers import exhausted_ms
 from proxy.replica import REPLICA, Replica
 from proxy.responses import error_response
 from proxy.retry_after import retry_after_ms
@@ -91,6 +92,45 @@ def _drop(headers: Iterable[tuple[str, str]], extra: frozenset[str]) -> CIMultiD
     return kept
 
 
+#: How the proxy answers when no session can serve, by NoSessionAvailable.reason.
+UNAVAILABLE = {
+    "cooling": (
+        429,
+        "all_sessions_cooling",
+        "every upstream session is cooling down after a rate limit; retry later",
+    ),
+    "quota": (
+        429,
+        "all_sessions_at_quota",
+        "every upstream session has used its request quota for now; retry later",
+    ),
+    "open": (
+        503,
+        "all_sessions_failing",
+        "the upstream is failing for every session (circuit breakers open); retry later",
+    ),
+    "busy": (
+        503,
+        "all_sessions_busy",
+        "every upstream session is at its concurrency limit; retry later",
+    ),
+    "tried": (503, "no_session_left", "every available session was tried for this request"),
+    "disabled": (503, "no_session_enabled", "no upstream session is enabled"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Waits:
+    """What an answer says about waiting: its Retry-After, and how long until its rate-limit
+    headers say the session has quota again (when they say none is left)."""
+
+    retry_after_ms: int | None
+    exhausted_ms: int | None
+
+
+NO_WAITS = Waits(None, None)
+
+
 @dataclass(frozen=True, slots=True)
 class Failure:
     """A retryable attempt that failed; replayed to the client if no other attempt can follow."""
@@ -117,6 +157,7 @@ class Forwarder:
         self.header_name = header.name
         self.outgoing = _drop(request.headers.items(), CLIENT_CREDENTIALS | {header.name.lower()})
         self.outgoing["X-Request-ID"] = request_id
+        self.families = replica.header_families
 
     async def run(self) -> web.StreamResponse:
         if (self.request.content_length or 0) > self.settings.max_body_bytes:
@@ -131,7 +172,7 @@ class Forwarder:
             if last is not None and last.backoff:
                 await self._backoff(attempt)
             try:
-                lease = await self.replica.pool.acquire(exclude=self.tried)
+                lease, secret = await self._lease()
             except NoSessionAvailable as exc:
                 if last is not None and exc.reason == "tried":
                     return last.response
@@ -139,14 +180,26 @@ class Forwarder:
             except StoreError as exc:
                 log.warning("store unavailable", error=str(exc))
                 return error_response(503, "store_unavailable", "session store unreachable")
-            self.tried.add(lease.session_id)
             final = attempt == self.replica.max_attempts - 1
-            result = await self._attempt(lease, final=final)
+            result = await self._attempt(lease, secret, final=final)
             if isinstance(result, web.StreamResponse):
                 return result
             last = result
         assert last is not None  # max_attempts >= 1
         return last.response
+
+    async def _lease(self) -> tuple[Lease, str]:
+        """A lease on a session this replica holds the secret of; raises NoSessionAvailable."""
+        while True:
+            lease = await self.replica.pool.acquire(exclude=self.tried)
+            self.tried.add(lease.session_id)
+            secret = self.replica.secrets.get(lease.session_id)
+            if secret is not None:
+                return lease, secret
+            # The store lists a session this replica's configuration does not have (replicas
+            # disagree for a moment during a rollout): hand it back untouched, lease another.
+            log.info("session unknown to this replica; skipped", session=lease.session_id)
+            self._release(lease, Outcome.UNUSED, -1)
 
     async def _backoff(self, attempt: int) -> None:
         if not self.settings.exponential_backoff_enabled:
@@ -160,28 +213,13 @@ class Forwarder:
 
     def _unavailable(self, exc: NoSessionAvailable) -> web.Response:
         log.info("no session available", reason=exc.reason, retry_after_ms=exc.retry_after_ms)
-        if exc.reason == "cooling":
-            return error_response(
-                429,
-                "all_sessions_cooling",
-                "every upstream session is cooling down after a rate limit; retry later",
-                retry_after_ms=exc.retry_after_ms,
-            )
-        if exc.reason in ("busy", "tried"):
-            return error_response(
-                503,
-                "all_sessions_busy",
-                "every upstream session is at its concurrency limit; retry later",
-                retry_after_ms=exc.retry_after_ms,
-            )
-        return error_response(503, "no_session_enabled", "no upstream session is enabled")
+        status, code, message = UNAVAILABLE.get(exc.reason, UNAVAILABLE["disabled"])
+        retry_after = exc.retry_after_ms if exc.reason != "disabled" else None
+        return error_response(status, code, message, retry_after_ms=retry_after)
 
-    async def _attempt(self, lease: Lease, *, final: bool) -> web.StreamResponse | Failure:
-        secret = self.replica.secrets.get(lease.session_id)
-        if secret is None:
-            # The store lists a session this replica's configuration does not have (a rollout).
-            self._release(lease, Outcome.OTHER, -1, detail="no secret on this replica")
-            return Failure(error_response(503, "no_session_enabled", "no usable session"), False)
+    async def _attempt(
+        self, lease: Lease, secret: str, *, final: bool
+    ) -> web.StreamResponse | Failure:
         headers = self.outgoing.copy()
         headers[self.header_name] = self.settings.header.value(secret)
         started = time.monotonic()
@@ -208,17 +246,21 @@ class Forwarder:
             self._release(lease, Outcome.SUCCESS, _ms_since(started))
             raise
         outcome = outcome_of(upstream.status)
-        wait_ms = retry_after_ms(upstream.headers, time.time())
+        now_s = time.time()
+        waits = Waits(
+            retry_after_ms(upstream.headers, now_s),
+            exhausted_ms(upstream.headers, now_s, self.families) if self.families else None,
+        )
         if outcome is not Outcome.SUCCESS and not final:
-            return await self._fail(lease, upstream, outcome, wait_ms, started)
-        return await self._stream(lease, upstream, outcome, wait_ms, started)
+            return await self._fail(lease, upstream, outcome, waits, started)
+        return await self._stream(lease, upstream, outcome, waits, started)
 
     async def _fail(
         self,
         lease: Lease,
         upstream: aiohttp.ClientResponse,
         outcome: Outcome,
-        wait_ms: int | None,
+        waits: Waits,
         started: float,
     ) -> Failure:
         body = b""
@@ -229,14 +271,14 @@ class Forwarder:
         finally:
             upstream.close()
             self._release(
-                lease, outcome, _ms_since(started), retry_after=wait_ms, detail=str(upstream.status)
+                lease, outcome, _ms_since(started), waits=waits, detail=str(upstream.status)
             )
         log.info(
             "attempt failed",
             session=lease.session_id,
             status=upstream.status,
             outcome=outcome.value,
-            retry_after_ms=wait_ms,
+            retry_after_ms=waits.retry_after_ms,
         )
         headers = _drop(
             upstream.headers.items(), UPSTREAM_ONLY | {"content-length", "content-encoding"}
@@ -251,7 +293,7 @@ class Forwarder:
         lease: Lease,
         upstream: aiohttp.ClientResponse,
         outcome: Outcome,
-        wait_ms: int | None,
+        waits: Waits,
         started: float,
     ) -> web.StreamResponse:
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
@@ -274,7 +316,7 @@ class Forwarder:
         finally:
             renewer.cancel()
             upstream.close()
-            self._release(lease, outcome, _ms_since(started), retry_after=wait_ms, detail=detail)
+            self._release(lease, outcome, _ms_since(started), waits=waits, detail=detail)
         if broken:
             # The client must not take a cut-off body for a whole one: drop the connection.
             log.warning("upstream broke mid-response", session=lease.session_id, detail=detail)
@@ -300,11 +342,11 @@ class Forwarder:
         outcome: Outcome,
         latency_ms: int,
         *,
-        retry_after: int | None = None,
+        waits: Waits = NO_WAITS,
         detail: str = "",
     ) -> None:
         """Release in the background: it must land even when this request is being cancelled."""
-        self.replica.spawn(_release(self.replica, lease, outcome, latency_ms, retry_after, detail))
+        self.replica.spawn(_release(self.replica, lease, outcome, latency_ms, waits, detail))
 
 
 async def _release(
@@ -312,24 +354,30 @@ async def _release(
     lease: Lease,
     outcome: Outcome,
     latency_ms: int,
-    retry_after: int | None,
+    waits: Waits,
     detail: str,
 ) -> None:
     try:
         released = await replica.pool.release(
-            lease, outcome, latency_ms=latency_ms, retry_after_ms=retry_after, detail=detail
+            lease,
+            outcome,
+            latency_ms=latency_ms,
+            retry_after_ms=waits.retry_after_ms,
+            exhausted_ms=waits.exhausted_ms,
+            detail=detail,
         )
     except (StoreError, LeaseError) as exc:
         log.warning(
             "release failed; the lease will expire", session=lease.session_id, error=str(exc)
         )
         return
-    if outcome is Outcome.RATE_LIMITED:
+    if released.cooldown_until_ms:
         log.info(
-            "session rate limited",
+            "session rate limited" if outcome is Outcome.RATE_LIMITED else "session quota spent",
             session=lease.session_id,
             cooldown_until_ms=released.cooldown_until_ms,
-            retry_after_ms=retry_after,
+            retry_after_ms=waits.retry_after_ms,
+            exhausted_ms=waits.exhausted_ms,
         )
 
 

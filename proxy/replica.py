@@ -55,6 +55,7 @@ class Replica:
         #: The sessions in use differ from those last written to the store.
         self._unsynced = True
         self._reloading = asyncio.Lock()
+        self.header_families = settings.header_families
         self.draining = False
         self.synced = asyncio.Event()
         self._in_flight = 0

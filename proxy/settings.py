@@ -19,6 +19,7 @@ import msgspec
 
 from broker import BrokerSettings, ConfigError, Session, Strategy, load_sessions
 from broker.constants import DEFAULT_SENTINEL_MASTER
+from proxy.ratelimit_headers import FAMILIES
 
 __all__ = ["HELP", "Listen", "SessionHeader", "Settings", "load_settings"]
 
@@ -46,6 +47,13 @@ HELP: dict[str, str] = {
     "RETRY_COUNT": "attempts per request, 1-100 (default: the pool size, at most 10)",
     "RATE_LIMIT_COOLDOWN": "seconds a session cools after a 429 without usable Retry-After",
     "RATE_LIMIT_COOLDOWN_MAX": "largest cooldown in seconds; longer Retry-After values are cut",
+    "RATE_LIMIT_HEADER_FAMILIES": "comma-separated rate-limit header families to learn from: "
+    "openai, anthropic, github, ietf; or none",
+    "CIRCUIT_BREAKER_ENABLED": "true or false: open a session's breaker after repeated failures",
+    "CIRCUIT_BREAKER_THRESHOLD": "consecutive 5xx/network/timeout failures that open it, 1-1000",
+    "CIRCUIT_BREAKER_TIMEOUT": "seconds a breaker stays open at first (doubles per repeated trip)",
+    "CIRCUIT_BREAKER_TIMEOUT_MAX": "longest time a breaker stays open, in seconds",
+    "CIRCUIT_BREAKER_HALF_OPEN_PROBES": "requests a half-open breaker admits, fleet-wide, 1-1000",
     "LEASE_TTL": "seconds a lease lives unless renewed, at least 1",
     "EXPONENTIAL_BACKOFF_ENABLED": "true or false: back off (full jitter) after 5xx/network errors",
     "BACKOFF_BASE": "seconds of the first backoff ceiling (doubles per attempt)",
@@ -103,6 +111,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     retry_count: Annotated[int, msgspec.Meta(ge=1, le=100)] | None = None
     rate_limit_cooldown: Seconds = 60.0
     rate_limit_cooldown_max: Seconds = 3600.0
+    rate_limit_header_families: str = ",".join(FAMILIES)
+    circuit_breaker_enabled: bool = True
+    circuit_breaker_threshold: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 5
+    circuit_breaker_timeout: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 60.0
+    circuit_breaker_timeout_max: Annotated[float, msgspec.Meta(gt=0, le=86_400 * 7)] = 600.0
+    circuit_breaker_half_open_probes: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 1
     lease_ttl: Annotated[float, msgspec.Meta(ge=1, le=86_400)] = 60.0
     exponential_backoff_enabled: bool = True
     backoff_base: Seconds = 0.1
@@ -127,7 +141,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
             lease_ttl_ms=round(self.lease_ttl * 1000),
             rate_limit_cooldown_ms=round(self.rate_limit_cooldown * 1000),
             rate_limit_cooldown_max_ms=round(self.rate_limit_cooldown_max * 1000),
+            breaker_threshold=self.circuit_breaker_threshold if self.circuit_breaker_enabled else 0,
+            breaker_timeout_ms=round(self.circuit_breaker_timeout * 1000),
+            breaker_timeout_max_ms=round(self.circuit_breaker_timeout_max * 1000),
+            half_open_probes=self.circuit_breaker_half_open_probes,
         )
+
+    @property
+    def header_families(self) -> tuple[str, ...]:
+        names = [n.strip() for n in self.rate_limit_header_families.split(",") if n.strip()]
+        return () if names == ["none"] else tuple(names)
 
     def load_sessions(self) -> list[Session]:
         path = Path(self.sessions_file) if self.sessions_file else None
@@ -187,6 +210,17 @@ def _check(settings: Settings) -> None:
         raise _bad("BACKOFF_BASE", settings.backoff_base, "larger than BACKOFF_MAX")
     if settings.rate_limit_cooldown > settings.rate_limit_cooldown_max:
         raise _bad("RATE_LIMIT_COOLDOWN", settings.rate_limit_cooldown, "larger than its _MAX")
+    unknown = set(settings.header_families) - set(FAMILIES)
+    if unknown:
+        raise _bad(
+            "RATE_LIMIT_HEADER_FAMILIES",
+            settings.rate_limit_header_families,
+            f"unknown {', '.join(sorted(unknown))}",
+        )
+    if settings.circuit_breaker_timeout > settings.circuit_breaker_timeout_max:
+        raise _bad(
+            "CIRCUIT_BREAKER_TIMEOUT", settings.circuit_breaker_timeout, "larger than its _MAX"
+        )
 
 
 def _check_redis(settings: Settings) -> None:

@@ -1,5 +1,8 @@
 """A simulated upstream API that enforces per-credential limits exactly, for the demo and tests.
 
+With ``ratelimit_headers`` each answer under an rpm limit carries OpenAI-style
+``x-ratelimit-remaining-requests`` / ``x-ratelimit-reset-requests``.
+
 Routes: ``POST /v1/chat/completions`` (OpenAI-shaped JSON, or server-sent events with
 ``"stream": true``), ``GET /sse`` (``?events=N&interval=seconds``), ``* /echo`` (what arrived:
 method, path, query, headers, body size) and ``GET /_sim/stats``. Every attempt is counted per
@@ -59,12 +62,14 @@ class SimulatedUpstream:
         retry_after_form: Literal["seconds", "http-date"] = "seconds",
         credential_header: str = "Authorization",
         credential_prefix: str = "Bearer ",
+        ratelimit_headers: bool = False,
     ) -> None:
         self.limits = dict(limits or {})
         self.latency_s = latency_s
         self.retry_after_form = retry_after_form
         self.credential_header = credential_header
         self.credential_prefix = credential_prefix
+        self.ratelimit_headers = ratelimit_headers
         self.forced: dict[str, Forced] = {}
         self.stats: dict[str, CredentialStats] = {}
 
@@ -150,9 +155,22 @@ class SimulatedUpstream:
         try:
             if self.latency_s:
                 await asyncio.sleep(self.latency_s)
-            return await handler(request)
+            response = await handler(request)
         finally:
             stats.in_flight -= 1
+        if self.ratelimit_headers and limits.rpm is not None and not response.prepared:
+            response.headers.update(self._quota_headers(stats, limits))
+        return response
+
+    def _quota_headers(self, stats: CredentialStats, limits: Limits) -> dict[str, str]:
+        """OpenAI-style headers: requests left now, and the time until one more is allowed."""
+        assert limits.rpm is not None
+        until_next = max(0.0, (1.0 - stats.tokens) / (limits.rpm / 60.0))
+        return {
+            "x-ratelimit-limit-requests": f"{limits.rpm:g}",
+            "x-ratelimit-remaining-requests": str(int(stats.tokens)),
+            "x-ratelimit-reset-requests": f"{until_next:.3f}s",
+        }
 
     def _limited(self, wait_s: float, which: str) -> web.Response:
         body = {"error": {"message": f"rate limit ({which}) exceeded", "type": "rate_limit"}}

@@ -18,7 +18,14 @@ async def test_empty_pool(make_pool, make_sessions) -> None:
     with pytest.raises(NoSessionAvailable) as caught:
         await pool.acquire()
     assert (caught.value.reason, caught.value.retry_after_ms) == ("empty", None)
-    assert caught.value.counts == {"available": 0, "cooling": 0, "busy": 0, "disabled": 0}
+    assert caught.value.counts == {
+        "available": 0,
+        "cooling": 0,
+        "busy": 0,
+        "disabled": 0,
+        "open": 0,
+        "quota": 0,
+    }
 
 
 async def test_all_disabled(make_pool, make_sessions) -> None:
@@ -27,7 +34,14 @@ async def test_all_disabled(make_pool, make_sessions) -> None:
     with pytest.raises(NoSessionAvailable) as caught:
         await pool.acquire()
     assert (caught.value.reason, caught.value.retry_after_ms) == ("disabled", None)
-    assert caught.value.counts == {"available": 0, "cooling": 0, "busy": 0, "disabled": 2}
+    assert caught.value.counts == {
+        "available": 0,
+        "cooling": 0,
+        "busy": 0,
+        "disabled": 2,
+        "open": 0,
+        "quota": 0,
+    }
     assert (await pool.session_state("s0"))["state"] == "disabled"
 
 
@@ -53,7 +67,14 @@ async def test_all_busy_says_when_a_lease_expires(make_pool, make_sessions, stor
     after = await store_now_ms()
     error = caught.value
     assert error.reason == "busy"
-    assert error.counts == {"available": 0, "cooling": 0, "busy": 2, "disabled": 0}
+    assert error.counts == {
+        "available": 0,
+        "cooling": 0,
+        "busy": 2,
+        "disabled": 0,
+        "open": 0,
+        "quota": 0,
+    }
     assert error.retry_after_ms is not None
     assert first.expires_at_ms - after <= error.retry_after_ms <= first.expires_at_ms - before
 
@@ -77,7 +98,14 @@ async def test_cooling_and_disabled_says_cooling(make_pool, make_sessions) -> No
     with pytest.raises(NoSessionAvailable) as caught:
         await pool.acquire()
     assert caught.value.reason == "cooling"
-    assert caught.value.counts == {"available": 0, "cooling": 1, "busy": 0, "disabled": 1}
+    assert caught.value.counts == {
+        "available": 0,
+        "cooling": 1,
+        "busy": 0,
+        "disabled": 1,
+        "open": 0,
+        "quota": 0,
+    }
 
 
 async def test_every_eligible_one_tried(make_pool, make_sessions) -> None:
@@ -86,7 +114,14 @@ async def test_every_eligible_one_tried(make_pool, make_sessions) -> None:
     with pytest.raises(NoSessionAvailable) as caught:
         await pool.acquire(exclude=["s0", "s1"])
     assert caught.value.reason == "tried"
-    assert caught.value.counts == {"available": 2, "cooling": 0, "busy": 0, "disabled": 0}
+    assert caught.value.counts == {
+        "available": 2,
+        "cooling": 0,
+        "busy": 0,
+        "disabled": 0,
+        "open": 0,
+        "quota": 0,
+    }
 
 
 @pytest.mark.parametrize("strategy", list(Strategy), ids=str)
@@ -100,7 +135,7 @@ async def test_exclude_is_honoured(make_pool, make_sessions, strategy: Strategy)
             lease = await pool.acquire(exclude=tried)
             assert lease.session_id not in tried
             tried.append(lease.session_id)
-            await pool.release(lease, Outcome.SERVER)
+            await pool.release(lease, Outcome.SUCCESS)
         with pytest.raises(NoSessionAvailable) as caught:
             await pool.acquire(exclude=tried)
         assert caught.value.reason == "tried"

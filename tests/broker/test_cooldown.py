@@ -50,7 +50,14 @@ async def test_all_cooling_says_when(make_pool, make_sessions, store_now_ms) -> 
     assert error.retry_after_ms is not None
     assert released.cooldown_until_ms - after <= error.retry_after_ms
     assert error.retry_after_ms <= released.cooldown_until_ms - before
-    assert error.counts == {"available": 0, "cooling": 1, "busy": 0, "disabled": 0}
+    assert error.counts == {
+        "available": 0,
+        "cooling": 1,
+        "busy": 0,
+        "disabled": 0,
+        "open": 0,
+        "quota": 0,
+    }
 
 
 async def test_cooldown_only_moves_later(make_pool, make_sessions) -> None:

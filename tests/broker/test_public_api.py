@@ -22,6 +22,7 @@ def test_all_is_pinned() -> None:
         "Session",
         "StoreError",
         "Strategy",
+        "UnknownSession",
         "load_sessions",
         "open_store",
         "session_id_for",
@@ -36,7 +37,7 @@ def test_every_exported_name_exists() -> None:
 
 def test_errors_share_one_root() -> None:
     """Every broker error can be caught as BrokerError."""
-    for name in ("ConfigError", "LeaseError", "NoSessionAvailable", "StoreError"):
+    for name in ("ConfigError", "LeaseError", "NoSessionAvailable", "StoreError", "UnknownSession"):
         assert issubclass(getattr(broker, name), broker.BrokerError)
 
 

@@ -82,7 +82,8 @@ async def test_unhealthy_session_is_picked_less_but_not_never(
     make_pool, make_sessions, seeded_random
 ) -> None:
     """A session at the health floor gets 0.05/1.05 of picks (4 binomial sd): less, not never."""
-    pool = await make_pool(make_sessions(2), strategy=Strategy.HEALTH)
+    # No breaker: this is about health alone, and repeated failures would open it.
+    pool = await make_pool(make_sessions(2), strategy=Strategy.HEALTH, breaker_threshold=0)
     for _ in range(40):
         lease = await pool.acquire(exclude=["s1"])
         await pool.release(lease, Outcome.SERVER, detail="503")
@@ -95,7 +96,7 @@ async def test_unhealthy_session_is_picked_less_but_not_never(
 
 async def test_health_recovers_with_successes(make_pool, make_sessions) -> None:
     """Server errors lower a session's health and later successes raise it again."""
-    pool = await make_pool(make_sessions(1))
+    pool = await make_pool(make_sessions(1), breaker_threshold=0)
 
     async def health_after(outcome: Outcome, times: int) -> float:
         for _ in range(times):
@@ -111,7 +112,7 @@ async def test_health_recovers_with_successes(make_pool, make_sessions) -> None:
 
 async def test_slow_session_loses_health(make_pool, make_sessions) -> None:
     """Successes far slower than the latency target halve a session's health, not more."""
-    pool = await make_pool(make_sessions(1))
+    pool = await make_pool(make_sessions(1), breaker_threshold=0)
     for _ in range(5):
         lease = await pool.acquire()
         await pool.release(lease, Outcome.SUCCESS, latency_ms=10_000)
@@ -121,7 +122,7 @@ async def test_slow_session_loses_health(make_pool, make_sessions) -> None:
 
 async def test_rate_limits_do_not_touch_health(make_pool, make_sessions) -> None:
     """A 429 cools a session down but leaves its health as it was."""
-    pool = await make_pool(make_sessions(1))
+    pool = await make_pool(make_sessions(1), breaker_threshold=0)
     lease = await pool.acquire()
     await pool.release(lease, Outcome.RATE_LIMITED, retry_after_ms=1)
     assert (await pool.session_state("s0"))["health"] == "1.0000"

@@ -4,6 +4,8 @@
 that several workers start together), then runs ``race()`` and prints its result as one JSON line.
 ``python worker.py hold URL TTL_MS COUNT``: leases COUNT sessions, prints their ids as one JSON
 line and keeps renewing them until it is killed.
+``python worker.py grab URL TASKS``: prints ``ready``, waits for a line on stdin, then TASKS
+tasks try one acquire each at once; prints the leases granted (session id, probe) as JSON.
 
 ``race()`` is also imported by the in-process test, so both observe concurrency the same way.
 """
@@ -16,6 +18,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
+import structlog
 from redis.asyncio import Redis
 
 from broker import BrokerSettings, NoSessionAvailable, Outcome, Pool, open_store
@@ -97,16 +100,41 @@ async def _hold_main(url: str, ttl_ms: int, count: int) -> None:
         leases = [await pool.renew(lease) for lease in leases]
 
 
+async def _grab_one(pool: Pool) -> list[object] | None:
+    try:
+        lease = await pool.acquire()
+    except NoSessionAvailable:
+        return None
+    return [lease.session_id, lease.probe]
+
+
+async def _grab_main(url: str, tasks: int) -> None:
+    settings = BrokerSettings(redis_url=url)
+    client = open_store(settings)
+    try:
+        pool = Pool(client, settings)
+        print("ready", flush=True)
+        await asyncio.to_thread(sys.stdin.readline)
+        grabbed = await asyncio.gather(*(_grab_one(pool) for _ in range(tasks)))
+        print(json.dumps([lease for lease in grabbed if lease is not None]), flush=True)
+    finally:
+        await client.aclose()
+
+
 def main(argv: Sequence[str]) -> None:
     mode, url, *numbers = argv
-    first, second = (int(number) for number in numbers)
+    values = [int(number) for number in numbers]
     if mode == "race":
-        asyncio.run(_race_main(url, first, second))
+        asyncio.run(_race_main(url, *values))
     elif mode == "hold":
-        asyncio.run(_hold_main(url, first, second))
+        asyncio.run(_hold_main(url, *values))
+    elif mode == "grab":
+        asyncio.run(_grab_main(url, *values))
     else:
         raise SystemExit(f"unknown mode {mode!r}")
 
 
 if __name__ == "__main__":
+    # stdout carries this worker's results; the broker's logs go to stderr.
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     main(sys.argv[1:])

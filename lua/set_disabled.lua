@@ -1,0 +1,14 @@
+-- set_disabled.lua: an operator disables a session (with a reason) or enables it again.
+-- KEYS: the pool's keys, see common.lua.
+-- ARGV: 1 lease memory (ms), 2 session id, 3 reason ('' enables the session).
+-- Returns {state, events}, or {'unknown', events} when the pool has no such session.
+local id, reason = ARGV[2], ARGV[3]
+if not redis.call('ZSCORE', members_key, id) then return {'unknown', events} end
+local key = session_prefix .. id
+local now = now_ms()
+if reason == '' then
+  redis.call('HDEL', key, 'disabled_reason', 'disabled_at')
+else
+  redis.call('HSET', key, 'disabled_reason', reason, 'disabled_at', now)
+end
+return {refresh(id, now), events}

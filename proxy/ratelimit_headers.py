@@ -1,0 +1,143 @@
+"""Learning from rate-limit response headers: a session the upstream says has nothing left cools
+until the upstream's reset, before it ever answers 429.
+
+Families (RATE_LIMIT_HEADER_FAMILIES picks which are read):
+
+``openai``     ``x-ratelimit-remaining-requests`` / ``x-ratelimit-reset-requests`` (and -tokens),
+               resets as Go durations (``1s``, ``6m0s``, ``17.28s``) from now
+``anthropic``  ``anthropic-ratelimit-{requests,tokens,input-tokens,output-tokens}-remaining`` /
+               ``-reset``, resets as RFC 3339 timestamps
+``github``     ``x-ratelimit-remaining`` / ``x-ratelimit-reset``, reset in epoch seconds (a small
+               number is taken as seconds from now, as some servers send it)
+``ietf``       ``RateLimit-Remaining`` / ``RateLimit-Reset`` (delta seconds, drafts up to 06) and
+               the structured ``RateLimit: "name";r=0;t=34`` (drafts 07 and later)
+
+A remaining of -1 means unknown (Azure sends it), not exhausted. Malformed values are ignored,
+never fatal.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Collection, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+FAMILIES = ("openai", "anthropic", "github", "ietf")
+
+_GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(h|ms|us|µs|ns|m|s)")
+#: A github-style reset below this (2001-09-09) is a delay in seconds, as some servers send it.
+_EPOCH_FLOOR = 1e9
+_GO_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """A limit an answer reports: what is left, seconds until it resets (None: unknown)."""
+
+    remaining: int
+    reset_s: float | None
+
+
+def go_duration(value: str) -> float | None:
+    """Seconds in a Go duration such as ``6m0s`` or ``17.28s``; None if it is not one."""
+    value = value.strip()
+    if not value or _GO_DURATION.sub("", value):
+        return None
+    return sum(float(n) * _GO_UNITS[unit] for n, unit in _GO_DURATION.findall(value))
+
+
+def _remaining(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        number = int(value.strip())
+    except ValueError:
+        return None
+    return number if number >= 0 else None  # -1: unknown
+
+
+def _number(value: str | None) -> float | None:
+    try:
+        number = float(value) if value is not None else None
+    except ValueError:
+        return None
+    return number if number is not None and 0 <= number < float("inf") else None
+
+
+def _rfc3339(value: str | None, now_s: float) -> float | None:
+    try:
+        when = datetime.fromisoformat(value) if value else None
+    except ValueError:
+        return None
+    if when is None or when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - now_s)
+
+
+def _openai(headers: Mapping[str, str], now_s: float) -> Iterator[Limit]:
+    for resource in ("requests", "tokens"):
+        remaining = _remaining(headers.get(f"x-ratelimit-remaining-{resource}"))
+        if remaining is not None:
+            reset = go_duration(headers.get(f"x-ratelimit-reset-{resource}", ""))
+            yield Limit(remaining, reset)
+
+
+def _anthropic(headers: Mapping[str, str], now_s: float) -> Iterator[Limit]:
+    for resource in ("requests", "tokens", "input-tokens", "output-tokens"):
+        prefix = f"anthropic-ratelimit-{resource}"
+        remaining = _remaining(headers.get(f"{prefix}-remaining"))
+        if remaining is not None:
+            yield Limit(remaining, _rfc3339(headers.get(f"{prefix}-reset"), now_s))
+
+
+def _github(headers: Mapping[str, str], now_s: float) -> Iterator[Limit]:
+    remaining = _remaining(headers.get("x-ratelimit-remaining"))
+    if remaining is not None:
+        reset = _number(headers.get("x-ratelimit-reset"))
+        if reset is not None and reset >= _EPOCH_FLOOR:
+            reset = max(0.0, reset - now_s)
+        yield Limit(remaining, reset)
+
+
+def _structured(value: str) -> Iterator[Limit]:
+    for item in value.split(","):
+        params = dict(
+            part.strip().partition("=")[::2] for part in item.split(";")[1:] if "=" in part
+        )
+        remaining = _remaining(params.get("r"))
+        if remaining is not None:
+            yield Limit(remaining, _number(params.get("t")))
+
+
+def _ietf(headers: Mapping[str, str], now_s: float) -> Iterator[Limit]:
+    remaining = _remaining(headers.get("ratelimit-remaining"))
+    if remaining is not None:
+        yield Limit(remaining, _number(headers.get("ratelimit-reset")))
+    if "ratelimit" in headers:
+        yield from _structured(headers["ratelimit"])
+
+
+_READERS: dict[str, Callable[[Mapping[str, str], float], Iterator[Limit]]] = {
+    "openai": _openai,
+    "anthropic": _anthropic,
+    "github": _github,
+    "ietf": _ietf,
+}
+
+
+def limits(headers: Mapping[str, str], now_s: float, families: Collection[str]) -> list[Limit]:
+    """Every limit the answer reports, from the families asked for. Keys must be case-insensitive
+    (aiohttp's headers are)."""
+    return [limit for family in families for limit in _READERS[family](headers, now_s)]
+
+
+def exhausted_ms(headers: Mapping[str, str], now_s: float, families: Collection[str]) -> int | None:
+    """Milliseconds until the session may be used again when some limit has nothing left and says
+    when it resets (the latest such reset); None when nothing is exhausted or no reset is known."""
+    resets = [
+        limit.reset_s
+        for limit in limits(headers, now_s, families)
+        if limit.remaining == 0 and limit.reset_s is not None
+    ]
+    return round(max(resets) * 1000) if resets else None
