@@ -38,6 +38,11 @@ HEALTH_FLOOR: Final = 0.05
 #: Health: average latency above this starts to lower the score, down to half at twice of it.
 HEALTH_LATENCY_TARGET_MS: Final = 2_000
 
+#: How long a replica's claim on the sessions of its configuration lasts unless renewed. A
+#: session only a dead replica named leaves the pool this long after that replica's last renewal;
+#: a live one renews every third of it, so a store unreachable for less keeps its claim.
+DEFAULT_CLAIM_TTL_MS: Final = 60_000
+
 #: Number of session ids one sync call sends; larger pools are synced in several calls.
 SYNC_CHUNK: Final = 5_000
 

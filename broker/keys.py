@@ -24,6 +24,12 @@ class PoolKeys:
         return f"{self.base}:s:{session_id}"
 
     @property
+    def claims(self) -> tuple[str, str]:
+        """The keys only sync uses, after ``all``: the ZSET of replica claims (replica id ->
+        claim deadline) and the prefix of each replica's claim (a ZSET of the ids it names)."""
+        return (f"{self.base}:claims", f"{self.base}:claim:")
+
+    @property
     def all(self) -> tuple[str, ...]:
         b = self.base
         return (

@@ -48,12 +48,18 @@ class Pool:
         self.settings = settings
         self._key_list = self.keys.all
         self._scripts = Scripts.register(redis)
+        #: Who claims the sessions this object syncs: one replica, one id (see ``sync``).
+        self.claimant = uuid.uuid4().hex
+        self._claimed: list[object] | None = None
 
-    async def _run(self, operation: str, *args: object) -> list[Any]:
+    async def _run(
+        self, operation: str, *args: object, extra_keys: tuple[str, ...] = ()
+    ) -> list[Any]:
         """Run one script; log the transitions it made; return its reply without them."""
         script = getattr(self._scripts, operation)
+        keys = (*self._key_list, *extra_keys)
         *reply, events = await _call(
-            operation, script(keys=self._key_list, args=(LEASE_MEMORY_MS, *args), client=self.redis)
+            operation, script(keys=keys, args=(LEASE_MEMORY_MS, *args), client=self.redis)
         )
         transitions = parse(self.name, events)
         emit(transitions)
@@ -64,31 +70,68 @@ class Pool:
         """Called with every transition this replica's calls made; for alerting and metrics."""
 
     async def sync(self, sessions: Sequence[Session]) -> int:
-        """Make the pool's sessions exactly ``sessions`` (ids and limits only; never secrets)."""
-        args: list[object] = []
+        """Claim ``sessions`` (ids and limits only; never secrets) for this replica.
+
+        The pool holds every session some live replica's claim names: the ones named here join
+        it, and those this replica named before and no live claim names any more leave it (never
+        leased again; their history and in-flight leases are kept). Replicas that briefly
+        disagree, as in a rollout, so never remove each other's sessions. The claim lasts
+        ``settings.claim_ttl_ms``: a long-running replica calls ``keep_claim`` more often than
+        that, and ``leave`` when it stops. Returns the number of sessions in the pool.
+        """
+        values: list[object] = []
         for s in sessions:
-            args += [s.id, s.weight, s.max_concurrency or 0, s.rpm or 0, s.burst, int(s.enabled)]
+            values += [s.id, s.weight, s.max_concurrency or 0, s.rpm or 0, s.burst, int(s.enabled)]
+        self._claimed = values
+        return await self._sync_all(values)
+
+    async def keep_claim(self) -> int:
+        """Renew this replica's claim; sync again if it had expired (the store was out of reach
+        for longer than the claim TTL). Also drops other replicas' expired claims, so sessions
+        only a dead replica named leave the pool. Returns the number of sessions in the pool."""
+        size, status = await self._sync_step("renew")
+        if status == "lost" and self._claimed is not None:
+            size = await self._sync_all(self._claimed)
+        return size
+
+    async def leave(self) -> int:
+        """Drop this replica's claim: the sessions no other live replica names leave the pool
+        at once, rather than when the claim expires."""
+        self._claimed = None
+        size, _ = await self._sync_step("leave")
+        return size
+
+    async def _sync_all(self, values: list[object]) -> int:
+        # A large pool goes in several calls; the last one makes the collected ids the claim.
+        generation = uuid.uuid4().hex
+        step = SYNC_CHUNK * 6
+        starts = range(0, max(len(values), 1), step)
+        size = 0
+        for start in starts:
+            kind = "last" if start == starts[-1] else "part"
+            size, _ = await self._sync_step(kind, generation, *values[start : start + step])
+        return size
+
+    async def _sync_step(self, step: str, generation: str = "", *values: object) -> tuple[int, str]:
         config = self.settings
-        pool_wide = (
+        size, status = await self._run(
+            "sync",
+            config.strategy.value,
+            self.claimant,
+            config.claim_ttl_ms,
+            step,
+            generation,
+            # Pool-wide tunables: the last replica to sync writes them.
             config.breaker_threshold,
             config.breaker_timeout_ms,
             max(config.breaker_timeout_max_ms, config.breaker_timeout_ms),
             config.half_open_probes,
             RATE_LIMIT_STREAK_WINDOW_MS,
             QUOTA_SLACK,
+            *values,
+            extra_keys=self.keys.claims,
         )
-        # A large pool goes in several calls; the last one drops sessions no call named.
-        generation = uuid.uuid4().hex
-        step = SYNC_CHUNK * 6
-        starts = range(0, max(len(args), 1), step)
-        size = 0
-        for start in starts:
-            final = int(start == starts[-1])
-            chunk = args[start : start + step]
-            (size,) = await self._run(
-                "sync", config.strategy.value, generation, final, *pool_wide, *chunk
-            )
-        return int(size)
+        return int(size), str(status)
 
     async def acquire(
         self,
@@ -126,9 +169,9 @@ class Pool:
             store_now_ms=int(now),
         )
 
-    async def leave(self, ticket: Ticket) -> None:
+    async def leave_queue(self, ticket: Ticket) -> None:
         """Give up a place in the fleet-wide queue (the next in line is woken)."""
-        await self._run("leave", ticket.id)
+        await self._run("leave_queue", ticket.id)
 
     def cooldown_ms(self, wait_ms: int | None) -> int:
         """The cooldown for a 429: the upstream's wait if usable, else the default; clamped."""

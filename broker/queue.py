@@ -190,7 +190,7 @@ class WaitQueue:
 
     async def _leave(self, ticket: Ticket) -> None:
         with suppress(StoreError):
-            await self.pool.leave(ticket)
+            await self.pool.leave_queue(ticket)
 
     async def _wait_at_head(
         self, exclude: Collection[str], ticket: Ticket, deadline: float

@@ -18,7 +18,7 @@ from redis.commands.core import AsyncScript
 from broker.store import Store
 
 PRELUDE = "common.lua"
-OPERATIONS = ("acquire", "release", "renew", "sync", "set_disabled", "leave")
+OPERATIONS = ("acquire", "release", "renew", "sync", "set_disabled", "leave_queue")
 
 
 def _lua_dir() -> Traversable:
@@ -47,7 +47,7 @@ class Scripts:
     renew: AsyncScript
     sync: AsyncScript
     set_disabled: AsyncScript
-    leave: AsyncScript
+    leave_queue: AsyncScript
 
     @classmethod
     def register(cls, redis: Store) -> Scripts:

@@ -9,6 +9,7 @@ from broker.constants import (
     DEFAULT_BREAKER_THRESHOLD,
     DEFAULT_BREAKER_TIMEOUT_MAX_MS,
     DEFAULT_BREAKER_TIMEOUT_MS,
+    DEFAULT_CLAIM_TTL_MS,
     DEFAULT_HALF_OPEN_PROBES,
     DEFAULT_LEASE_TTL_MS,
     DEFAULT_POOL,
@@ -45,6 +46,8 @@ class BrokerSettings:
     lease_ttl_ms: int = DEFAULT_LEASE_TTL_MS
     rate_limit_cooldown_ms: int = DEFAULT_RATE_LIMIT_COOLDOWN_MS
     rate_limit_cooldown_max_ms: int = DEFAULT_RATE_LIMIT_COOLDOWN_MAX_MS
+    #: How long a replica's claim on its configured sessions lasts unless renewed (see sync).
+    claim_ttl_ms: int = DEFAULT_CLAIM_TTL_MS
     #: Consecutive server/network/timeout failures that open a session's breaker; 0: no breaker.
     breaker_threshold: int = DEFAULT_BREAKER_THRESHOLD
     breaker_timeout_ms: int = DEFAULT_BREAKER_TIMEOUT_MS

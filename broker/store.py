@@ -25,7 +25,7 @@ from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.connection import SSLConnection, parse_url
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
-from redis.backoff import ExponentialWithJitterBackoff
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -101,6 +101,9 @@ def _sentinel(settings: BrokerSettings) -> Redis:
         "socket_timeout": settings.redis_timeout_s,
         "socket_connect_timeout": settings.redis_timeout_s,
         "decode_responses": True,
+        # No retries of their own: each sentinel is asked in turn, and the master connection's
+        # retry asks them all again. Nested retries would hold a misconfiguration for seconds.
+        "retry": Retry(NoBackoff(), 0),
     }
     if settings.redis_sentinel_password is not None:
         sentinel_options["password"] = settings.redis_sentinel_password

@@ -1,12 +1,22 @@
 """A replica: what one proxy process holds. Its store client, its pool, its secrets (never sent
 anywhere but the upstream), its pooled upstream client, and its lifecycle (synced, draining,
-requests in flight)."""
+requests in flight).
+
+Live configuration: every SESSIONS_RELOAD_INTERVAL seconds, and on SIGHUP, the replica re-reads
+SESSIONS_FILE. It compares content, not modification times: Kubernetes updates a mounted Secret by
+swapping a symlink, which leaves the file's own mtime meaningless. A changed, valid file replaces
+the sessions at once (requests in flight keep the secret they started with) and is synced to the
+store as this replica's claim (see ``broker.Pool.sync``); an unreadable or invalid one is logged
+and ignored, so a half-written edit never takes a replica down.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -14,7 +24,7 @@ import structlog
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from broker import ConfigError, Pool, Session
+from broker import ConfigError, Pool, Session, StoreError
 from proxy.leasing import Leasing
 from proxy.settings import Settings
 
@@ -24,6 +34,9 @@ log = structlog.get_logger(__name__)
 DEFAULT_MAX_ATTEMPTS = 10
 #: How long /readyz waits for the store's PONG.
 READY_PING_TIMEOUT_S = 1.0
+#: How long a stopping replica tries to drop its claim; if the store does not answer in time the
+#: claim expires by itself.
+LEAVE_TIMEOUT_S = 1.0
 
 
 class Replica:
@@ -34,19 +47,22 @@ class Replica:
             raise ConfigError("UPSTREAM_URL is not set; give the upstream's base URL")
         self.settings = settings
         self.upstream_url = settings.upstream_url.rstrip("/")
-        self.sessions = sessions
-        self.secrets = {s.id: s.secret for s in sessions}
+        self._leasing: Leasing | None = None
+        self._use(sessions)
+        #: Digest of the sessions file's content as last read (loaded or rejected).
+        self._file_digest: str | None = None
+        #: The sessions in use differ from those last written to the store.
+        self._unsynced = True
+        self._reloading = asyncio.Lock()
         self.header_families = settings.header_families
-        self.max_attempts = settings.retry_count or min(len(sessions), DEFAULT_MAX_ATTEMPTS)
         self.draining = False
         self.synced = asyncio.Event()
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
         self._background: set[asyncio.Task[Any]] = set()
-        self._leasing: Leasing | None = None
         self._client: aiohttp.ClientSession | None = None
-        self._sync_task: asyncio.Task[None] | None = None
+        self._maintenance: asyncio.Task[None] | None = None
 
     @property
     def leasing(self) -> Leasing:
@@ -85,23 +101,111 @@ class Replica:
             # compressed body it never asked for.
             skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent"),
         )
-        self._sync_task = asyncio.create_task(self._sync())
+        self._maintenance = asyncio.create_task(self._maintain())
 
-    async def _sync(self) -> None:
-        """Write this replica's sessions into the store; if it is unreachable, the store's
-        outage handling takes over and syncs them once it answers (see proxy.leasing)."""
-        await self.leasing.sync()
+    def _use(self, sessions: list[Session]) -> None:
+        """Serve ``sessions`` from now on (each assignment is atomic for the request handlers)."""
+        self.sessions = sessions
+        self.secrets = {s.id: s.secret for s in sessions}
+        self.max_attempts = self.settings.retry_count or min(len(sessions), DEFAULT_MAX_ATTEMPTS)
+        if self._leasing is not None:
+            self._leasing.sessions = sessions
+
+    async def _maintain(self) -> None:
+        """Sync at start-up, then keep the claim alive and watch the sessions file."""
+        await self._sync_at_start()
+        loops = [self._keep_claim()]
+        if self.settings.sessions_file and self.settings.sessions_reload_interval > 0:
+            loops.append(self._watch_file(self.settings.sessions_reload_interval))
+        await asyncio.gather(*loops)
+
+    async def _sync_at_start(self) -> None:
+        """Write this replica's sessions into the store; if it is unreachable, the outage
+        handling takes over and syncs them once it answers (see proxy.leasing)."""
+        async with self._reloading:
+            await self.leasing.sync()
+            self._unsynced = False
         log.info("sessions synced", pool=self.pool.name, sessions=len(self.sessions))
         self.synced.set()
 
+    async def _keep_claim(self) -> None:
+        period_s = self.pool.settings.claim_ttl_ms / 3000
+        while True:
+            await asyncio.sleep(period_s)
+            try:
+                await self.pool.keep_claim()
+            except StoreError as exc:
+                self.leasing.mark_down(exc)  # logged once; the probe syncs again when it is back
+
+    async def _watch_file(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            await self.reload()
+
+    def request_reload(self) -> None:
+        """Reload in the background (the SIGHUP handler): re-read and re-sync even if unchanged."""
+        if self._leasing is not None:
+            self.spawn(self.reload(force=True))
+
+    async def reload(self, *, force: bool = False) -> None:
+        """Re-read SESSIONS_FILE; if its content changed (or ``force``), serve and sync it.
+
+        Never raises for a bad file or an unreachable store: the first is logged and ignored,
+        the second retried on the next call.
+        """
+        async with self._reloading:
+            if self.settings.sessions_file is not None:
+                self._read_file(Path(self.settings.sessions_file), force=force)
+            if not (self._unsynced or force):
+                return
+            try:
+                size = await self.pool.sync(self.sessions)
+            except StoreError as exc:
+                log.warning("reloaded sessions not yet in the store; will retry", error=str(exc))
+                return
+            self._unsynced = False
+            log.info("sessions synced", pool=self.pool.name, sessions=size)
+
+    def _read_file(self, path: Path, *, force: bool) -> None:
+        try:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError as exc:
+            log.warning("sessions file unreadable; keeping the sessions in use", error=exc.strerror)
+            return
+        if digest == self._file_digest and not force:
+            return
+        self._file_digest = digest
+        try:
+            sessions = self.settings.load_sessions()
+        except ConfigError as exc:
+            log.warning("sessions file rejected; keeping the sessions in use", error=str(exc))
+            return
+        if sessions == self.sessions:
+            return
+        old = self.secrets
+        new = {s.id: s.secret for s in sessions}
+        log.info(
+            "sessions file changed",
+            added=sorted(new.keys() - old.keys()),
+            removed=sorted(old.keys() - new.keys()),
+            rotated=sorted(i for i in new.keys() & old.keys() if new[i] != old[i]),
+        )
+        self._use(sessions)
+        self._unsynced = True
+
     async def close(self) -> None:
-        if self._sync_task is not None:
-            self._sync_task.cancel()
-            await asyncio.gather(self._sync_task, return_exceptions=True)
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            await asyncio.gather(self._maintenance, return_exceptions=True)
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         if self._client is not None:
             await self._client.close()
+        if self.synced.is_set() and self.leasing.store_up:
+            try:
+                await asyncio.wait_for(self.pool.leave(), LEAVE_TIMEOUT_S)
+            except (StoreError, TimeoutError) as exc:
+                log.warning("could not drop this replica's claim; it will expire", error=str(exc))
         if self._leasing is not None:
             await self._leasing.close()
 

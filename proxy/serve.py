@@ -3,6 +3,8 @@
 On SIGTERM (or SIGINT): readiness turns false and new requests get 503 at once; requests in
 flight, streams included, get SHUTDOWN_GRACE seconds to finish; whatever still runs then is
 cancelled, which releases its lease; then the process exits 0.
+
+On SIGHUP the replica re-reads SESSIONS_FILE and syncs it, without a restart.
 """
 
 from __future__ import annotations
@@ -78,11 +80,12 @@ async def start(replica: Replica) -> RunningReplica:
 
 
 async def serve(replica: Replica) -> None:
-    """Serve until SIGTERM or SIGINT, then stop gracefully."""
+    """Serve until SIGTERM or SIGINT, then stop gracefully; reload the sessions on SIGHUP."""
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
+    loop.add_signal_handler(signal.SIGHUP, replica.request_reload)
     running = await start(replica)
     await stopping.wait()
     await running.stop()

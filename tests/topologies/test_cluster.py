@@ -1,0 +1,145 @@
+"""Redis Cluster: a three-node cluster, every script through the cluster client, each pool's keys
+in one slot, and two pools on two different nodes."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from typing import TYPE_CHECKING
+
+import pytest
+from redis.crc import key_slot
+
+from broker import BrokerSettings, NoSessionAvailable, Outcome, Pool, PoolKeys, Session, open_store
+from broker.store import Store
+
+if TYPE_CHECKING:
+    from conftest import Node, Servers
+
+NODES = 3
+CLUSTER_OPTIONS = ("--cluster-enabled", "yes", "--cluster-node-timeout", "2000")
+
+
+def start_node(servers: Servers, n: int) -> Node:
+    # The bus defaults to port + 10000, which may be taken (or above 65535).
+    bus = ("--cluster-port", str(servers.free_port()))
+    config = ("--cluster-config-file", f"nodes-{n}.conf")
+    return servers.start(f"node{n}", *CLUSTER_OPTIONS, *config, *bus)
+
+
+def start_cluster(servers: Servers, redis_cli: str) -> list[Node]:
+    nodes = [start_node(servers, n) for n in range(NODES)]
+    subprocess.run(
+        [
+            redis_cli,
+            "--cluster", "create",
+            *(f"127.0.0.1:{node.port}" for node in nodes),
+            "--cluster-replicas", "0",
+            "--cluster-yes",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )  # fmt: skip
+
+    def healthy() -> bool:
+        for node in nodes:
+            with node.client() as client:
+                if client.cluster("INFO")["cluster_state"] != "ok":
+                    return False
+        return True
+
+    servers.wait_for("the cluster to be ok on every node", healthy, 30.0)
+    return nodes
+
+
+def owner_of(slot: int, nodes: list[Node]) -> Node:
+    with nodes[0].client() as client:
+        ranges = client.execute_command("CLUSTER SLOTS")
+    for start, end, primary, *_ in ranges:
+        if start <= slot <= end:
+            return next(node for node in nodes if node.port == int(primary[1]))
+    raise AssertionError(f"slot {slot} has no owner")
+
+
+def pools_on_two_nodes(nodes: list[Node]) -> tuple[str, str]:
+    """Two pool names whose hash tags fall on different nodes (the first such pair of
+    tenant-0, tenant-1, ...: deterministic, since slots are a hash of the name)."""
+    first = "tenant-0"
+    first_owner = owner_of(key_slot(first.encode()), nodes)
+    for n in range(1, 100):
+        name = f"tenant-{n}"
+        if owner_of(key_slot(name.encode()), nodes).port != first_owner.port:
+            return first, name
+    raise AssertionError("no second pool name on another node")
+
+
+async def exercise(pool: Pool, sessions: list[Session]) -> None:
+    """Every script: sync, acquire (also with exclude), renew, release with each outcome,
+    a replayed release, a shrinking sync and a refused acquire."""
+    assert await pool.sync(sessions) == len(sessions)
+    held = await pool.acquire()
+    held = await pool.renew(held)
+    for outcome in Outcome:
+        lease = await pool.acquire(exclude=[held.session_id])
+        assert lease.session_id != held.session_id
+        released = await pool.release(lease, outcome, latency_ms=10, retry_after_ms=60_000)
+        assert released.status == "released"
+        assert (await pool.release(lease, outcome)).status == "duplicate"
+    assert await pool.sync(sessions[1:]) == len(sessions) - 1
+    assert (await pool.release(held, Outcome.SUCCESS)).status == "released"
+    with pytest.raises(NoSessionAvailable):
+        await pool.acquire(exclude=[s.id for s in sessions])
+
+
+async def test_every_script_runs_on_a_cluster_and_pools_spread(
+    servers: Servers, redis_cli: str
+) -> None:
+    """Through a cluster client seeded with one node: all scripts work; every key of a pool
+    sits in one slot on one node; two pools live on two different nodes."""
+    nodes = start_cluster(servers, redis_cli)
+    names = pools_on_two_nodes(nodes)
+    settings = BrokerSettings(redis_url=f"redis://127.0.0.1:{nodes[0].port}/0", redis_cluster=True)
+    store: Store = open_store(settings)
+    try:
+        for name in names:
+            sessions = [Session(id=f"{name}-s{n}", secret=f"secret-{n}") for n in range(12)]
+            await exercise(Pool(store, settings, name=name), sessions)
+    finally:
+        await store.aclose()
+
+    holders: dict[str, set[int]] = {name: set() for name in names}
+    for node in nodes:
+        with node.client() as client:
+            for key in client.scan_iter(count=1000):
+                name = next(n for n in names if key.startswith(f"sb:{{{n}}}:"))
+                assert key_slot(key.encode()) == key_slot(name.encode()), key
+                holders[name].add(node.port)
+    for name in names:
+        with owner_of(key_slot(name.encode()), nodes).client() as client:
+            assert client.exists(*PoolKeys(name).all[:2], PoolKeys(name).session(f"{name}-s0"))
+    assert [len(ports) for ports in holders.values()] == [1, 1]
+    assert holders[names[0]] != holders[names[1]]
+
+
+async def test_scripts_reload_after_a_flush_on_every_node(servers: Servers, redis_cli: str) -> None:
+    """A node that has lost its scripts (a restart or a failed-over replica) answers NOSCRIPT;
+    the cluster client loads the script and the call succeeds."""
+    nodes = start_cluster(servers, redis_cli)
+    settings = BrokerSettings(redis_url=f"redis://127.0.0.1:{nodes[1].port}/0", redis_cluster=True)
+    store: Store = open_store(settings)
+    try:
+        pool = Pool(store, settings, name="flushed")
+        await pool.sync([Session(id=n, secret=f"secret-{n}", max_concurrency=1) for n in "ab"])
+        for node in nodes:
+            with node.client() as client:
+                client.script_flush()
+        leases = await asyncio.gather(pool.acquire(), pool.acquire())
+        assert {lease.session_id for lease in leases} == {"a", "b"}
+        for node in nodes:
+            with node.client() as client:
+                client.script_flush()
+        for lease in leases:
+            assert (await pool.release(lease, Outcome.SUCCESS)).status == "released"
+    finally:
+        await store.aclose()

@@ -1,0 +1,202 @@
+"""Redis Sentinel: a pool on a Sentinel-managed master survives a failover.
+
+A master, its replica and a sentinel run on free ports, with ACL users and a sentinel password as
+a production deployment would have them. Two clients (two replicas of the broker) lease and
+release sessions while the sentinel is told to fail over; errors may only happen between the
+order and the moment the old master has stepped down (plus the clients' retry time), and the
+traffic carries on afterwards on the new master -- whose scripts had to be loaded after a NOSCRIPT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import pytest
+
+from broker import (
+    BrokerSettings,
+    LeaseError,
+    NoSessionAvailable,
+    Outcome,
+    Pool,
+    Session,
+    StoreError,
+    open_store,
+)
+from broker.scripts import source
+from broker.store import Store
+
+if TYPE_CHECKING:
+    from conftest import Node, Servers
+
+USER, PASSWORD, SENTINEL_PASSWORD = "broker", "broker-pw", "sentinel-pw"
+#: The broker's account on every data node (ACLs are not replicated, so each node has it) and the
+#: credentials one node uses to follow another.
+ACCOUNT = ("--user", USER, "on", f">{PASSWORD}", "~*", "&*", "+@all", "--user", "default", "off")
+FOLLOWER = ("--masteruser", USER, "--masterauth", PASSWORD, "--repl-diskless-sync-delay", "0")
+SENTINEL_CONF = f"""\
+sentinel monitor mymaster 127.0.0.1 {{master_port}} 1
+sentinel auth-user mymaster {USER}
+sentinel auth-pass mymaster {PASSWORD}
+sentinel down-after-milliseconds mymaster 2000
+sentinel failover-timeout mymaster 10000
+requirepass {SENTINEL_PASSWORD}
+"""
+#: After the old master has become a replica: time for every client to notice, reconnect through
+#: the sentinel and finish its retries (redis-py's backoff tops out at 1 s per retry).
+SETTLE_S = 3.0
+#: Traffic kept up after the failover window, which must then run without a single error.
+AFTER_S = 1.5
+SESSIONS = [Session(id=f"s{n}", secret=f"secret-{n}") for n in range(8)]
+
+
+@dataclass
+class Traffic:
+    """What the workers of one client saw, with monotonic timestamps."""
+
+    successes: list[float] = field(default_factory=list)
+    errors: list[tuple[float, str]] = field(default_factory=list)
+
+
+async def drive(pool: Pool, traffic: Traffic, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        try:
+            lease = await pool.acquire()
+            await asyncio.sleep(0.002)
+            await pool.release(lease, Outcome.SUCCESS, latency_ms=2)
+        except (StoreError, LeaseError, NoSessionAvailable) as exc:
+            traffic.errors.append((time.monotonic(), f"{type(exc).__name__}: {exc}"))
+            await asyncio.sleep(0.02)
+        else:
+            traffic.successes.append(time.monotonic())
+
+
+def start_topology(servers: Servers) -> tuple[Node, Node, Node]:
+    master = servers.start("master", *ACCOUNT, *FOLLOWER, username=USER, password=PASSWORD)
+    replica = servers.start(
+        "replica",
+        *ACCOUNT,
+        *FOLLOWER,
+        "--replicaof", "127.0.0.1", str(master.port),
+        username=USER,
+        password=PASSWORD,
+    )  # fmt: skip
+    sentinel = servers.start(
+        "sentinel",
+        "--sentinel",
+        config=SENTINEL_CONF.format(master_port=master.port),
+        password=SENTINEL_PASSWORD,
+    )
+
+    def replica_known() -> bool:
+        with sentinel.client() as client:
+            known = client.sentinel_slaves("mymaster")
+        return any(r["port"] == replica.port and not r["is_sdown"] for r in known)
+
+    def replica_in_sync() -> bool:
+        with replica.client() as client:
+            return client.info("replication")["master_link_status"] == "up"
+
+    servers.wait_for("the replica to follow the master", replica_in_sync)
+    servers.wait_for("the sentinel to see the replica", replica_known)
+    with sentinel.client() as client:
+        # A failed-over master that is still alive keeps taking writes until the sentinel
+        # turns it into a replica: after four publish periods of it reporting the wrong role,
+        # read by INFO every info period (8 s and 10 s by default; about 2 s here, for speed).
+        client.execute_command("SENTINEL DEBUG", "info-period", 500, "publish-period", 500)
+    return master, replica, sentinel
+
+
+#: The operations the traffic below runs, each loaded on the new master after a NOSCRIPT.
+EXERCISED = ("acquire", "release", "renew", "sync")
+
+
+def shas() -> list[str]:
+    return [hashlib.sha1(source(name).encode()).hexdigest() for name in EXERCISED]
+
+
+async def test_traffic_continues_across_a_forced_failover(servers: Servers) -> None:
+    """Two clients lease and release through SENTINEL FAILOVER: errors only inside the window,
+    every operation works on the new master afterwards, and its scripts were loaded there."""
+    master, replica, sentinel = start_topology(servers)
+    settings = BrokerSettings(
+        redis_url=f"redis://{USER}:{PASSWORD}@/0",
+        redis_sentinels=(("127.0.0.1", sentinel.port),),
+        redis_sentinel_master="mymaster",
+        redis_sentinel_password=SENTINEL_PASSWORD,
+        lease_ttl_ms=10_000,
+    )
+    stores: list[Store] = [open_store(settings), open_store(settings)]
+    pools = [Pool(store, settings) for store in stores]
+    traffic = [Traffic(), Traffic()]
+    stop = asyncio.Event()
+    try:
+        assert await pools[0].sync(SESSIONS) == len(SESSIONS)
+        await pools[1].sync(SESSIONS)
+        workers = [
+            asyncio.create_task(drive(pool, seen, stop))
+            for pool, seen in zip(pools, traffic, strict=True)
+            for _ in range(4)
+        ]
+        await asyncio.sleep(1.0)
+        assert [seen.errors for seen in traffic] == [[], []]
+        with replica.client() as client:
+            # The scripts are not replicated: the new master will answer NOSCRIPT at first.
+            assert client.script_exists(*shas()) == [False] * len(EXERCISED)
+
+        ordered = time.monotonic()
+        with sentinel.client() as client:
+            assert client.sentinel_failover("mymaster")
+
+        def switched() -> bool:
+            with sentinel.client() as client:
+                address = client.sentinel_get_master_addr_by_name("mymaster")
+            with master.client() as client:
+                stepped_down = client.info("replication")["role"] == "slave"
+            return int(address[1]) == replica.port and stepped_down
+
+        await asyncio.to_thread(servers.wait_for, "the failover to complete", switched, 30.0)
+        window_end = time.monotonic() + SETTLE_S
+        await asyncio.sleep(SETTLE_S + AFTER_S)
+        stop.set()
+        await asyncio.gather(*workers)
+
+        for seen in traffic:
+            outside = [e for e in seen.errors if not ordered <= e[0] <= window_end]
+            assert outside == [], outside
+            after = [t for t in seen.successes if t > window_end]
+            assert len(after) > 10, "traffic did not carry on after the failover"
+        # Every operation on the new master, from both clients.
+        assert await pools[1].sync(SESSIONS) == len(SESSIONS)
+        lease = await pools[1].acquire()
+        await pools[0].renew(lease)
+        assert (await pools[0].release(lease, Outcome.RATE_LIMITED)).status == "released"
+        with replica.client() as client:
+            assert client.info("replication")["role"] == "master"
+            assert client.script_exists(*shas()) == [True] * len(EXERCISED)
+    finally:
+        stop.set()
+        for store in stores:
+            await store.aclose()
+
+
+@pytest.mark.parametrize("password", [None, "wrong"], ids=["no-password", "wrong-password"])
+async def test_sentinel_password_is_used(servers: Servers, password: str | None) -> None:
+    """A sentinel that requires a password refuses a client without the right one: the store
+    reports it as a StoreError rather than hanging or reaching some other server."""
+    _, _, sentinel = start_topology(servers)
+    settings = BrokerSettings(
+        redis_url=f"redis://{USER}:{PASSWORD}@/0",
+        redis_sentinels=(("127.0.0.1", sentinel.port),),
+        redis_sentinel_password=password,
+    )
+    store = open_store(settings)
+    try:
+        with pytest.raises(StoreError):
+            await Pool(store, settings).sync(SESSIONS)
+    finally:
+        await store.aclose()
