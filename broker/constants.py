@@ -57,3 +57,15 @@ RATE_LIMIT_STREAK_WINDOW_MS: Final = 600_000
 #: request's arrival upstream are milliseconds apart, and that jitter must never tip an upstream
 #: that enforces the very same rpm into a 429. Costs at most 2% of the quota.
 QUOTA_SLACK: Final = 1.02
+
+#: Alerts: width of one bucket of the fleet's outcome tally. The error-rate window is counted in
+#: whole buckets, so this is its resolution; 10 s keeps the tally at 30 fields for 5 minutes.
+ALERT_BUCKET_MS: Final = 10_000
+
+#: Alerts: fewest upstream attempts in the window before the error rate may fire, so two failures
+#: out of three attempts at night do not page anyone.
+ALERT_MIN_ATTEMPTS: Final = 20
+
+#: Alerts and metrics: most sessions of one set (open breakers, disabled) read per check, so a
+#: check costs a bounded amount however large the pool.
+OPS_SET_LIMIT: Final = 500

@@ -40,4 +40,9 @@ class PoolKeys:
             f"{b}:open",
             f"{b}:quota",
             f"{b}:probes",
+            # Appended for operations (issue 6); keep new keys at the end so indices stay put.
+            f"{b}:half_open",
+            f"{b}:alerts",
+            f"{b}:outcomes",
+            f"{b}:summary",
         )

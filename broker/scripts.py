@@ -18,7 +18,19 @@ from redis.commands.core import AsyncScript
 from broker.store import Store
 
 PRELUDE = "common.lua"
-OPERATIONS = ("acquire", "release", "renew", "sync", "set_disabled")
+OPERATIONS = (
+    "acquire",
+    "release",
+    "renew",
+    "sync",
+    "set_disabled",
+    # Operating a pool: broker/admin.py, broker/snapshot.py, broker/alerts.py.
+    "reset_session",
+    "set_weight",
+    "restore",
+    "alerts",
+    "summary_turn",
+)
 
 
 def _lua_dir() -> Traversable:
@@ -47,6 +59,11 @@ class Scripts:
     renew: AsyncScript
     sync: AsyncScript
     set_disabled: AsyncScript
+    reset_session: AsyncScript
+    set_weight: AsyncScript
+    restore: AsyncScript
+    alerts: AsyncScript
+    summary_turn: AsyncScript
 
     @classmethod
     def register(cls, redis: Store) -> Scripts:

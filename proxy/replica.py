@@ -15,8 +15,13 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from broker import ConfigError, Pool, Session, StoreError, open_store
+from broker.admin import Census, PoolAdmin
+from broker.constants import OPS_SET_LIMIT
 from broker.store import Store
+from proxy.logs import REDACTOR
+from proxy.metrics import Metrics
 from proxy.settings import Settings
+from proxy.watch import ObservedPool, Watch, replica_id
 
 log = structlog.get_logger(__name__)
 
@@ -50,6 +55,12 @@ class Replica:
         self._pool: Pool | None = None
         self._client: aiohttp.ClientSession | None = None
         self._sync_task: asyncio.Task[None] | None = None
+        # Operations (issue 6): secrets kept out of every log line, metrics, the fleet watch.
+        REDACTOR.add([*self.secrets.values(), *settings.secret_values])
+        self.id = replica_id()
+        self.metrics = Metrics(settings.metrics_prefix, census=self._census)
+        self.watch = Watch(self)
+        self._admin: PoolAdmin | None = None
 
     @property
     def pool(self) -> Pool:
@@ -63,7 +74,11 @@ class Replica:
 
     async def start(self) -> None:
         self.store = open_store(self.settings.broker())
-        self._pool = Pool(self.store, self.settings.broker())
+        self._pool = ObservedPool(
+            self.store, self.settings.broker(), listener=self.watch.on_transitions
+        )
+        self._admin = PoolAdmin(self._pool)
+        self.watch.start()
         timeout = aiohttp.ClientTimeout(
             total=None,
             sock_connect=self.settings.upstream_connect_timeout,
@@ -95,7 +110,16 @@ class Replica:
             self.synced.set()
             return
 
+    @property
+    def admin(self) -> PoolAdmin:
+        assert self._admin is not None, "replica not started"
+        return self._admin
+
+    async def _census(self) -> Census:
+        return await self.admin.census(limit=OPS_SET_LIMIT)
+
     async def close(self) -> None:
+        await self.watch.close()
         if self._sync_task is not None:
             self._sync_task.cancel()
             await asyncio.gather(self._sync_task, return_exceptions=True)
