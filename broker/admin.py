@@ -151,6 +151,11 @@ class PoolAdmin:
         seconds, microseconds = await _call("read", self.redis.time())
         return int(seconds) * 1000 + int(microseconds) // 1000
 
+    async def tidy(self) -> None:
+        """Bring the pool up to date before reading it (lua/housekeeping.lua): in a quiet pool
+        nothing else ends the cooldowns and breaker timeouts that have run out."""
+        await self.pool._run("housekeeping")
+
     async def session_ids(self) -> list[str]:
         """Every session of the pool, in configuration order."""
         ids: list[str] = await _call("read", self.redis.zrange(self._members, 0, -1))
@@ -158,6 +163,7 @@ class PoolAdmin:
 
     async def sessions(self) -> list[SessionView]:
         """Every session's view, in configuration order: one pipelined HGETALL per session."""
+        await self.tidy()
         ids = await self.session_ids()
         hashes = await self._hashes(ids)
         return [view(session_id, h) for session_id, h in zip(ids, hashes, strict=True)]
@@ -173,6 +179,7 @@ class PoolAdmin:
 
     async def session(self, session_id: str) -> SessionView:
         """One session's view; UnknownSession when the pool has no such member."""
+        await self.tidy()
         if await _call("read", self.redis.zscore(self._members, session_id)) is None:
             raise UnknownSession(f"pool {self.pool.name!r} has no session {session_id!r}")
         state: dict[str, str] = await _call(
@@ -181,7 +188,9 @@ class PoolAdmin:
         return view(session_id, state)
 
     async def census(self, *, limit: int = 500) -> Census:
-        """Counts by state and the non-closed breakers (at most ``limit`` of each kind)."""
+        """Counts by state and the non-closed breakers (at most ``limit`` of each kind), after a
+        housekeeping pass."""
+        await self.tidy()
         pipe = self.redis.pipeline(transaction=False)
         pipe.time()
         for key in (self._members, self._avail, self._cooling, self._open, self._quota):

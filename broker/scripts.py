@@ -30,6 +30,7 @@ OPERATIONS = (
     "restore",
     "alerts",
     "summary_turn",
+    "housekeeping",
 )
 
 
@@ -64,6 +65,7 @@ class Scripts:
     restore: AsyncScript
     alerts: AsyncScript
     summary_turn: AsyncScript
+    housekeeping: AsyncScript
 
     @classmethod
     def register(cls, redis: Store) -> Scripts:

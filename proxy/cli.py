@@ -46,7 +46,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in COMMANDS:
             settings = load_settings(os.environ, args, only=STORE_SETTINGS)
             REDACTOR.add(settings.secret_values)
-            configure_logging(settings.log_level, settings.log_format)
+            # A terminal command: the transitions its reads bring about are news to nobody.
+            explicit = os.environ.get("LOG_LEVEL") or getattr(args, "LOG_LEVEL", None)
+            configure_logging(settings.log_level if explicit else "warning", settings.log_format)
             return run_operator(settings, args)
         settings = load_settings(os.environ, args if args.command == "serve" else None)
         configure_logging(settings.log_level, settings.log_format)

@@ -9,8 +9,10 @@ Two kinds of series:
   PromQL) they describe the fleet: each transition is counted by exactly one replica.
 * the pool's, read from Redis (``*_pool_*``, ``*_session_breaker``): the same on every replica.
   Their cost is bounded: at most one read per ``CLUSTER_MAX_AGE_S`` per replica, however often
-  it is scraped, of a fixed number of O(1) commands (ZCARD/SCARD) plus at most
-  ``OPS_SET_LIMIT`` session ids per breaker state, in one round trip (see ``PoolAdmin.census``).
+  it is scraped: a housekeeping pass (so a quiet pool shows no cooldown that has run out; at
+  most 256 due entries per set, like any script's), then a fixed number of O(1) commands
+  (ZCARD/SCARD) plus at most ``OPS_SET_LIMIT`` session ids per breaker state, in one round trip
+  (see ``PoolAdmin.census``).
 
 Sessions are labelled by id, never by secret.
 """

@@ -77,8 +77,8 @@ HELP: dict[str, str] = {
     "with a digit",
     "HEALTH_CHECK_INTERVAL": "seconds between health summaries in the log (one replica of the "
     "fleet writes each; also after every 100 requests), at least 1",
-    "ADMIN_TOKEN": "bearer token of the admin API under /admin on ADMIN_LISTEN; unset: no admin "
-    "API",
+    "ADMIN_TOKEN": "bearer token of the admin API under /admin on ADMIN_LISTEN, at least 16 "
+    "characters; unset: no admin API",
     "ALERT_WEBHOOK_URL": "http(s) URL that alerts are POSTed to as JSON with a Slack-compatible "
     "'text'; unset: no alerts",
     "ALERT_ERROR_RATE": "fleet-wide share of failed upstream attempts (5xx, network, timeout, "

@@ -65,7 +65,7 @@ class ObservedPool(Pool):
 
 
 def _may_change_alerts(t: Transition) -> bool:
-    return t.kind == "breaker" or "disabled" in (t.old, t.new) or "cooling" in (t.old, t.new)
+    return t.kind == "breaker" or bool({"disabled", "cooling", "quota"} & {t.old, t.new})
 
 
 def _iso(ms: int | None) -> str | None:
@@ -87,7 +87,8 @@ class Watch:
         )
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._reported = (0, 0, 0)  # attempts, errors, requests the store has heard of
+        # What the store has heard of from this replica: attempts, errors, requests.
+        self._attempts = self._errors = self._requests = 0
 
     def on_transitions(self, transitions: Iterable[Transition]) -> None:
         transitions = list(transitions)
@@ -121,27 +122,28 @@ class Watch:
     async def check(self) -> None:
         """One beat: alerts (when a webhook is configured), then the summary turn."""
         admin = self.replica.admin
-        attempts, errors, requests = self._reported
         if self.webhook is not None:
+            attempts, errors = self.metrics.attempts_total, self.metrics.errors_total
             changes = await check_alerts(
                 admin.pool,
                 self.rules,
-                attempts=self.metrics.attempts_total - attempts,
-                errors=self.metrics.errors_total - errors,
+                attempts=attempts - self._attempts,
+                errors=errors - self._errors,
             )
-            attempts, errors = self.metrics.attempts_total, self.metrics.errors_total
+            self._attempts, self._errors = attempts, errors
             now = await admin.now_ms() if changes else 0
             for change in changes:
                 log.warning("alert", alert=change.name, status=change.status, detail=change.detail)
                 self.webhook.send(notice(admin.pool.name, change, now))
         interval_ms = round(self.settings.health_check_interval * 1000)
+        requests = self.metrics.requests_total
         turn, now = await admin.summary_turn(
-            self.metrics.requests_total - requests,
+            requests - self._requests,
             interval_ms=interval_ms,
             every_requests=HEALTH_SUMMARY_REQUESTS,
             min_gap_ms=min(HEALTH_SUMMARY_MIN_GAP_MS, interval_ms),
         )
-        self._reported = (attempts, errors, self.metrics.requests_total)
+        self._requests = requests
         if turn:
             await self.summary(admin, now)
 

@@ -227,3 +227,15 @@ async def test_restore_is_idempotent(make_pool) -> None:
     once = msgspec.to_builtins(await PoolAdmin(target).sessions())
     await import_state(PoolAdmin(target), snapshot)
     assert msgspec.to_builtins(await PoolAdmin(target).sessions()) == once
+
+
+async def test_reads_show_the_state_as_of_now_in_a_quiet_pool(make_pool) -> None:
+    """A cooldown that ran out with no traffic since shows as over: reads run housekeeping."""
+    pool = await make_pool(THREE[:1])
+    admin = PoolAdmin(pool)
+    await pool.release(await pool.acquire(), Outcome.RATE_LIMITED, retry_after_ms=50)
+    assert (await pool.session_state("a"))["state"] == "cooling"
+    await asyncio.sleep(0.1)
+    assert (await pool.session_state("a"))["state"] == "cooling"  # nothing touched it yet
+    assert (await admin.session("a")).state == "available"
+    assert (await admin.census()).sessions["cooling"] == 0

@@ -128,7 +128,7 @@ async def test_session_actions(
     assert "WEIGHT" in bad.stderr
 
 
-async def test_store_settings_are_required_and_checked(redis_server: str) -> None:
+async def test_store_settings_are_required_and_checked() -> None:
     """Without REDIS_URL, or with a bad one, the command says so (exit 2), hiding any password."""
     missing = await cli("status", env={})
     assert missing.returncode == 2
