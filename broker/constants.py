@@ -70,3 +70,14 @@ TICKET_TTL_MS: Final = 5_000
 #: The longest a waiting head sleeps without a wake-up before asking the store again: a wake
 #: missed (a dropped pub/sub connection) costs at most this.
 FALLBACK_WAIT_S: Final = 1.0
+#: Alerts: width of one bucket of the fleet's outcome tally. The error-rate window is counted in
+#: whole buckets, so this is its resolution; 10 s keeps the tally at 30 fields for 5 minutes.
+ALERT_BUCKET_MS: Final = 10_000
+
+#: Alerts: fewest upstream attempts in the window before the error rate may fire, so two failures
+#: out of three attempts at night do not page anyone.
+ALERT_MIN_ATTEMPTS: Final = 20
+
+#: Alerts and metrics: most sessions of one set (open breakers, disabled) read per check, so a
+#: check costs a bounded amount however large the pool.
+OPS_SET_LIMIT: Final = 500

@@ -48,6 +48,11 @@ class PoolKeys:
             f"{b}:probes",
             f"{b}:waiters",
             f"{b}:tickets",
+            # Appended for operations ; keep new keys at the end so indices stay put.
+            f"{b}:half_open",
+            f"{b}:alerts",
+            f"{b}:outcomes",
+            f"{b}:summary",
         )
 
     @property

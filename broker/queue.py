@@ -23,6 +23,7 @@ import uuid
 from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
+from typing import Protocol
 
 import structlog
 from redis.exceptions import RedisError
@@ -43,6 +44,15 @@ CLOSE_TIMEOUT_S = 1.0
 WAITABLE = frozenset({"cooling", "quota", "open", "busy", "queued"})
 
 
+class QueueObserver(Protocol):
+    """Told when a request starts waiting and how its wait ended (for metrics)."""
+
+    def queue_entered(self) -> None: ...
+
+    def queue_left(self, waited_s: float, result: str) -> None:
+        """``result``: served, timeout, refused or cancelled."""
+
+
 @dataclass(slots=True)
 class QueueStats:
     """Counters for metrics: how the queue's waits ended, and the time spent waiting."""
@@ -57,9 +67,15 @@ class WaitQueue:
     """The waiting requests of one replica for one pool."""
 
     def __init__(
-        self, pool: Pool, *, max_waiting: int, fallback_s: float = FALLBACK_WAIT_S
+        self,
+        pool: Pool,
+        *,
+        max_waiting: int,
+        fallback_s: float = FALLBACK_WAIT_S,
+        observer: QueueObserver | None = None,
     ) -> None:
         self.pool = pool
+        self.observer = observer
         self.max_waiting = max_waiting
         self.fallback_s = fallback_s
         self.stats = QueueStats()
@@ -145,18 +161,30 @@ class WaitQueue:
             )
         assert ticket is not None
         started = loop.time()
+        result = "cancelled"
+        if self.observer is not None:
+            self.observer.queue_entered()
         async with self._waiting(ticket):
             try:
                 async with asyncio.timeout_at(deadline), self._head:
                     lease = await self._wait_at_head(exclude, ticket, deadline)
             except TimeoutError:
+                result = "timeout"
                 self.stats.timeouts += 1
                 last = self._last
                 raise NoSessionAvailable(
                     last.reason if last else "busy", last.retry_after_ms if last else None, {}
                 ) from None
+            except NoSessionAvailable:
+                result = "refused"  # waiting stopped helping (e.g. every session was disabled)
+                raise
+            else:
+                result = "served"
             finally:
-                self.stats.wait_s_total += loop.time() - started
+                waited = loop.time() - started
+                self.stats.wait_s_total += waited
+                if self.observer is not None:
+                    self.observer.queue_left(waited, result)
         self.stats.served += 1
         return lease
 

@@ -18,7 +18,21 @@ from redis.commands.core import AsyncScript
 from broker.store import Store
 
 PRELUDE = "common.lua"
-OPERATIONS = ("acquire", "release", "renew", "sync", "set_disabled", "leave_queue")
+OPERATIONS = (
+    "acquire",
+    "release",
+    "renew",
+    "sync",
+    "set_disabled",
+    "leave_queue",
+    # Operating a pool: broker/admin.py, broker/snapshot.py, broker/alerts.py.
+    "reset_session",
+    "set_weight",
+    "restore",
+    "alerts",
+    "summary_turn",
+    "housekeeping",
+)
 
 
 def _lua_dir() -> Traversable:
@@ -48,6 +62,12 @@ class Scripts:
     sync: AsyncScript
     set_disabled: AsyncScript
     leave_queue: AsyncScript
+    reset_session: AsyncScript
+    set_weight: AsyncScript
+    restore: AsyncScript
+    alerts: AsyncScript
+    summary_turn: AsyncScript
+    housekeeping: AsyncScript
 
     @classmethod
     def register(cls, redis: Store) -> Scripts:

@@ -23,6 +23,12 @@
 --  15 tickets    HASH  ticket id -> deadline (ms): a ticket not renewed by then is dropped
 -- A session becoming available is published on the channel <pool base>:wake (payload: its id),
 -- so waiting replicas retry at once instead of polling.
+--  16 half_open  SET   session ids whose circuit breaker is half-open (with 11: every breaker
+--                      that is not closed, without reading the sessions)
+--  17 alerts     HASH  alert name -> when it started firing (ms): the fleet's open alerts
+--  18 outcomes   HASH  '<bucket>:n' / '<bucket>:e' -> upstream attempts / errors reported by the
+--                      replicas in that time bucket (alerts.lua: the fleet's error rate)
+--  19 summary    HASH  whose turn the health summary is: last_at (ms), requests since then
 -- ARGV[1] (every script): how long an ended lease id is remembered (ms).
 -- Script-specific arguments start at ARGV[2].
 -- Every script returns its own reply followed by a list of events, one per transition it made:
@@ -33,6 +39,7 @@ local disabled_key, session_prefix = KEYS[9], KEYS[10]
 local open_key, quota_key, probes_key = KEYS[11], KEYS[12], KEYS[13]
 local waiters_key, tickets_key = KEYS[14], KEYS[15]
 local wake_channel = string.gsub(pool_key, ':pool$', ':wake')
+local half_open_key, alerts_key, outcomes_key, summary_key = KEYS[16], KEYS[17], KEYS[18], KEYS[19]
 local lease_memory_ms = tonumber(ARGV[1])
 -- How many due entries one call processes per housekeeping pass; the rest wait for the next call.
 local batch = 256
@@ -84,10 +91,11 @@ local function refresh(id, now)
   local key = session_prefix .. id
   local v = redis.call('HMGET', key, 'enabled', 'disabled_reason', 'cooldown_until', 'in_flight',
     'max_concurrency', 'ordinal', 'last_used', 'weight', 'health', 'breaker', 'breaker_until',
-    'probes', 'rpm', 'burst', 'tat', 'state')
+    'probes', 'rpm', 'burst', 'tat', 'state', 'weight_override')
+  -- An operator's weight (admin API, CLI) wins over the configured one until it is cleared.
   local f = {enabled = v[1], disabled_reason = v[2], cooldown_until = tonumber(v[3]) or 0,
     in_flight = tonumber(v[4]) or 0, max_concurrency = tonumber(v[5]) or 0, ordinal = v[6],
-    last_used = v[7], weight = v[8], health = v[9], breaker = v[10] or 'closed',
+    last_used = v[7], weight = v[17] or v[8], health = v[9], breaker = v[10] or 'closed',
     breaker_until = tonumber(v[11]) or 0, probes = tonumber(v[12]) or 0, rpm = tonumber(v[13]) or 0,
     burst = tonumber(v[14]) or 1, tat = tonumber(v[15]) or 0}
   if f.breaker == 'open' and f.breaker_until <= now then
@@ -110,6 +118,8 @@ local function refresh(id, now)
   place(open_key, id, state == 'open', f.breaker_until)
   place(quota_key, id, state == 'quota', admits_at)
   if state == 'disabled' then redis.call('SADD', disabled_key, id) else redis.call('SREM', disabled_key, id) end
+  if f.breaker == 'half_open' and state ~= 'removed' then redis.call('SADD', half_open_key, id)
+  else redis.call('SREM', half_open_key, id) end
   if state ~= v[16] then
     redis.call('HSET', key, 'state', state)
     table.insert(events, {id, 'state', v[16] or '', state})

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from proxy.admin import add_admin_routes
 from proxy.auth import api_key_middleware
 from proxy.forward import handle
 from proxy.ops import add_ops_routes
@@ -34,4 +35,6 @@ def build_ops_app(replica: Replica) -> web.Application:
     app = web.Application()
     app[REPLICA] = replica
     add_ops_routes(app)
+    if replica.settings.admin_token:
+        add_admin_routes(app, replica.settings.admin_token)
     return app

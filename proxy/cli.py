@@ -1,7 +1,8 @@
 """The ``session-broker`` command.
 
 ``serve`` runs a replica (the default; also ``python -m proxy``); ``demo`` shows the whole thing
-working on this machine with no Redis and no upstream of your own.
+working on this machine with no Redis and no upstream of your own; ``status``, ``sessions``,
+``export`` and ``import`` operate the pool in the fleet's Redis (see proxy/operator.py).
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import sys
 from collections.abc import Sequence
 
 from broker import ConfigError
-from proxy.logs import configure_logging
-from proxy.settings import add_flags, load_settings
+from proxy.logs import REDACTOR, configure_logging
+from proxy.operator import COMMANDS, add_operator_commands, run_operator
+from proxy.settings import STORE_SETTINGS, add_flags, load_settings
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,6 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="a self-contained demonstration on this machine")
     demo.add_argument("--seconds", type=float, default=5.0, help="how long to drive traffic")
     demo.add_argument("--concurrency", type=int, default=8, help="concurrent demo clients")
+    for operator in add_operator_commands(commands):
+        add_flags(operator, only=STORE_SETTINGS)
     return parser
 
 
@@ -39,6 +43,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             configure_logging("error", "console")
             return run_demo(seconds=args.seconds, concurrency=args.concurrency)
+        if args.command in COMMANDS:
+            settings = load_settings(os.environ, args, only=STORE_SETTINGS)
+            REDACTOR.add(settings.secret_values)
+            # A terminal command: the transitions its reads bring about are news to nobody.
+            explicit = os.environ.get("LOG_LEVEL") or getattr(args, "LOG_LEVEL", None)
+            configure_logging(settings.log_level if explicit else "warning", settings.log_format)
+            return run_operator(settings, args)
         settings = load_settings(os.environ, args if args.command == "serve" else None)
         configure_logging(settings.log_level, settings.log_format)
         from proxy.serve import serve_forever

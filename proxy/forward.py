@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import aiohttp
 import structlog
@@ -166,6 +167,11 @@ class Forwarder:
         if asked is not None:
             wait_s = min(wait_s, asked)
         self.wait_until = time.monotonic() + wait_s
+        # Metrics: attempts made, and time spent waiting (upstream, backoff) versus in the proxy.
+        self.attempts = 0
+        self.started = time.monotonic()
+        self.waited_s = 0.0
+        self.overhead_s: float | None = None
 
     async def run(self) -> web.StreamResponse:
         if (self.request.content_length or 0) > self.settings.max_body_bytes:
@@ -203,6 +209,13 @@ class Forwarder:
             wait_s = max(0.0, self.wait_until - time.monotonic())
             lease, pool = await self.replica.leasing.lease(exclude=self.tried, timeout_s=wait_s)
             self.pools[lease.lease_id] = pool
+            self.replica.metrics.lease_taken()
+            log.debug(
+                "session selected",
+                session=lease.session_id,
+                probe=lease.probe,
+                skipped_as_tried=sorted(self.tried),
+            )
             self.tried.add(lease.session_id)
             secret = self.replica.secrets.get(lease.session_id)
             if secret is not None:
@@ -216,14 +229,21 @@ class Forwarder:
         if not self.settings.exponential_backoff_enabled:
             return
         ceiling = min(self.settings.backoff_max, self.settings.backoff_base * 2 ** (attempt - 1))
-        await asyncio.sleep(random.uniform(0, ceiling))  # full jitter
+        pause = random.uniform(0, ceiling)  # full jitter
+        self.waited_s += pause
+        await asyncio.sleep(pause)
 
     def _too_large(self) -> web.Response:
         limit = self.settings.max_body_bytes
         return error_response(413, "request_too_large", f"request body over {limit} bytes")
 
     def _unavailable(self, exc: NoSessionAvailable) -> web.Response:
-        log.info("no session available", reason=exc.reason, retry_after_ms=exc.retry_after_ms)
+        log.info(
+            "no session available",
+            reason=exc.reason,
+            retry_after_ms=exc.retry_after_ms,
+            sessions=exc.counts,
+        )
         status, code, message = UNAVAILABLE.get(exc.reason, UNAVAILABLE["disabled"])
         retry_after = exc.retry_after_ms if exc.reason != "disabled" else None
         return error_response(status, code, message, retry_after_ms=retry_after)
@@ -233,6 +253,7 @@ class Forwarder:
     ) -> web.StreamResponse | Failure:
         headers = self.outgoing.copy()
         headers[self.header_name] = self.settings.header.value(secret)
+        self.attempts += 1
         started = time.monotonic()
         try:
             upstream = await self.replica.client.request(
@@ -256,6 +277,9 @@ class Forwarder:
         except asyncio.CancelledError:
             self._release(lease, Outcome.SUCCESS, _ms_since(started))
             raise
+        answered_s = time.monotonic() - started
+        self.waited_s += answered_s
+        self.replica.metrics.upstream_answered(answered_s)
         outcome = outcome_of(upstream.status)
         now_s = time.time()
         waits = Waits(
@@ -314,6 +338,7 @@ class Forwarder:
         detail = str(upstream.status)
         broken = False
         try:
+            self.headers_out()
             await response.prepare(self.request)
             async for chunk in upstream.content.iter_any():
                 await response.write(chunk)
@@ -334,6 +359,11 @@ class Forwarder:
             if self.request.transport is not None:
                 self.request.transport.close()
         return response
+
+    def headers_out(self) -> None:
+        """The answer's headers leave now: what the proxy itself took so far is its overhead."""
+        if self.overhead_s is None:
+            self.overhead_s = time.monotonic() - self.started - self.waited_s
 
     async def _renew(self, lease: Lease) -> None:
         period = self.settings.lease_ttl / 3
@@ -357,6 +387,8 @@ class Forwarder:
         detail: str = "",
     ) -> None:
         """Release in the background: it must land even when this request is being cancelled."""
+        exhausted = waits.exhausted_ms is not None
+        self.replica.metrics.lease_released(lease.session_id, outcome, exhausted=exhausted)
         pool = self.pools[lease.lease_id]
         self.replica.spawn(_release(self.replica, pool, lease, outcome, latency_ms, waits, detail))
 
@@ -388,9 +420,11 @@ async def _release(
         )
         return
     if released.cooldown_until_ms:
+        until = datetime.fromtimestamp(released.cooldown_until_ms / 1000, UTC)
         log.info(
             "session rate limited" if outcome is Outcome.RATE_LIMITED else "session quota spent",
             session=lease.session_id,
+            cooldown_until=until.isoformat(timespec="milliseconds"),
             cooldown_until_ms=released.cooldown_until_ms,
             retry_after_ms=waits.retry_after_ms,
             exhausted_ms=waits.exhausted_ms,
@@ -422,7 +456,13 @@ async def handle(request: web.Request) -> web.StreamResponse:
             )
         else:
             async with replica.tracking():
-                response = await Forwarder(replica, request, request_id).run()
+                forwarder = Forwarder(replica, request, request_id)
+                response = await forwarder.run()
+                if not response.prepared:
+                    forwarder.headers_out()
+                replica.metrics.request_done(
+                    response.status, forwarder.attempts, forwarder.overhead_s
+                )
         if not response.prepared:
             response.headers["X-Request-ID"] = request_id
         return response

@@ -15,7 +15,7 @@ Leases remember the pool that granted them; their release and renewal go back th
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from contextlib import suppress
 from dataclasses import replace
 
@@ -23,7 +23,10 @@ import structlog
 from redis.exceptions import RedisError
 
 from broker import BrokerSettings, Lease, Pool, Session, StoreError, WaitQueue, open_store
+from broker.events import Transition
+from broker.queue import QueueObserver
 from broker.store import Store
+from proxy.watch import ObservedPool
 
 log = structlog.get_logger(__name__)
 
@@ -43,13 +46,20 @@ class Leasing:
         *,
         queue_max: int,
         failure_mode: str,
+        observe: Callable[[list[Transition]], None] | None = None,
+        metrics: QueueObserver | None = None,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
         self.failure_mode = failure_mode
         self.store: Store = open_store(settings)
-        self.pool = Pool(self.store, settings)
-        self.queue = WaitQueue(self.pool, max_waiting=queue_max)
+        self.pool: Pool = (
+            Pool(self.store, settings)
+            if observe is None
+            else ObservedPool(self.store, settings, listener=observe)
+        )
+        self._metrics = metrics
+        self.queue = WaitQueue(self.pool, max_waiting=queue_max, observer=metrics)
         self.store_up = True
         self._local: tuple[Store, Pool, WaitQueue] | None = None
         self._queue_max = queue_max
@@ -101,7 +111,7 @@ class Leasing:
             store = open_store(embedded)
             pool = Pool(store, self.settings)
             await pool.sync(self.sessions)
-            queue = WaitQueue(pool, max_waiting=self._queue_max)
+            queue = WaitQueue(pool, max_waiting=self._queue_max, observer=self._metrics)
             queue.start()
             self._local = (store, pool, queue)
         return self._local

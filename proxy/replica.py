@@ -25,8 +25,13 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from broker import ConfigError, Pool, Session, StoreError
+from broker.admin import Census, PoolAdmin
+from broker.constants import OPS_SET_LIMIT
 from proxy.leasing import Leasing
+from proxy.logs import REDACTOR
+from proxy.metrics import Metrics
 from proxy.settings import Settings
+from proxy.watch import Watch, replica_id
 
 log = structlog.get_logger(__name__)
 
@@ -48,6 +53,12 @@ class Replica:
         self.settings = settings
         self.upstream_url = settings.upstream_url.rstrip("/")
         self._leasing: Leasing | None = None
+        # Operations: secrets kept out of every log line, metrics, the fleet watch.
+        REDACTOR.add(settings.secret_values)
+        self.id = replica_id()
+        self.metrics = Metrics(settings.metrics_prefix, census=self._census)
+        self.watch = Watch(self)
+        self._admin: PoolAdmin | None = None
         self._use(sessions)
         #: Digest of the sessions file's content as last read (loaded or rejected).
         self._file_digest: str | None = None
@@ -85,8 +96,12 @@ class Replica:
             self.sessions,
             queue_max=self.settings.queue_max,
             failure_mode=self.settings.redis_failure_mode,
+            observe=self.watch.on_transitions,
+            metrics=self.metrics,
         )
         self._leasing.start()
+        self._admin = PoolAdmin(self._leasing.pool)
+        self.watch.start()
         timeout = aiohttp.ClientTimeout(
             total=None,
             sock_connect=self.settings.upstream_connect_timeout,
@@ -105,6 +120,7 @@ class Replica:
 
     def _use(self, sessions: list[Session]) -> None:
         """Serve ``sessions`` from now on (each assignment is atomic for the request handlers)."""
+        REDACTOR.add([s.secret for s in sessions])  # before any log line could carry one
         self.sessions = sessions
         self.secrets = {s.id: s.secret for s in sessions}
         self.max_attempts = self.settings.retry_count or min(len(sessions), DEFAULT_MAX_ATTEMPTS)
@@ -193,7 +209,16 @@ class Replica:
         self._use(sessions)
         self._unsynced = True
 
+    @property
+    def admin(self) -> PoolAdmin:
+        assert self._admin is not None, "replica not started"
+        return self._admin
+
+    async def _census(self) -> Census:
+        return await self.admin.census(limit=OPS_SET_LIMIT)
+
     async def close(self) -> None:
+        await self.watch.close()
         if self._maintenance is not None:
             self._maintenance.cancel()
             await asyncio.gather(self._maintenance, return_exceptions=True)

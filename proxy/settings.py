@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import msgspec
 
@@ -21,7 +21,14 @@ from broker import BrokerSettings, ConfigError, Session, Strategy, load_sessions
 from broker.constants import DEFAULT_SENTINEL_MASTER
 from proxy.ratelimit_headers import FAMILIES
 
-__all__ = ["HELP", "Listen", "SessionHeader", "Settings", "load_settings"]
+__all__ = [
+    "HELP",
+    "STORE_SETTINGS",
+    "Listen",
+    "SessionHeader",
+    "Settings",
+    "load_settings",
+]
 
 Seconds = Annotated[float, msgspec.Meta(ge=0, le=86_400 * 7)]
 
@@ -69,9 +76,43 @@ HELP: dict[str, str] = {
     "SHUTDOWN_GRACE": "seconds in-flight requests get to finish after SIGTERM",
     "LOG_LEVEL": "one of debug, info, warning, error",
     "LOG_FORMAT": "json (one object per line) or console (for a terminal)",
+    "ENABLE_METRICS": "true or false: serve Prometheus metrics at /metrics on ADMIN_LISTEN",
+    "METRICS_PREFIX": "prefix of every metric name: letters, digits and '_', not starting "
+    "with a digit",
+    "HEALTH_CHECK_INTERVAL": "seconds between health summaries in the log (one replica of the "
+    "fleet writes each; also after every 100 requests), at least 1",
+    "ADMIN_TOKEN": "bearer token of the admin API under /admin on ADMIN_LISTEN, at least 16 "
+    "characters; unset: no admin API",
+    "ALERT_WEBHOOK_URL": "http(s) URL that alerts are POSTed to as JSON with a Slack-compatible "
+    "'text'; unset: no alerts",
+    "ALERT_ERROR_RATE": "fleet-wide share of failed upstream attempts (5xx, network, timeout, "
+    "401/403) over ALERT_ERROR_WINDOW that raises an alert, 0-1",
+    "ALERT_ERROR_WINDOW": "seconds over which ALERT_ERROR_RATE is measured, 10-86400",
+    "ALERT_CHECK_INTERVAL": "seconds between a replica's checks of the fleet's alerts and its "
+    "turn at the health summary, more than 0",
 }
 #: Values never echoed back in an error message.
-_SECRET_SETTINGS = frozenset({"SESSIONS", "PROXY_API_KEYS", "REDIS_URL", "REDIS_SENTINEL_PASSWORD"})
+_SECRET_SETTINGS = frozenset(
+    {
+        "SESSIONS",
+        "PROXY_API_KEYS",
+        "REDIS_URL",
+        "REDIS_SENTINEL_PASSWORD",
+        "ADMIN_TOKEN",
+        "ALERT_WEBHOOK_URL",
+    }
+)
+#: What the operator commands (status, sessions, export, import) need: the store and the pool.
+STORE_SETTINGS = (
+    "REDIS_URL",
+    "REDIS_SENTINELS",
+    "REDIS_SENTINEL_MASTER",
+    "REDIS_SENTINEL_PASSWORD",
+    "REDIS_CLUSTER",
+    "POOL",
+    "LOG_LEVEL",
+    "LOG_FORMAT",
+)
 _POOL_NAME = r"^[A-Za-z0-9._-]{1,64}$"
 _SENTINEL_MASTER_NAME = r"^[^\s]{1,128}$"
 
@@ -135,6 +176,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     shutdown_grace: Seconds = 30.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
+    enable_metrics: bool = True
+    metrics_prefix: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")] = (
+        "session_broker"
+    )
+    health_check_interval: Annotated[float, msgspec.Meta(ge=1, le=86_400)] = 300.0
+    admin_token: Annotated[str, msgspec.Meta(min_length=16)] | None = None
+    alert_webhook_url: str | None = None
+    alert_error_rate: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.5
+    alert_error_window: Annotated[float, msgspec.Meta(ge=10, le=86_400)] = 300.0
+    alert_check_interval: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 10.0
 
     def broker(self) -> BrokerSettings:
         return BrokerSettings(
@@ -186,6 +237,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     def api_keys(self) -> tuple[str, ...]:
         return tuple(k.strip() for k in (self.proxy_api_keys or "").split(",") if k.strip())
 
+    @property
+    def secret_values(self) -> tuple[str, ...]:
+        """Every secret these settings hold (sessions' secrets aside), for the log redaction:
+        client API keys, the admin token, Redis passwords, the webhook URL and its path."""
+        found = [*self.api_keys, self.admin_token, self.redis_sentinel_password]
+        if self.redis_url is not None:
+            password = urlsplit(self.redis_url).password
+            found += [password, unquote(password or "")]
+        if self.alert_webhook_url is not None:
+            url = urlsplit(self.alert_webhook_url)
+            path = url.path + (f"?{url.query}" if url.query else "")
+            found += [self.alert_webhook_url, path if len(path) > 1 else None, url.password]
+        return tuple(value for value in found if value)
+
 
 def _bad(name: str, value: object, reason: str) -> ConfigError:
     shown = "(hidden)" if name in _SECRET_SETTINGS else repr(value)
@@ -206,6 +271,10 @@ def _check(settings: Settings) -> None:
         if url.scheme not in ("http", "https") or not url.hostname:
             raise _bad("UPSTREAM_URL", settings.upstream_url, "not an http(s) URL with a host")
     _check_redis(settings)
+    if settings.alert_webhook_url is not None:
+        url = urlsplit(settings.alert_webhook_url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise _bad("ALERT_WEBHOOK_URL", settings.alert_webhook_url, "not an http(s) URL")
     settings.listen_address  # noqa: B018 - parsing is the check
     settings.admin_address  # noqa: B018
     header = settings.header
@@ -261,17 +330,29 @@ def _flag(name: str) -> str:
     return "--" + name.lower().replace("_", "-")
 
 
-def add_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per setting, named after its variable."""
+def add_flags(parser: argparse.ArgumentParser, *, only: Collection[str] | None = None) -> None:
+    """One flag per setting (of ``only``, when given), named after its variable."""
     for name, text in HELP.items():
-        parser.add_argument(_flag(name), dest=name, metavar="VALUE", help=f"{name}: {text}")
+        if only is None or name in only:
+            parser.add_argument(_flag(name), dest=name, metavar="VALUE", help=f"{name}: {text}")
 
 
-def load_settings(environ: Mapping[str, str], flags: argparse.Namespace | None = None) -> Settings:
-    """Settings from the environment, overridden by flags; raises ConfigError when invalid."""
-    raw: dict[str, str] = {name: environ[name] for name in HELP if environ.get(name, "") != ""}
+def load_settings(
+    environ: Mapping[str, str],
+    flags: argparse.Namespace | None = None,
+    *,
+    only: Collection[str] | None = None,
+) -> Settings:
+    """Settings from the environment, overridden by flags; raises ConfigError when invalid.
+
+    With ``only`` (e.g. STORE_SETTINGS for the operator commands), just those settings are read
+    and checked; the others keep their defaults, so a command that never forwards a request
+    needs no UPSTREAM_URL or sessions and is not stopped by a setting it does not use.
+    """
+    names = [name for name in HELP if only is None or name in only]
+    raw: dict[str, str] = {name: environ[name] for name in names if environ.get(name, "") != ""}
     if flags is not None:
-        raw |= {name: getattr(flags, name) for name in HELP if getattr(flags, name, None)}
+        raw |= {name: getattr(flags, name) for name in names if getattr(flags, name, None)}
     try:
         settings = msgspec.convert(raw, Settings, strict=False)
     except msgspec.ValidationError as exc:

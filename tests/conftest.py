@@ -13,6 +13,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -45,16 +46,10 @@ def _wait_until_ready(process: subprocess.Popen[bytes], url: str, log: Path) -> 
     pytest.fail(f"redis-server did not answer within {REDIS_START_TIMEOUT_S} s: {log.read_text()}")
 
 
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """URL of a private ``redis-server`` (database 0) on a free port, never the shared 6379."""
-    executable = shutil.which("redis-server")
-    if executable is None:
-        reason = "redis-server is not on PATH"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason}; CI=true requires the real-Redis tests to run")
-        pytest.skip(reason)
-    workdir = tmp_path_factory.mktemp("redis")
+@contextmanager
+def running_redis(executable: str, workdir: Path) -> Iterator[str]:
+    """A ``redis-server`` on a free port for the duration of the block; yields its URL."""
+    workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "redis.log"
     port = _free_port()
     command = [
@@ -78,3 +73,27 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def _redis_executable() -> str:
+    executable = shutil.which("redis-server")
+    if executable is None:
+        reason = "redis-server is not on PATH"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason}; CI=true requires the real-Redis tests to run")
+        pytest.skip(reason)
+    return executable
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a private ``redis-server`` (database 0) on a free port, never the shared 6379."""
+    with running_redis(_redis_executable(), tmp_path_factory.mktemp("redis")) as url:
+        yield url
+
+
+@pytest.fixture
+def fresh_redis(tmp_path: Path) -> Iterator[str]:
+    """URL of another, empty ``redis-server`` of this test alone (a move to a new Redis)."""
+    with running_redis(_redis_executable(), tmp_path / "fresh-redis") as url:
+        yield url

@@ -1,0 +1,285 @@
+"""The admin API under /admin on ADMIN_LISTEN; it exists only when ADMIN_TOKEN is set.
+
+Every route needs ``Authorization: Bearer <ADMIN_TOKEN>``: 401 without a token, 403 with a wrong
+one (compared in constant time). Request bodies are validated with msgspec; bad input gets 400
+naming the field and the reason. Answers carry session ids and state, never a secret. An OpenAPI
+3.1 document of it all is at /admin/openapi.json, its schemas generated from the same structs.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+from typing import Annotated, Any, TypeVar
+
+import msgspec
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from broker import StoreError, UnknownSession
+from broker.admin import RESERVED_REASONS, PoolSummary, SessionView
+from proxy.ops import package_version
+from proxy.replica import REPLICA, Replica
+
+__all__ = ["add_admin_routes", "openapi_document"]
+
+log = structlog.get_logger(__name__)
+
+_REASON = r"^[A-Za-z0-9._ -]{1,64}$"
+T = TypeVar("T")
+
+
+class DisableBody(msgspec.Struct, forbid_unknown_fields=True):
+    """Why the session is disabled (shown as ``disabled_reason``)."""
+
+    reason: Annotated[str, msgspec.Meta(pattern=_REASON)] = "operator"
+
+
+class WeightBody(msgspec.Struct, forbid_unknown_fields=True):
+    """The weight overriding the configured one; null goes back to the configured weight."""
+
+    weight: Annotated[float, msgspec.Meta(gt=0, le=1_000_000)] | None
+
+
+class SessionList(msgspec.Struct):
+    pool: str
+    now_ms: int
+    sessions: list[SessionView]
+
+
+class ErrorDetail(msgspec.Struct):
+    code: str
+    message: str
+    field: str | None = None
+    reason: str | None = None
+
+
+class ErrorBody(msgspec.Struct):
+    error: ErrorDetail
+
+
+class BadInput(Exception):
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+def _json(value: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        body=msgspec.json.encode(value), status=status, content_type="application/json"
+    )
+
+
+def _error(
+    status: int, code: str, message: str, *, field: str | None = None, reason: str | None = None
+) -> web.Response:
+    return _json(ErrorBody(ErrorDetail(code, message, field, reason)), status)
+
+
+def _field_of(message: str) -> str:
+    """The field a msgspec error is about: ``$.weight`` or a named missing/unknown field."""
+    named = re.search(r"(?:unknown|required) field `([^`]+)`", message)
+    if named:
+        return named.group(1)
+    path = re.search(r"at `\$\.?([^`]*)`", message)
+    return path.group(1) if path and path.group(1) else "(body)"
+
+
+async def _body(request: web.Request, kind: type[T], *, optional: bool) -> T:
+    raw = await request.read()
+    if not raw.strip():
+        if optional:
+            return msgspec.json.decode(b"{}", type=kind)
+        raise BadInput("(body)", "a JSON object is required")
+    try:
+        return msgspec.json.decode(raw, type=kind)
+    except msgspec.ValidationError as exc:
+        reason = re.sub(r" - at `\$[^`]*`$", "", str(exc)).replace("`", "")
+        raise BadInput(_field_of(str(exc)), reason) from exc
+    except msgspec.DecodeError as exc:
+        raise BadInput("(body)", f"not valid JSON: {exc}") from exc
+
+
+def token_middleware(token: str) -> Any:
+    expected = token.encode()
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not presented.strip():
+            return _error(401, "unauthenticated", "send Authorization: Bearer <ADMIN_TOKEN>")
+        if not hmac.compare_digest(presented.strip().encode(), expected):
+            log.warning("admin request with a wrong token", path=request.path)
+            return _error(403, "forbidden", "the admin token is not valid")
+        try:
+            return await handler(request)
+        except BadInput as exc:
+            return _error(400, "invalid_body", str(exc), field=exc.field, reason=exc.reason)
+        except UnknownSession as exc:
+            return _error(404, "unknown_session", str(exc))
+        except StoreError as exc:
+            log.warning("admin request failed: store unavailable", error=str(exc))
+            return _error(503, "store_unavailable", "the session store is unreachable")
+
+    return check
+
+
+def _replica(request: web.Request) -> Replica:
+    return request.app[REPLICA]
+
+
+async def list_sessions(request: web.Request) -> web.Response:
+    admin = _replica(request).admin
+    now = await admin.now_ms()
+    return _json(SessionList(admin.pool.name, now, await admin.sessions()))
+
+
+async def get_session(request: web.Request) -> web.Response:
+    return _json(await _replica(request).admin.session(request.match_info["id"]))
+
+
+async def pool_summary(request: web.Request) -> web.Response:
+    return _json(await _replica(request).admin.summary())
+
+
+async def _act(request: web.Request, action: str, **detail: Any) -> web.Response:
+    admin = _replica(request).admin
+    session_id = request.match_info["id"]
+    if action == "enable":
+        result = await admin.enable(session_id)
+    elif action == "disable":
+        result = await admin.disable(session_id, detail["reason"])
+    elif action == "drain":
+        result = await admin.drain(session_id)
+    elif action == "reset":
+        result = await admin.reset(session_id)
+    else:
+        result = await admin.set_weight(session_id, detail["weight"])
+    log.info("admin action", action=action, session=session_id, **detail)
+    return _json(result)
+
+
+async def enable(request: web.Request) -> web.Response:
+    return await _act(request, "enable")
+
+
+async def disable(request: web.Request) -> web.Response:
+    body = await _body(request, DisableBody, optional=True)
+    if body.reason in RESERVED_REASONS:
+        raise BadInput("reason", f"{body.reason!r} is reserved; use the drain route for a drain")
+    return await _act(request, "disable", reason=body.reason)
+
+
+async def drain(request: web.Request) -> web.Response:
+    return await _act(request, "drain")
+
+
+async def reset(request: web.Request) -> web.Response:
+    return await _act(request, "reset")
+
+
+async def set_weight(request: web.Request) -> web.Response:
+    body = await _body(request, WeightBody, optional=False)
+    return await _act(request, "weight", weight=body.weight)
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document())
+
+
+def add_admin_routes(app: web.Application, token: str) -> None:
+    """Mount the admin API at /admin on the ops app."""
+    admin = web.Application(middlewares=[token_middleware(token)])
+    admin[REPLICA] = app[REPLICA]
+    admin.router.add_get("/openapi.json", openapi)
+    admin.router.add_get("/pool", pool_summary)
+    admin.router.add_get("/sessions", list_sessions)
+    admin.router.add_get("/sessions/{id}", get_session)
+    admin.router.add_post("/sessions/{id}/enable", enable)
+    admin.router.add_post("/sessions/{id}/disable", disable)
+    admin.router.add_post("/sessions/{id}/drain", drain)
+    admin.router.add_post("/sessions/{id}/reset", reset)
+    admin.router.add_put("/sessions/{id}/weight", set_weight)
+    app.add_subapp("/admin", admin)
+
+
+def _operation(
+    summary: str, response: str, *, body: str | None = None, session: bool = True
+) -> dict[str, Any]:
+    ref = {"$ref": f"#/components/schemas/{response}"}
+    error = {
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    }
+    op: dict[str, Any] = {
+        "summary": summary,
+        "responses": {
+            "200": {"description": "OK", "content": {"application/json": {"schema": ref}}},
+            "401": {"description": "no token", **error},
+            "403": {"description": "wrong token", **error},
+            "503": {"description": "store unreachable", **error},
+        },
+    }
+    if session:
+        op["parameters"] = [
+            {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+        ]
+        op["responses"]["404"] = {"description": "no such session", **error}
+    if body is not None:
+        schema = {"$ref": f"#/components/schemas/{body}"}
+        op["requestBody"] = {
+            "required": body == "WeightBody",
+            "content": {"application/json": {"schema": schema}},
+        }
+        op["responses"]["400"] = {"description": "invalid body: field and reason", **error}
+    return op
+
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI 3.1 description of the admin API."""
+    structs = (SessionView, SessionList, PoolSummary, DisableBody, WeightBody, ErrorBody)
+    _, components = msgspec.json.schema_components(
+        structs, ref_template="#/components/schemas/{name}"
+    )
+    view = "SessionView"
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "session-broker admin API",
+            "version": package_version(),
+            "description": "Operate a pool of sessions: ids and state only, never secrets.",
+        },
+        "servers": [{"url": "/admin"}],
+        "security": [{"bearer": []}],
+        "paths": {
+            "/pool": {"get": _operation("Pool summary", "PoolSummary", session=False)},
+            "/sessions": {
+                "get": _operation(
+                    "Every session with state and health", "SessionList", session=False
+                )
+            },
+            "/sessions/{id}": {"get": _operation("One session", view)},
+            "/sessions/{id}/enable": {"post": _operation("Enable a session", view)},
+            "/sessions/{id}/disable": {
+                "post": _operation("Disable a session fleet-wide", view, body="DisableBody")
+            },
+            "/sessions/{id}/drain": {"post": _operation("No new leases; leases out finish", view)},
+            "/sessions/{id}/reset": {
+                "post": _operation("Clear cooldown, breaker and counters", view)
+            },
+            "/sessions/{id}/weight": {
+                "put": _operation("Override the weight (null: configured)", view, body="WeightBody")
+            },
+            "/openapi.json": {
+                "get": {
+                    "summary": "This document",
+                    "responses": {"200": {"description": "OpenAPI 3.1 document"}},
+                }
+            },
+        },
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }

@@ -1,0 +1,265 @@
+"""Prometheus metrics of one replica, served at /metrics on ADMIN_LISTEN (ENABLE_METRICS).
+
+Each replica has its own ``CollectorRegistry`` (several replicas may share a process, in tests).
+Two kinds of series:
+
+* this replica's own: upstream attempts per session and outcome, rate-limit events, cooldowns
+  and breaker transitions it caused, attempts per client request, upstream latency, proxy
+  overhead, leases in flight, the wait queue, alerts sent. Summed over replicas (``sum()`` in
+  PromQL) they describe the fleet: each transition is counted by exactly one replica.
+* the pool's, read from Redis (``*_pool_*``, ``*_session_breaker``): the same on every replica.
+  Their cost is bounded: at most one read per ``CLUSTER_MAX_AGE_S`` per replica, however often
+  it is scraped: a housekeeping pass (so a quiet pool shows no cooldown that has run out; at
+  most 256 due entries per set, like any script's), then a fixed number of O(1) commands
+  (ZCARD/SCARD) plus at most ``OPS_SET_LIMIT`` session ids per breaker state, in one round trip
+  (see ``PoolAdmin.census``).
+
+Sessions are labelled by id, never by secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+
+import structlog
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from broker import BrokerError, Outcome
+from broker.admin import Census
+from broker.events import Transition
+
+__all__ = ["CLUSTER_MAX_AGE_S", "ERROR_OUTCOMES", "Metrics"]
+
+log = structlog.get_logger(__name__)
+
+#: How long one read of the pool's state serves scrapes: bounds the Redis cost of /metrics per
+#: replica to one small read per this many seconds, whatever the scrape interval.
+CLUSTER_MAX_AGE_S = 5.0
+#: Outcomes that count as errors for the fleet's error rate (429s have their own alert).
+ERROR_OUTCOMES = frozenset(
+    {Outcome.AUTH, Outcome.SERVER, Outcome.NETWORK, Outcome.TIMEOUT, Outcome.OTHER}
+)
+#: Attempts per client request: 1 is the goal; the tail shows retries burnt.
+ATTEMPT_BUCKETS = (1, 2, 3, 4, 5, 6, 8, 10, 20, 50, 100)
+#: Proxy overhead is sub-millisecond when healthy; buckets resolve that and the slow tail.
+OVERHEAD_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+QUEUE_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class ClusterCollector(Collector):
+    """The pool's state as gauges, from a cached census of the store."""
+
+    def __init__(self, prefix: str, read: Callable[[], Awaitable[Census]] | None) -> None:
+        self.prefix = prefix
+        self.read = read
+        self.census: Census | None = None
+        self.read_at = 0.0
+        self._lock = asyncio.Lock()
+
+    async def refresh(self) -> None:
+        """Read the pool's state unless the last read is younger than CLUSTER_MAX_AGE_S."""
+        if self.read is None:
+            return
+        async with self._lock:  # concurrent scrapes share one read
+            if self.census is not None and time.monotonic() - self.read_at < CLUSTER_MAX_AGE_S:
+                return
+            try:
+                self.census = await self.read()
+            except BrokerError as exc:
+                log.warning("pool state unreadable for metrics", error=str(exc))
+                self.census = None
+            self.read_at = time.monotonic()
+
+    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+        p = self.prefix
+        return (
+            GaugeMetricFamily(
+                f"{p}_pool_sessions",
+                "Sessions of the pool by state, fleet-wide (read from Redis)",
+                labels=["state"],
+            ),
+            GaugeMetricFamily(f"{p}_pool_leases", "Live leases of the pool, fleet-wide"),
+            GaugeMetricFamily(
+                f"{p}_session_breaker",
+                "1 for each session whose circuit breaker is not closed, by its state "
+                "(open, half_open); sessions not listed are closed",
+                labels=["session", "state"],
+            ),
+        )
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families()
+
+    def collect(self) -> Iterator[Metric]:
+        if self.census is None:
+            return
+        sessions, leases, breakers = self._families()
+        for state, count in self.census.sessions.items():
+            sessions.add_metric([state], count)
+        leases.add_metric([], self.census.leases)
+        for session_id, state in sorted(self.census.breakers.items()):
+            breakers.add_metric([session_id, state], 1)
+        yield from (sessions, leases, breakers)
+
+
+class Metrics:
+    """The metric objects of one replica, and the calls the request path makes on them."""
+
+    def __init__(
+        self, prefix: str, *, census: Callable[[], Awaitable[Census]] | None = None
+    ) -> None:
+        self.registry = CollectorRegistry()
+        r, p = self.registry, prefix
+        self.session_requests = Counter(
+            f"{p}_session_requests",
+            "Upstream attempts by session and outcome",
+            ["session", "outcome"],
+            registry=r,
+        )
+        self.client_responses = Counter(
+            f"{p}_client_responses", "Answers to clients by HTTP status code", ["code"], registry=r
+        )
+        self.rate_limit_events = Counter(
+            f"{p}_rate_limit_events",
+            "Rate limits met, by session and source: 429 answers, or headers saying none is left",
+            ["session", "source"],
+            registry=r,
+        )
+        self.cooldowns_started = Counter(
+            f"{p}_cooldowns_started",
+            "Cooldowns this replica's calls started, by session",
+            ["session"],
+            registry=r,
+        )
+        self.breaker_transitions = Counter(
+            f"{p}_breaker_transitions",
+            "Circuit breaker transitions this replica's calls made, by session and new state",
+            ["session", "state"],
+            registry=r,
+        )
+        self.attempts = Histogram(
+            f"{p}_attempts_per_request",
+            "Upstream attempts per client request (above 1: retries)",
+            buckets=ATTEMPT_BUCKETS,
+            registry=r,
+        )
+        self.upstream_latency = Histogram(
+            f"{p}_upstream_latency_seconds",
+            "Time from sending an attempt to the upstream's response headers",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.overhead = Histogram(
+            f"{p}_proxy_overhead_seconds",
+            "Time a request spent in the proxy itself before its answer's headers went out: "
+            "total minus upstream waits, backoff and queueing",
+            buckets=OVERHEAD_BUCKETS,
+            registry=r,
+        )
+        self.leases_in_flight = Gauge(
+            f"{p}_leases_in_flight", "Leases this replica holds right now", registry=r
+        )
+        self.queue_depth = Gauge(
+            f"{p}_queue_depth", "Requests waiting for a session on this replica", registry=r
+        )
+        self.queue_wait = Histogram(
+            f"{p}_queue_wait_seconds",
+            "Time requests waited for a session",
+            buckets=QUEUE_BUCKETS,
+            registry=r,
+        )
+        self.queue_exits = Counter(
+            f"{p}_queue_exits",
+            "Requests that left the wait queue, by result (served, timeout, cancelled)",
+            ["result"],
+            registry=r,
+        )
+        self.alerts_sent = Counter(
+            f"{p}_alerts_sent",
+            "Alert notices this replica delivered, by alert kind and status",
+            ["alert", "status"],
+            registry=r,
+        )
+        self.webhook_failures = Counter(
+            f"{p}_webhook_failures",
+            "Failed webhook deliveries (each retry counts)",
+            registry=r,
+        )
+        self.cluster = ClusterCollector(p, census)
+        r.register(self.cluster)
+        ProcessCollector(registry=r)
+        #: This replica's attempts and errors so far, for the fleet's error-rate alert.
+        self.attempts_total = 0
+        self.errors_total = 0
+        #: Client requests this replica answered, for the health summary's request trigger.
+        self.requests_total = 0
+
+    # The request path.
+
+    def lease_taken(self) -> None:
+        self.leases_in_flight.inc()
+
+    def lease_released(self, session_id: str, outcome: Outcome, *, exhausted: bool) -> None:
+        """A lease ended with ``outcome``; ``exhausted``: headers said nothing is left."""
+        self.leases_in_flight.dec()
+        self.session_requests.labels(session_id, outcome.value).inc()
+        if outcome is Outcome.UNUSED:
+            return
+        self.attempts_total += 1
+        if outcome in ERROR_OUTCOMES:
+            self.errors_total += 1
+        if outcome is Outcome.RATE_LIMITED:
+            self.rate_limit_events.labels(session_id, "429").inc()
+        elif exhausted:
+            self.rate_limit_events.labels(session_id, "headers").inc()
+
+    def upstream_answered(self, seconds: float) -> None:
+        self.upstream_latency.observe(seconds)
+
+    def request_done(self, status: int, attempts: int, overhead_s: float | None) -> None:
+        self.requests_total += 1
+        self.client_responses.labels(str(status)).inc()
+        if attempts:
+            self.attempts.observe(attempts)
+        if overhead_s is not None:
+            self.overhead.observe(max(0.0, overhead_s))
+
+    # The wait queue (proxy/forward.py's, when a request waits for a session).
+
+    def queue_entered(self) -> None:
+        self.queue_depth.inc()
+
+    def queue_left(self, waited_s: float, result: str) -> None:
+        """``result``: served, timeout, refused or cancelled."""
+        self.queue_depth.dec()
+        self.queue_wait.observe(waited_s)
+        self.queue_exits.labels(result).inc()
+
+    # The broker's transitions and the alerts.
+
+    def transitions(self, transitions: Iterable[Transition]) -> None:
+        for t in transitions:
+            if t.kind == "breaker":
+                self.breaker_transitions.labels(t.session_id, t.new).inc()
+            elif t.new == "cooling":
+                self.cooldowns_started.labels(t.session_id).inc()
+
+    def alert_sent(self, kind: str, status: str) -> None:
+        self.alerts_sent.labels(kind, status).inc()
+
+    async def exposition(self) -> bytes:
+        """The text format, with the pool's gauges no older than CLUSTER_MAX_AGE_S."""
+        await self.cluster.refresh()
+        return generate_latest(self.registry)

@@ -1,0 +1,165 @@
+"""/metrics on ADMIN_LISTEN: this replica's counters after known traffic, and the pool's gauges,
+the same on every replica; never a secret."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from broker import Strategy
+from proxy.simulated_upstream import SimulatedUpstream
+from tests.proxy.conftest import SESSIONS
+
+if TYPE_CHECKING:
+    from proxy.serve import RunningReplica
+    from tests.proxy.conftest import StartReplica
+
+CHAT = "/v1/chat/completions"
+BODY = {"model": "m", "messages": []}
+DASHBOARD = Path(__file__).parents[2] / "deploy" / "grafana" / "session-broker.json"
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+async def scrape(http: aiohttp.ClientSession, replica: RunningReplica) -> str:
+    async with http.get(f"{replica.ops_url}/metrics") as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain")
+        return await response.text()
+
+
+def samples(text: str) -> Samples:
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(found: Samples, name: str, **labels: str) -> float:
+    return found.get((name, frozenset(labels.items())), 0.0)
+
+
+async def settled(replica: RunningReplica, attempts: int) -> None:
+    """Wait until the store has heard of ``attempts`` releases (they land in the background)."""
+    for _ in range(200):
+        views = await replica.replica.admin.sessions()
+        if sum(sum(v.outcomes.values()) for v in views) >= attempts:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("releases did not land")
+
+
+async def test_two_replicas_show_their_counters_and_the_same_pool_gauges(
+    start_replica: StartReplica,
+    shared_redis: str,
+    sim: SimulatedUpstream,
+    http: aiohttp.ClientSession,
+) -> None:
+    """6 requests through one replica and 4 through the other, session c answering 429: each
+    shows its own counters, they add up to the traffic, and the pool gauges agree."""
+    fields = {"redis_url": shared_redis, "session_selection_strategy": Strategy.ROUND_ROBIN}
+    one, two = await start_replica(**fields), await start_replica(**fields)
+    sim.force("secret-c", 429, {"Retry-After": "60"})
+    for replica, count in ((one, 6), (two, 4)):
+        for _ in range(count):
+            async with http.post(replica.proxy_url + CHAT, json=BODY) as response:
+                assert response.status == 200
+    await settled(one, 11)
+    found = [samples(await scrape(http, r)) for r in (one, two)]
+    texts = [await scrape(http, r) for r in (one, two)]
+
+    def total(name: str, **labels: str) -> float:
+        return sum(value(f, name, **labels) for f in found)
+
+    assert [value(f, "session_broker_client_responses_total", code="200") for f in found] == [6, 4]
+    assert total("session_broker_session_requests_total", session="c", outcome="rate_limited") == 1
+    successes = sum(
+        total("session_broker_session_requests_total", session=s, outcome="success") for s in "ab"
+    )
+    assert successes == 10
+    assert total("session_broker_rate_limit_events_total", session="c", source="429") == 1
+    assert total("session_broker_cooldowns_started_total", session="c") == 1
+    assert total("session_broker_attempts_per_request_count") == 10
+    assert total("session_broker_attempts_per_request_sum") == 11
+    assert total("session_broker_upstream_latency_seconds_count") == 11
+    assert [value(f, "session_broker_proxy_overhead_seconds_count") for f in found] == [6, 4]
+    assert [value(f, "session_broker_leases_in_flight") for f in found] == [0, 0]
+    for f in found:
+        assert value(f, "session_broker_pool_sessions", state="total") == 3
+        assert value(f, "session_broker_pool_sessions", state="cooling") == 1
+        assert value(f, "session_broker_pool_sessions", state="available") == 2
+        assert value(f, "session_broker_pool_leases") == 0
+    pool_lines = [
+        sorted(
+            line for line in text.splitlines() if re.match(r"session_broker_(pool|session_b)", line)
+        )
+        for text in texts
+    ]
+    assert pool_lines[0] == pool_lines[1]
+    assert pool_lines[0]
+    for text in texts:
+        for secret in (s.secret for s in SESSIONS):
+            assert secret not in text
+
+
+async def test_breaker_state_is_labelled_by_session(
+    start_replica: StartReplica, sim: SimulatedUpstream, http: aiohttp.ClientSession
+) -> None:
+    """A session whose breaker opened shows in session_breaker with its id and state."""
+    replica = await start_replica(
+        session_selection_strategy=Strategy.ROUND_ROBIN, circuit_breaker_threshold=1
+    )
+    sim.force("secret-a", 500)
+    for _ in range(3):
+        async with http.post(replica.proxy_url + CHAT, json=BODY) as response:
+            await response.read()
+    await settled(replica, 3)
+    found = samples(await scrape(http, replica))
+    assert value(found, "session_broker_session_breaker", session="a", state="open") == 1
+    assert value(found, "session_broker_breaker_transitions_total", session="a", state="open") == 1
+    assert value(found, "session_broker_pool_sessions", state="open") == 1
+
+
+async def test_prefix_and_switch(start_replica: StartReplica, http: aiohttp.ClientSession) -> None:
+    """METRICS_PREFIX renames every metric; ENABLE_METRICS=false takes /metrics away."""
+    replica = await start_replica(metrics_prefix="edge")
+    names = {f.name for f in text_string_to_metric_families(await scrape(http, replica))}
+    ours = {n for n in names if not n.startswith("process_")}
+    assert ours
+    assert all(n.startswith("edge_") for n in ours), ours
+    off = await start_replica(enable_metrics=False)
+    async with http.get(f"{off.ops_url}/metrics") as response:
+        assert response.status == 404
+
+
+async def test_dashboard_uses_only_metrics_that_exist(
+    start_replica: StartReplica, http: aiohttp.ClientSession
+) -> None:
+    """Every metric the Grafana dashboard queries is one the replica exports."""
+    replica = await start_replica()
+    async with http.post(replica.proxy_url + CHAT, json=BODY) as response:
+        await response.read()
+    suffixes = ("", "_total", "_bucket", "_count", "_sum", "_created")
+    exported = {
+        family.name + suffix
+        for family in text_string_to_metric_families(await scrape(http, replica))
+        for suffix in suffixes
+    }
+    dashboard = json.loads(DASHBOARD.read_text())
+    queries = [
+        target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])
+    ]
+    used = {name for q in queries for name in re.findall(r"session_broker_[a-z_]+", q)}
+    assert used
+    assert used <= exported, used - exported
+    by_kind = defaultdict(list)
+    for panel in dashboard["panels"]:
+        by_kind[panel["type"]].append(panel["title"])
+    assert by_kind["timeseries"]

@@ -1,0 +1,174 @@
+"""The operator CLI against a real Redis, as an operator runs it from a laptop: status,
+session actions, export and import into a fresh Redis; only REDIS_URL and POOL are needed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import aiohttp
+
+from broker import Strategy
+from proxy.settings import HELP
+from proxy.simulated_upstream import SimulatedUpstream
+from tests.proxy.conftest import SESSIONS
+
+if TYPE_CHECKING:
+    from tests.proxy.conftest import StartReplica
+
+CHAT = "/v1/chat/completions"
+BODY = {"model": "m", "messages": []}
+
+
+async def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    command = shutil.which("session-broker")
+    argv = [command] if command else [sys.executable, "-m", "proxy"]
+    clean = {k: v for k, v in os.environ.items() if k not in HELP}
+    return await asyncio.to_thread(
+        subprocess.run,
+        [*argv, *args],
+        env=clean | env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def no_secrets(*outputs: str) -> None:
+    for output in outputs:
+        for session in SESSIONS:
+            assert session.secret not in output
+
+
+async def traffic(start_replica: StartReplica, redis_url: str, sim: SimulatedUpstream) -> None:
+    """Some history: a 429 on b, a 401 on c, successes on a."""
+    replica = await start_replica(
+        redis_url=redis_url, session_selection_strategy=Strategy.ROUND_ROBIN
+    )
+    sim.force("secret-b", 429, {"Retry-After": "120"})
+    sim.force("secret-c", 401)
+    async with aiohttp.ClientSession() as http:
+        for _ in range(4):
+            async with http.post(replica.proxy_url + CHAT, json=BODY) as response:
+                assert response.status == 200
+    for _ in range(100):
+        if sim.attempts("secret-c") and (await replica.replica.admin.session("c")).state == (
+            "disabled"
+        ):
+            break
+        await asyncio.sleep(0.02)
+
+
+async def test_status_table_and_json(
+    start_replica: StartReplica, shared_redis: str, sim: SimulatedUpstream
+) -> None:
+    """status shows every session with its state, cooldown, breaker and last error; --json the
+    same for scripts. UPSTREAM_URL is neither needed nor read (here it is even invalid)."""
+    await traffic(start_replica, shared_redis, sim)
+    env = {"REDIS_URL": shared_redis, "UPSTREAM_URL": "not a url", "LISTEN": "nonsense"}
+    table = await cli("status", env=env)
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0].startswith("pool default (round-robin): 3 sessions")
+    assert lines[2].split()[:9] == [
+        "SESSION", "STATE", "COOLDOWN", "BREAKER", "IN-FLIGHT", "SUCCESS", "LATENCY", "LAST",
+        "ERROR",
+    ]  # fmt: skip
+    rows = {line.split()[0]: line for line in lines[3:]}
+    assert set(rows) == {"a", "b", "c"}
+    assert "cooling" in rows["b"]
+    assert "rate_limited: 429" in rows["b"]
+    assert "disabled (auth)" in rows["c"]
+    assert "auth: 401" in rows["c"]
+    document = await cli("status", "--json", env=env)
+    assert document.returncode == 0, document.stderr
+    parsed = json.loads(document.stdout)
+    states = {s["id"]: s["state"] for s in parsed["sessions"]}
+    assert states == {"a": "available", "b": "cooling", "c": "disabled"}
+    assert parsed["summary"]["sessions"]["cooling"] == 1
+    no_secrets(table.stdout, table.stderr, document.stdout, document.stderr)
+
+
+async def test_session_actions(
+    start_replica: StartReplica, shared_redis: str, sim: SimulatedUpstream
+) -> None:
+    """sessions enable|disable|drain|reset|weight ID act on the shared pool at once."""
+    await traffic(start_replica, shared_redis, sim)
+    env = {"REDIS_URL": shared_redis}
+
+    async def state(*args: str) -> dict[str, object]:
+        result = await cli("sessions", *args, "--json", env=env)
+        assert result.returncode == 0, result.stderr
+        no_secrets(result.stdout, result.stderr)
+        parsed: dict[str, object] = json.loads(result.stdout)
+        return parsed
+
+    assert (await state("enable", "c"))["state"] == "available"
+    disabled = await state("disable", "a", "--reason", "maintenance")
+    assert (disabled["state"], disabled["disabled_reason"]) == ("disabled", "maintenance")
+    assert (await state("drain", "a"))["state"] == "drained"
+    reset = await state("reset", "b")
+    assert (reset["state"], reset["cooldown_until_ms"]) == ("available", 0)
+    assert (await state("weight", "b", "2.5"))["weight_override"] == 2.5
+    assert (await state("weight", "b", "default"))["weight_override"] is None
+    table = await cli("sessions", "enable", "a", env=env)
+    assert table.returncode == 0
+    assert "available" in table.stdout
+    unknown = await cli("sessions", "reset", "nope", env=env)
+    assert unknown.returncode == 1
+    assert "no session 'nope'" in unknown.stderr
+    bad = await cli("sessions", "weight", "a", "-3", env=env)
+    assert bad.returncode == 2
+    assert "WEIGHT" in bad.stderr
+
+
+async def test_store_settings_are_required_and_checked() -> None:
+    """Without REDIS_URL, or with a bad one, the command says so (exit 2), hiding any password."""
+    missing = await cli("status", env={})
+    assert missing.returncode == 2
+    assert "REDIS_URL" in missing.stderr
+    bad = await cli("status", env={"REDIS_URL": "http://user:hunter2@host"})
+    assert bad.returncode == 2
+    assert "REDIS_URL" in bad.stderr
+    assert "hunter2" not in bad.stderr
+
+
+async def test_export_then_import_into_a_fresh_redis_reproduces_status(
+    start_replica: StartReplica,
+    shared_redis: str,
+    fresh_redis: str,
+    sim: SimulatedUpstream,
+    tmp_path: Path,
+) -> None:
+    """Health state exported from one Redis and imported into a new one: status there is the
+    same, counters, last use, cooldown, disable and all."""
+    await traffic(start_replica, shared_redis, sim)
+    await cli("sessions", "weight", "a", "3", env={"REDIS_URL": shared_redis})
+    exported = tmp_path / "health.json"
+    result = await cli("export", "-o", str(exported), env={"REDIS_URL": shared_redis})
+    assert result.returncode == 0, result.stderr
+    no_secrets(exported.read_text())
+    result = await cli("import", str(exported), env={"REDIS_URL": fresh_redis})
+    assert result.returncode == 0, result.stderr
+    assert "3 sessions" in result.stdout
+
+    async def status(url: str) -> dict[str, object]:
+        result = await cli("status", "--json", env={"REDIS_URL": url})
+        assert result.returncode == 0, result.stderr
+        parsed: dict[str, object] = json.loads(result.stdout)
+        parsed.pop("now_ms")
+        parsed["summary"].pop("now_ms")  # type: ignore[attr-defined]
+        return parsed
+
+    assert await status(fresh_redis) == await status(shared_redis)
+    garbage = tmp_path / "garbage.json"
+    garbage.write_text('{"format": "something else"}')
+    result = await cli("import", str(garbage), env={"REDIS_URL": fresh_redis})
+    assert result.returncode == 1
+    assert "format" in result.stderr
