@@ -38,7 +38,8 @@ from bench.load import run_load
 from bench.processes import Child, Processes, free_port, processes, python, start_redis
 from bench.scenarios import DEFAULT_SCENARIOS, Scenario, by_name, scenarios
 
-#: Seconds between the warm-up requests and the run: every bucket and quota refills.
+#: Seconds between the warm-up requests and the run: every bucket, quota and cooldown of the
+#: warm-up is over (at the default 240 rpm a burst of 2 refills in 0.5 s).
 SETTLE_S = 1.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -96,7 +97,7 @@ def run_one(
     argv += ["--port", str(upstream_port)]
     upstream = scope.start(f"{pool}-upstream", argv, ready_url=f"{upstream_url}/_sim/stats")
     fleet = mode_lib.Fleet(scenario, upstream_url, redis_url, pool, scope.workdir)
-    launches = mode_lib.launches(mode, fleet, replicas)
+    launches = mode_lib.launches(mode, fleet, replicas) if mode != "direct" else []
     children = [
         scope.start(
             launch.name,
@@ -109,10 +110,17 @@ def run_one(
     ]
     try:
         scope.wait_ready([upstream, *children])
-        urls = [launch.url for launch in launches]
+        # "direct": the client calls the upstream itself (its key is a credential without
+        # limits there): the baseline of the proxy-overhead comparison.
+        urls = [launch.url for launch in launches] or [upstream_url]
         headers = {"Authorization": f"Bearer {mode_lib.CLIENT_KEY}"}
         _warm_up(urls, headers)
         time.sleep(SETTLE_S)
+        # Count only the run: not the warm-up, nor LiteLLM's probes of each deployment at start
+        # (one 404 each). Buckets start full again, as they are after SETTLE_S anyway.
+        urllib.request.urlopen(
+            urllib.request.Request(f"{upstream_url}/_sim/reset", method="POST"), timeout=5
+        ).close()
         cpu_before = sum(_cpu_s(c) for c in children)
         arrivals = scenario.load.arrivals(scenario.quota_per_s, duration_s, seed)
         cpu_of_killed = [0.0]
@@ -169,8 +177,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     all_scenarios = scenarios(args.sessions, args.rpm, args.multiplier)
     chosen = by_name(_parse_list(args.scenarios, [s.name for s in all_scenarios]), all_scenarios)
     modes = _parse_list(args.modes, mode_lib.ALL_MODES)
-    if args.modes == "all" and not mode_lib.litellm_available():
-        modes.remove("litellm")
+    if args.modes == "all":
+        modes.remove("direct")
+        if not mode_lib.litellm_available():
+            modes.remove("litellm")
     mode_lib.check_modes(modes)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out: Path = args.out or mode_lib.REPO / "bench" / "results" / stamp

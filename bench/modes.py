@@ -23,7 +23,7 @@ LITELLM_VENV = REPO / "bench" / ".litellm-venv"
 CLIENT_KEY = "sk-bench-" + secrets.token_hex(16)
 SHARED_STRATEGIES = ("health", "round-robin", "random", "lru", "least-busy")
 BASELINES = ("naive", "local")
-ALL_MODES = tuple(f"shared-{s}" for s in SHARED_STRATEGIES) + BASELINES + ("litellm",)
+ALL_MODES = tuple(f"shared-{s}" for s in SHARED_STRATEGIES) + BASELINES + ("litellm", "direct")
 DEFAULT_MODES = ("shared-health", "shared-round-robin", "naive", "local")
 
 
