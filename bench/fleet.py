@@ -37,6 +37,7 @@ from bench.figures import RunFigures, bars, compute, table
 from bench.load import run_load
 from bench.processes import Child, Processes, free_port, processes, python, start_redis
 from bench.scenarios import DEFAULT_SCENARIOS, Scenario, by_name, scenarios
+from broker import PoolKeys
 
 #: Seconds between the warm-up requests and the run: every bucket, quota and cooldown of the
 #: warm-up is over (at the default 240 rpm a burst of 2 refills in 0.5 s).
@@ -60,7 +61,9 @@ def _get_json(url: str) -> dict[str, dict[str, object]]:
 
 
 def _warm_up(urls: Sequence[str], headers: dict[str, str]) -> None:
-    """One request per proxy (first-request costs: script loads, connection pools, imports)."""
+    """One request per LiteLLM instance: its first one takes about a second (lazy imports and
+    clients). Ours and the baselines' first requests cost milliseconds; they get none, so a
+    revoked or flaky session meets them in the measured run, not before."""
     body = json.dumps({"model": "sim", "messages": [{"role": "user", "content": "warm-up"}]})
     for url in urls:
         request = urllib.request.Request(
@@ -114,8 +117,9 @@ def run_one(
         # limits there): the baseline of the proxy-overhead comparison.
         urls = [launch.url for launch in launches] or [upstream_url]
         headers = {"Authorization": f"Bearer {mode_lib.CLIENT_KEY}"}
-        _warm_up(urls, headers)
-        time.sleep(SETTLE_S)
+        if mode == "litellm":
+            _warm_up(urls, headers)
+            time.sleep(SETTLE_S)
         # Count only the run: not the warm-up, nor LiteLLM's probes of each deployment at start
         # (one 404 each). Buckets start full again, as they are after SETTLE_S anyway.
         urllib.request.urlopen(
@@ -135,9 +139,10 @@ def run_one(
         records, _ = asyncio.run(run_load(urls, arrivals, headers=headers, at=at))
         cpu_after = sum(_cpu_s(c) for c in children if c.alive()) + cpu_of_killed[0]
         counts = _get_json(f"{upstream_url}/_sim/stats")
+        broker_state = _broker_state(redis_url, pool, scenario) if mode.startswith("shared") else {}
     finally:
         scope.stop([upstream, *children])
-    return compute(
+    figures = compute(
         scenario,
         mode,
         replicas=replicas,
@@ -146,6 +151,37 @@ def run_one(
         upstream=counts,
         proxy_cpu_s=max(0.0, cpu_after - cpu_before),
     )
+    figures.broker_state = broker_state
+    return figures
+
+
+#: Fields of each session's hash kept in the results: why a session was or was not used.
+BROKER_FIELDS = (
+    "state",
+    "cooldowns",
+    "n_rate_limited",
+    "rl_streak",
+    "n_success",
+    "n_server",
+    "n_network",
+    "n_auth",
+    "breaker",
+    "breaker_trips",
+    "disabled_reason",
+    "leases_expired",
+)
+
+
+def _broker_state(redis_url: str, pool: str, scenario: Scenario) -> dict[str, dict[str, str]]:
+    """The end state of each session in the shared pool (what HGETALL shows an operator)."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    keys = PoolKeys(pool)
+    state: dict[str, dict[str, str]] = {}
+    for s in scenario.sessions:
+        fields: dict[str, str] = client.hgetall(keys.session(s.id))  # type: ignore[assignment]
+        state[s.id] = {k: fields[k] for k in BROKER_FIELDS if k in fields}
+    client.close()
+    return state
 
 
 def _parse_list(value: str, everything: Sequence[str]) -> list[str]:

@@ -72,9 +72,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--modes", default="shared-health,naive,local,litellm")
     parser.add_argument("--replicas", type=int, default=3)
     parser.add_argument("--duration", type=float, default=15.0)
+    parser.add_argument("--sessions", type=int, default=6)
+    parser.add_argument("--rpm", type=float, default=240.0, help="each session's rpm")
     parser.add_argument("--overhead-duration", type=float, default=10.0)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--no-overhead", action="store_true")
     args = parser.parse_args(argv)
     if args.install or not modes.litellm_available():
         install(args.spec)
@@ -84,9 +87,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     out: Path = args.out or modes.REPO / "bench" / "results" / f"litellm-{stamp}"
     fleet_argv = ["--scenarios", args.scenarios, "--modes", args.modes, "--out", str(out)]
     fleet_argv += ["--replicas", str(args.replicas), "--duration", str(args.duration)]
+    fleet_argv += ["--sessions", str(args.sessions), "--rpm", str(args.rpm)]
     if args.no_plots:
         fleet_argv.append("--no-plots")
     status = fleet.main(fleet_argv)
+    if args.no_overhead:
+        return status
     print(
         f"\nproxy overhead: one instance each, {OVERHEAD_RATE:g} requests/s to an instant "
         f"upstream for {args.overhead_duration:g} s",

@@ -90,6 +90,8 @@ class Scenario:
     rpm_known: bool = True
     #: The upstream sends x-ratelimit-remaining/reset-requests with its answers.
     ratelimit_headers: bool = False
+    #: The upstream's 429s carry the precise retry-after-ms beside Retry-After's whole seconds.
+    retry_after_ms: bool = False
     load: Load = field(default_factory=Load)
     #: Kill (SIGKILL) replica 0 at this fraction of the run.
     kill_replica_at: float | None = None
@@ -116,6 +118,7 @@ class Scenario:
             },
             latency=self.latency,
             ratelimit_headers=self.ratelimit_headers,
+            retry_after_ms=self.retry_after_ms,
             seed=seed,
         )
 
@@ -158,6 +161,15 @@ def scenarios(sessions: int = 6, rpm: float = 240.0, multiplier: float = 1.5) ->
             base,
             rpm_known=False,
             ratelimit_headers=True,
+            load=load,
+        ),
+        Scenario(
+            "unknown-ms",
+            f"{multiplier:g}x quota, limits unknown; x-ratelimit-* headers and retry-after-ms",
+            base,
+            rpm_known=False,
+            ratelimit_headers=True,
+            retry_after_ms=True,
             load=load,
         ),
         Scenario(

@@ -137,6 +137,8 @@ class SimulatedUpstream:
     """The simulated API. ``credential_header``/``prefix`` say where the credential arrives.
 
     ``latency_s`` is a fixed service time; ``latency`` a distribution (it wins when given).
+    ``retry_after_ms`` adds the precise ``retry-after-ms`` to each 429, as some OpenAI-compatible
+    servers do, beside the whole seconds of ``Retry-After``.
     ``seed`` makes the latencies and random faults repeatable.
     """
 
@@ -151,6 +153,7 @@ class SimulatedUpstream:
         credential_header: str = "Authorization",
         credential_prefix: str = "Bearer ",
         ratelimit_headers: bool = False,
+        retry_after_ms: bool = False,
         seed: int | None = None,
     ) -> None:
         self.limits = dict(limits or {})
@@ -160,6 +163,7 @@ class SimulatedUpstream:
         self.credential_header = credential_header
         self.credential_prefix = credential_prefix
         self.ratelimit_headers = ratelimit_headers
+        self.retry_after_ms = retry_after_ms
         self.forced: dict[str, Forced] = {}
         self.stats: dict[str, CredentialStats] = {}
         self.rng = random.Random(seed)
@@ -325,6 +329,8 @@ class SimulatedUpstream:
     ) -> web.Response:
         body = {"error": {"message": f"rate limit ({which}) exceeded", "type": "rate_limit"}}
         headers = {**(extra or {}), "Retry-After": self._retry_after(wait_s)}
+        if self.retry_after_ms:
+            headers["retry-after-ms"] = str(math.ceil(wait_s * 1000))
         return web.json_response(body, status=429, headers=headers)
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
@@ -432,6 +438,7 @@ class UpstreamConfig:
     latency: Latency = field(default_factory=Latency)
     retry_after_form: Literal["seconds", "http-date"] = "seconds"
     ratelimit_headers: bool = False
+    retry_after_ms: bool = False
     credential_header: str = "Authorization"
     credential_prefix: str = "Bearer "
     seed: int | None = None
@@ -452,6 +459,7 @@ class UpstreamConfig:
             credential_header=self.credential_header,
             credential_prefix=self.credential_prefix,
             ratelimit_headers=self.ratelimit_headers,
+            retry_after_ms=self.retry_after_ms,
             seed=self.seed,
         )
 
