@@ -64,6 +64,7 @@ class RunFigures:
     jain: float
     upstream_by_session: dict[str, dict[str, int]]
     timeline_ok: list[int]
+    timeline_offered: list[int]
     failovers: int
     proxy_cpu_s: float
     proxy_cpu_ms_per_request: float
@@ -109,11 +110,12 @@ def compute(
         if r.status == 200:
             timeline[min(len(timeline) - 1, int(r.due_s))] += 1
     # Without a queue a second's quota cannot serve another second's arrivals: the most that can
-    # succeed is each second's arrivals up to the quota, plus the full buckets at the start.
+    # succeed is each second's arrivals up to the quota of the sessions that can answer at all,
+    # plus their full buckets at the start.
+    serving_per_s = sum(s.per_s for s in serving)
     attainable = min(
         len(records),
-        sum(min(n, scenario.quota_per_s) for n in offered)
-        + sum(s.burst for s in scenario.sessions),
+        sum(min(n, serving_per_s) for n in offered) + sum(s.burst for s in serving),
     )
     return RunFigures(
         scenario=scenario.name,
@@ -144,6 +146,7 @@ def compute(
         jain=fairness,
         upstream_by_session=by_session,
         timeline_ok=timeline,
+        timeline_offered=offered,
         failovers=sum(r.failovers for r in records),
         proxy_cpu_s=proxy_cpu_s,
         proxy_cpu_ms_per_request=1000 * proxy_cpu_s / len(records) if records else 0.0,

@@ -25,7 +25,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -88,6 +88,7 @@ def run_one(
     replicas: int,
     duration_s: float,
     seed: int,
+    shared_env: Mapping[str, str] | None = None,
 ) -> RunFigures:
     if own_redis:
         redis.Redis.from_url(redis_url).flushall()  # LiteLLM's keys do not carry our pool name
@@ -99,7 +100,9 @@ def run_one(
     argv = [python(), "-m", "proxy.simulated_upstream", "--config", str(config)]
     argv += ["--port", str(upstream_port)]
     upstream = scope.start(f"{pool}-upstream", argv, ready_url=f"{upstream_url}/_sim/stats")
-    fleet = mode_lib.Fleet(scenario, upstream_url, redis_url, pool, scope.workdir)
+    fleet = mode_lib.Fleet(
+        scenario, upstream_url, redis_url, pool, scope.workdir, dict(shared_env or {})
+    )
     launches = mode_lib.launches(mode, fleet, replicas) if mode != "direct" else []
     children = [
         scope.start(
@@ -203,6 +206,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL"))
     parser.add_argument("--out", type=Path, default=None, help="default bench/results/<time>")
+    parser.add_argument(
+        "--shared-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for this project's replicas, e.g. CIRCUIT_BREAKER_TIMEOUT=5 (repeatable)",
+    )
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument("--keep-logs", action="store_true", help="keep process logs in --out")
     return parser.parse_args(argv)
@@ -218,6 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not mode_lib.litellm_available():
             modes.remove("litellm")
     mode_lib.check_modes(modes)
+    shared_env = dict(item.split("=", 1) for item in args.shared_env)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out: Path = args.out or mode_lib.REPO / "bench" / "results" / stamp
     out.mkdir(parents=True, exist_ok=True)
@@ -243,6 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         replicas=args.replicas,
                         duration_s=args.duration,
                         seed=args.seed,
+                        shared_env=shared_env,
                     )
                     results.append(figures)
                     print(table([figures]).splitlines()[-1], flush=True)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.processes import free_port, python
@@ -37,6 +37,8 @@ class Fleet:
     redis_url: str
     pool: str
     workdir: Path
+    #: Extra settings for this project's replicas (``--shared-env``), e.g. a breaker timeout.
+    shared_env: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,7 @@ def _shared(fleet: Fleet, strategy: str, index: int, sessions: Path) -> Launch:
         "SESSION_SELECTION_STRATEGY": strategy,
         "LOG_LEVEL": "warning",
         "SHUTDOWN_GRACE": "2",
+        **fleet.shared_env,
     }
     return Launch(
         f"{fleet.pool}-replica{index}",
