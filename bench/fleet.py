@@ -21,6 +21,7 @@ import asyncio
 import json
 import os
 import platform
+import signal
 import sys
 import time
 import urllib.request
@@ -29,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
+from types import FrameType
 
 import redis
 
@@ -218,8 +220,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    # SIGTERM stops it as Ctrl-C does: children stopped, partial results written. (SIGINT too,
+    # also where a shell started it in the background with SIGINT ignored.)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _interrupt)
     all_scenarios = scenarios(args.sessions, args.rpm, args.multiplier)
     chosen = by_name(_parse_list(args.scenarios, [s.name for s in all_scenarios]), all_scenarios)
     modes = _parse_list(args.modes, mode_lib.ALL_MODES)
