@@ -1,0 +1,185 @@
+"""Child processes of a benchmark: started on free loopback ports, awaited until ready, and always
+stopped, also on Ctrl-C or when the benchmark itself dies (``PR_SET_PDEATHSIG`` on Linux)."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+#: How long a process may take to become ready (LiteLLM imports for several seconds).
+READY_TIMEOUT_S = 60.0
+#: How long a process gets to exit after SIGTERM before SIGKILL.
+STOP_TIMEOUT_S = 10.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: SIGTERM it if the benchmark dies, even by SIGKILL."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class Child:
+    """One started process, its log file and the URL that says it is ready."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+    ready_url: str | None = None
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def log_tail(self, chars: int = 2000) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-chars:]
+        except OSError:
+            return "(no log)"
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, for the replica-killed scenario."""
+        if self.alive():
+            self.process.kill()
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.alive():
+            self.process.terminate()
+        try:
+            self.process.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+@dataclass
+class Processes:
+    """Every child started for one benchmark; ``stop_all`` ends them in reverse order."""
+
+    workdir: Path
+    children: list[Child] = field(default_factory=list)
+
+    def start(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        ready_url: str | None = None,
+        cwd: Path | None = None,
+    ) -> Child:
+        log = self.workdir / f"{name}.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **(env or {})},
+                cwd=cwd,
+                start_new_session=True,  # Ctrl-C reaches us only; we stop the children in order
+                preexec_fn=_die_with_parent,
+            )
+        child = Child(name, process, log, ready_url)
+        self.children.append(child)
+        return child
+
+    def wait_ready(self, children: Sequence[Child], timeout_s: float = READY_TIMEOUT_S) -> None:
+        """Wait until every child's ready URL answers 200; raise with its log if it dies."""
+        deadline = time.monotonic() + timeout_s
+        pending = [c for c in children if c.ready_url]
+        while pending:
+            for child in list(pending):
+                if not child.alive():
+                    raise RuntimeError(f"{child.name} exited early; its log:\n{child.log_tail()}")
+                if _answers(child.ready_url or ""):
+                    pending.remove(child)
+            if pending and time.monotonic() > deadline:
+                names = ", ".join(c.name for c in pending)
+                raise RuntimeError(f"not ready after {timeout_s:g} s: {names}")
+            if pending:
+                time.sleep(0.05)
+
+    def stop(self, children: Sequence[Child]) -> None:
+        for child in reversed(children):
+            child.stop()
+            if child in self.children:
+                self.children.remove(child)
+
+    def stop_all(self) -> None:
+        self.stop(list(self.children))
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1.0) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@contextlib.contextmanager
+def processes(keep: Path | None = None) -> Iterator[Processes]:
+    """A scope for children: all are stopped when it ends, however it ends. Logs go to a
+    temporary directory, or to ``keep`` when given (and are kept)."""
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        scope = Processes(keep)
+        try:
+            yield scope
+        finally:
+            scope.stop_all()
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-fleet-") as workdir:
+        scope = Processes(Path(workdir))
+        try:
+            yield scope
+        finally:
+            scope.stop_all()
+
+
+def start_redis(scope: Processes) -> str:
+    """A private redis-server (no persistence) on a free port; returns its URL."""
+    executable = shutil.which("redis-server")
+    if executable is None:
+        raise RuntimeError("redis-server not found on PATH; install Redis or pass --redis-url")
+    port = free_port()
+    argv = [executable, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    argv += ["--appendonly", "no", "--dir", str(scope.workdir)]
+    child = scope.start("redis", argv)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if not child.alive():
+            raise RuntimeError(f"redis-server exited: {child.log_tail()}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5) as s:
+            s.sendall(b"PING\r\n")
+            if s.recv(64).startswith(b"+PONG"):
+                return f"redis://127.0.0.1:{port}/0"
+        time.sleep(0.05)
+    raise RuntimeError("redis-server did not answer PING within 10 s")
+
+
+def python() -> str:
+    """The interpreter running the benchmark: its children use the same environment."""
+    return sys.executable
