@@ -196,6 +196,14 @@ class Pool:
         a missing Retry-After); ``detail`` a status code or error class name for ``last_error``.
         """
         wait = retry_after_ms if retry_after_ms is not None else exhausted_ms
+        if (
+            retry_after_ms is not None
+            and exhausted_ms is not None
+            and retry_after_ms - 1000 < exhausted_ms <= retry_after_ms
+        ):
+            # Retry-After counts whole seconds, rounded up; a rate-limit reset that says the
+            # same to the millisecond is the better figure (a "1" often means 0.2 s).
+            wait = exhausted_ms
         if outcome is Outcome.RATE_LIMITED:
             cooldown = self.cooldown_ms(wait)
         else:

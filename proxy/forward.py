@@ -238,7 +238,7 @@ class Forwarder:
         return error_response(413, "request_too_large", f"request body over {limit} bytes")
 
     def _unavailable(self, exc: NoSessionAvailable) -> web.Response:
-        log.info(
+        log.debug(  # one per refused request: too many for info under overload
             "no session available",
             reason=exc.reason,
             retry_after_ms=exc.retry_after_ms,
@@ -275,7 +275,8 @@ class Forwarder:
                 error_response(502, "upstream_unreachable", "upstream unreachable"), True
             )
         except asyncio.CancelledError:
-            self._release(lease, Outcome.SUCCESS, _ms_since(started))
+            # The client left before the upstream answered: nothing is known of the session.
+            self._release(lease, Outcome.UNUSED, _ms_since(started))
             raise
         answered_s = time.monotonic() - started
         self.waited_s += answered_s

@@ -313,3 +313,19 @@ async def test_quota_moves_traffic_to_other_sessions(make_pool) -> None:
         picks.append(lease.session_id)
         await pool.release(lease, Outcome.SUCCESS)
     assert picks.count("slow") == 1
+
+
+async def test_precise_reset_refines_a_whole_second_retry_after(make_pool, store_now_ms) -> None:
+    """A 429 saying Retry-After: 1 whose headers reset in 250 ms cools for 250 ms, not 1 s; a
+    reset that contradicts Retry-After does not shorten it."""
+    pool = await make_pool([Session(id="a", secret="x"), Session(id="b", secret="y")])
+    lease = await pool.acquire(exclude=["b"])
+    released = await pool.release(
+        lease, Outcome.RATE_LIMITED, retry_after_ms=1000, exhausted_ms=250
+    )
+    assert released.cooldown_until_ms - await store_now_ms() <= 250
+    lease = await pool.acquire(exclude=["a"])
+    released = await pool.release(
+        lease, Outcome.RATE_LIMITED, retry_after_ms=5000, exhausted_ms=250
+    )
+    assert released.cooldown_until_ms - await store_now_ms() > 4000
