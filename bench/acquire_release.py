@@ -25,7 +25,7 @@ How it measures, and why:
   number of commands the scripts ran per pair. Client throughput on a small machine mostly shows
   Python; these two show whether a script's work grows with the pool.
 
-Run from the repository root with the project installed: ``python bench/acquire_release.py``.
+Run from the repository root with the project installed: ``python -m bench.acquire_release``.
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import hashlib
 import json
+import logging
 import multiprocessing
 import os
 import platform
@@ -58,9 +58,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import structlog
 from redis.asyncio import Redis
 
 import broker
+from bench.processes import die_with_parent, free_port
 from broker.scripts import OPERATIONS, source
 
 DEFAULT_SIZES = (10, 1_000, 10_000)
@@ -81,23 +83,14 @@ SCRIPT_CLIENT_ADDRESS = "?:0"
 #: One pair makes about 45 commands inside the scripts; SLOWLOG room for several times that.
 SLOWLOG_ENTRIES_PER_PAIR = 300
 REDIS_START_TIMEOUT_S = 10.0
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def quiet_broker_logs() -> None:
+    """The broker logs each session's first state at debug; thousands of lines here."""
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
 
 
 # -- a private redis-server ----------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _die_with_parent() -> None:
-    """Runs in the child before exec: SIGTERM it if the bench dies, even by SIGKILL (Linux)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _serves_port(proc: subprocess.Popen[bytes], port: int) -> bool:
@@ -121,10 +114,10 @@ def _start_redis(executable: str, workdir: str) -> tuple[subprocess.Popen[bytes]
     """Start redis-server on a free port; retry a few ports in case another process took it."""
     log = Path(workdir) / "redis.log"
     for _ in range(3):
-        port = _free_port()
+        port = free_port()
         argv = [executable, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
         argv += ["--appendonly", "no", "--dir", workdir, "--logfile", str(log)]
-        proc = subprocess.Popen(argv, start_new_session=True, preexec_fn=_die_with_parent)
+        proc = subprocess.Popen(argv, start_new_session=True, preexec_fn=die_with_parent)
         deadline = time.monotonic() + REDIS_START_TIMEOUT_S
         while proc.poll() is None and time.monotonic() < deadline:
             if _serves_port(proc, port):
@@ -288,6 +281,7 @@ async def _serve(conn: Connection, redis_url: str, clients: int) -> None:
 
 def worker_main(conn: Connection, redis_url: str, clients: int) -> None:
     """Entry point of a worker process: serve the coordinator's commands until Quit or EOF."""
+    quiet_broker_logs()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator decides when to stop
     with contextlib.suppress(EOFError, BrokenPipeError):
         asyncio.run(_serve(conn, redis_url, clients))
@@ -825,6 +819,7 @@ def _write_json(path: Path, header: str, rows: Sequence[Row], result: Verdict) -
 
 def main(argv: Sequence[str] | None = None) -> int:
     options, redis_url, redis_server, json_path = parse_args(argv)
+    quiet_broker_logs()
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         with contextlib.ExitStack() as stack:

@@ -33,7 +33,7 @@ def free_port() -> int:
         return port
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Runs in the child before exec: SIGTERM it if the benchmark dies, even by SIGKILL."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -99,7 +99,7 @@ class Processes:
                 env={**os.environ, **(env or {})},
                 cwd=cwd,
                 start_new_session=True,  # Ctrl-C reaches us only; we stop the children in order
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         child = Child(name, process, log, ready_url)
         self.children.append(child)

@@ -316,12 +316,9 @@ class Forwarder:
             outcome=outcome.value,
             retry_after_ms=waits.retry_after_ms,
         )
-        headers = _drop(
-            upstream.headers.items(), UPSTREAM_ONLY | {"content-length", "content-encoding"}
-        )
+        # The body is replayed as received (Content-Encoding kept); its length is recomputed.
+        headers = _drop(upstream.headers.items(), UPSTREAM_ONLY | {"content-length"})
         replay = web.Response(status=upstream.status, body=body, headers=headers)
-        if upstream.headers.get("Content-Encoding"):
-            replay.headers["Content-Encoding"] = upstream.headers["Content-Encoding"]
         return Failure(replay, backoff=outcome is Outcome.SERVER)
 
     async def _stream(
