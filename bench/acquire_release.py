@@ -509,11 +509,20 @@ class Options:
     rounds: int
     warmup_s: float
     audit_pairs: int
+    with_quota: bool = True
 
 
-async def _sync_pool(admin: Redis, name: str, strategy: broker.Strategy, size: int) -> None:
+#: The quota of every session in the "+rpm" rows: high enough that a session is rarely out of
+#: quota at these rates, so the GCRA and the quota set's bookkeeping run on every acquire without
+#: throttling the benchmark.
+QUOTA_RPM = 600_000.0
+
+
+async def _sync_pool(
+    admin: Redis, name: str, strategy: broker.Strategy, size: int, rpm: float | None
+) -> None:
     settings = broker.BrokerSettings(pool=name, strategy=strategy)
-    sessions = [broker.Session(id=f"s{i:05d}", secret=f"bench-{i}") for i in range(size)]
+    sessions = [broker.Session(id=f"s{i:05d}", secret=f"bench-{i}", rpm=rpm) for i in range(size)]
     await broker.Pool(admin, settings).sync(sessions)
 
 
@@ -565,7 +574,11 @@ def _rotated(sizes: Sequence[int], round_: int) -> list[int]:
 
 
 async def measure_strategy(
-    admin: Redis, workers: Workers, options: Options, strategy: broker.Strategy
+    admin: Redis,
+    workers: Workers,
+    options: Options,
+    strategy: broker.Strategy,
+    rpm: float | None = None,
 ) -> list[Row]:
     """Every pool size of one strategy, in interleaved rounds so drift in the machine's load
     (other processes, CPU frequency) falls on every size alike rather than on the last one."""
@@ -575,7 +588,7 @@ async def measure_strategy(
     audits: dict[int, AuditResult] = {}
     try:
         for size, name in names.items():
-            await _sync_pool(admin, name, strategy, size)
+            await _sync_pool(admin, name, strategy, size, rpm)
         for round_ in range(options.rounds):
             warmup_s = options.warmup_s if round_ == 0 else REWARM_S
             for size in _rotated(options.sizes, round_):
@@ -591,7 +604,11 @@ async def measure_strategy(
     finally:
         for name in names.values():
             await _drop_pool(admin, name)
-    return [make_row(strategy, size, samples[size], audits.get(size)) for size in options.sizes]
+    label = strategy.value + ("+rpm" if rpm else "")
+    rows = [make_row(strategy, size, samples[size], audits.get(size)) for size in options.sizes]
+    for row in rows:
+        row.strategy = label
+    return rows
 
 
 def add_ratios(rows: Sequence[Row]) -> None:
@@ -611,6 +628,12 @@ async def run_all(redis_url: str, options: Options) -> list[Row]:
         for strategy in options.strategies:
             rows += await measure_strategy(admin, workers, options, strategy)
             print(f"  measured {strategy.value}", file=sys.stderr, flush=True)
+        if options.with_quota:
+            # The same bars with rpm quotas on every session (breaker and the rest are on in
+            # every row): the default strategy again, in the same run.
+            default = broker.Strategy.HEALTH
+            rows += await measure_strategy(admin, workers, options, default, QUOTA_RPM)
+            print(f"  measured {default.value}+rpm", file=sys.stderr, flush=True)
         finished = True
     finally:
         workers.close(graceful=finished)
@@ -771,6 +794,11 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Options, str | None, str, Pa
     parser.add_argument(
         "--audit-pairs", type=int, default=10, help="pairs per client in the SLOWLOG audit; 0: none"
     )
+    parser.add_argument(
+        "--no-quota",
+        action="store_true",
+        help="skip the health+rpm rows (every session with an rpm quota)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     if not 1 <= args.processes <= args.clients:
@@ -786,6 +814,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Options, str | None, str, Pa
         rounds=args.rounds,
         warmup_s=args.warmup,
         audit_pairs=args.audit_pairs,
+        with_quota=not args.no_quota,
     )
     return options, args.redis_url, args.redis_server, args.json
 
