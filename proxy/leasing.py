@@ -65,9 +65,14 @@ class Leasing:
         self._queue_max = queue_max
         self._probe: asyncio.Task[None] | None = None
         self._back = asyncio.Event()
+        self._waiting = False
 
-    def start(self) -> None:
-        self.queue.start()
+    def start(self, *, waiting: bool) -> None:
+        """``waiting``: requests may wait (QUEUE_TIMEOUT > 0), so listen for wake-ups; without
+        it no pub/sub connection is opened."""
+        self._waiting = waiting
+        if waiting:
+            self.queue.start()
 
     async def sync(self) -> None:
         """Write the sessions into the store; when it is unreachable, wait until the probe has
@@ -112,7 +117,8 @@ class Leasing:
             pool = Pool(store, self.settings)
             await pool.sync(self.sessions)
             queue = WaitQueue(pool, max_waiting=self._queue_max, observer=self._metrics)
-            queue.start()
+            if self._waiting:
+                queue.start()
             self._local = (store, pool, queue)
         return self._local
 

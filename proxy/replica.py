@@ -99,7 +99,7 @@ class Replica:
             observe=self.watch.on_transitions,
             metrics=self.metrics,
         )
-        self._leasing.start()
+        self._leasing.start(waiting=self.settings.queue_timeout > 0)
         self._admin = PoolAdmin(self._leasing.pool)
         self.watch.start()
         timeout = aiohttp.ClientTimeout(

@@ -174,6 +174,11 @@ class SimulatedUpstream:
         """The typical service time (the fixed one, or the distribution's ``seconds``)."""
         return self.latency.seconds
 
+    @latency_s.setter
+    def latency_s(self, seconds: float) -> None:
+        """Make the service time fixed at ``seconds`` from now on."""
+        self.latency = Latency("fixed", seconds)
+
     def force(self, credential: str, status: int, headers: Mapping[str, str] | None = None) -> None:
         self.forced[credential] = Forced(status, dict(headers or {}))
 
