@@ -93,15 +93,17 @@ end
 -- then out of quota until the schedule is back within that minute.
 local unit_window_ms = 60000
 
--- When a session's unit budget has something left again; 0 without a tpm.
+-- When a session's unit budget has something left again (whole ms); 0 without a tpm.
 local function units_at(f)
   if f.tpm <= 0 or f.unit_tat == 0 then return 0 end
-  return f.unit_tat - unit_window_ms
+  return math.ceil(f.unit_tat - unit_window_ms)
 end
 
 -- Charge `units` (a refund when negative) to the session at `key`; counted in `units`, and
 -- against its unit budget when it has a tpm. A refund never takes the schedule before now:
--- an unused budget does not accumulate beyond one minute's worth.
+-- an unused budget does not accumulate beyond one minute's worth. The schedule keeps three
+-- decimals (microseconds, rounded up): at a large tpm a charge is a fraction of a millisecond,
+-- and rounding each one up to a whole ms would overcharge many times over.
 local function charge_units(key, units, now)
   if units == 0 then return end
   redis.call('HINCRBY', key, 'units', units)
@@ -109,7 +111,7 @@ local function charge_units(key, units, now)
   local tpm = tonumber(u[1]) or 0
   if tpm <= 0 then return end
   local tat = math.max(tonumber(u[2]) or 0, now) + units * quota_interval(tpm)
-  redis.call('HSET', key, 'unit_tat', math.ceil(math.max(tat, now)))
+  redis.call('HSET', key, 'unit_tat', string.format('%.3f', math.ceil(math.max(tat, now) * 1000) / 1000))
 end
 
 -- The pool hash field of a tier's round-robin cursor (tier 0 keeps the name it always had).
