@@ -92,10 +92,24 @@ end
 
 -- Tiers best first: a lower one serves only when no session above it may be taken. Reads one
 -- entry per distinct priority, never the sessions of the tiers it passes over.
-local function choose()
+local function choose_tiered()
   for _, tier in ipairs(redis.call('ZREVRANGE', tiers_key, 0, -1)) do
     local id = choose_in(tier)
     if id then return id, tier end
+  end
+  return nil
+end
+
+-- avail is the truth, the tier sets an index of it: a pick avail lacks (an entry left behind by
+-- a replica still running the scripts from before tiers, during a rollout) is dropped and the
+-- choice made again.
+local function choose()
+  for _ = 1, 8 do
+    local id, tier = choose_tiered()
+    if not id or redis.call('ZSCORE', avail_key, id) then return id, tier end
+    local set = tier_prefix .. tier
+    redis.call('ZREM', set, id)
+    if redis.call('ZCARD', set) == 0 then redis.call('ZREM', tiers_key, tier) end
   end
   return nil
 end

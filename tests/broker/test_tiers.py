@@ -186,3 +186,15 @@ async def test_a_priority_change_moves_the_session(make_pool, redis) -> None:
     assert await redis.zrange(f"{keys.base}:tiers", 0, -1) == ["0", "1", "2"]
     assert (await pool.session_state("l0"))["priority"] == "2"
     assert set(await picks(pool, 4)) == {"l0"}
+
+
+async def test_a_stale_tier_entry_is_never_leased(make_pool, redis) -> None:
+    """A tier entry that avail lacks (as a replica on older scripts could leave during a rollout)
+    is dropped at acquire instead of leasing a session that is not eligible."""
+    pool = await make_pool(tiered())
+    await pool.disable("u0")
+    keys = PoolKeys(pool.name)
+    await redis.zadd(keys.tier(9), {"u0": 1})
+    await redis.zadd(f"{keys.base}:tiers", {"9": 9})
+    assert set(await picks(pool, 4)) == {"u1"}
+    assert await redis.zrange(f"{keys.base}:tiers", 0, -1) == ["0", "1"]
