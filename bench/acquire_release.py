@@ -25,6 +25,11 @@ How it measures, and why:
   number of commands the scripts ran per pair. Client throughput on a small machine mostly shows
   Python; these two show whether a script's work grows with the pool.
 
+* Tiers and quotas: each strategy is measured twice in the same run, as configured by default
+  and (row ``<strategy>+tiers``) with every session in one of three priority tiers, an ``rpm``
+  and a ``tpm`` on each (too large to run out) and the units of each pair reported at release,
+  so the bars are checked with those features on. ``--no-tiers`` measures the plain pools only.
+
 Run from the repository root with the project installed: ``python -m bench.acquire_release``.
 """
 
@@ -70,6 +75,17 @@ DEFAULT_SIZES = (10, 1_000, 10_000)
 BAR_RATIO = 0.5
 #: Round trips one acquire+release pair may make: one EVALSHA each.
 EVALSHA_PER_PAIR = 2
+#: Priority tiers of the ``+tiers`` rows (sessions spread over them round the clock).
+BENCH_TIERS = 3
+#: Each session's tpm in the ``+tiers`` rows: large enough that the benchmark never spends it,
+#: so every pair still finds a session, while the scripts do all the unit bookkeeping.
+BENCH_TPM = 10**9
+#: The rpm quota of every session in those rows: high enough that a session is rarely out of
+#: quota at these rates, so the GCRA and the quota set's bookkeeping run on every acquire
+#: without throttling the benchmark.
+BENCH_RPM = 600_000.0
+#: Units each release reports in the ``+tiers`` rows.
+BENCH_UNITS = 100
 #: The bench's own Redis connection; its commands are not the workload's.
 ADMIN_CLIENT_NAME = "bench-admin"
 #: Commands the bench itself sends inside a measured window (the reset that opens it).
@@ -162,6 +178,7 @@ class Prepare:
     pool: str
     strategy: broker.Strategy
     warmup_s: float
+    units: bool = False  # report units at each release (the pool has unit quotas)
 
 
 @dataclass(frozen=True)
@@ -220,26 +237,26 @@ async def _receive(conn: Connection) -> Any:
 # -- the worker process --------------------------------------------------------------------------
 
 
-async def _one_pair(pool: broker.Pool, tally: Tally) -> None:
+async def _one_pair(pool: broker.Pool, tally: Tally, units: int | None) -> None:
     tally.acquires += 1
     try:
         lease = await pool.acquire()
         tally.releases += 1
-        await pool.release(lease, broker.Outcome.SUCCESS, latency_ms=1)
+        await pool.release(lease, broker.Outcome.SUCCESS, latency_ms=1, units=units)
     except broker.BrokerError as exc:
         tally.errors[type(exc).__name__] += 1
         return
     tally.pairs += 1
 
 
-async def _pairs_until(pool: broker.Pool, stop_at: float, tally: Tally) -> None:
+async def _pairs_until(pool: broker.Pool, units: int | None, stop_at: float, tally: Tally) -> None:
     while time.monotonic() < stop_at:
-        await _one_pair(pool, tally)
+        await _one_pair(pool, tally, units)
 
 
-async def _pairs(pool: broker.Pool, count: int, tally: Tally) -> None:
+async def _pairs(pool: broker.Pool, units: int | None, count: int, tally: Tally) -> None:
     for _ in range(count):
-        await _one_pair(pool, tally)
+        await _one_pair(pool, tally, units)
 
 
 async def _clients(clients: int, client: Callable[[Tally], Any]) -> Tally:
@@ -256,6 +273,7 @@ async def _serve(conn: Connection, redis_url: str, clients: int) -> None:
     store = broker.open_store(broker.BrokerSettings(redis_url=redis_url))
     pools: dict[str, broker.Pool] = {}
     pool: broker.Pool | None = None
+    units: int | None = None
     try:
         while not isinstance(command := await _receive(conn), Quit):
             if isinstance(command, Prepare):
@@ -265,13 +283,16 @@ async def _serve(conn: Connection, redis_url: str, clients: int) -> None:
                     )
                     pools[command.pool] = broker.Pool(store, settings)
                 pool = pools[command.pool]
+                units = BENCH_UNITS if command.units else None
                 stop_at = time.monotonic() + command.warmup_s
-                tally = await _clients(clients, partial(_pairs_until, pool, stop_at))
+                tally = await _clients(clients, partial(_pairs_until, pool, units, stop_at))
             elif isinstance(command, Run) and pool is not None:
                 await asyncio.sleep(max(0.0, command.start_at - time.monotonic()))
-                tally = await _clients(clients, partial(_pairs_until, pool, command.stop_at))
+                run = partial(_pairs_until, pool, units, command.stop_at)
+                tally = await _clients(clients, run)
             elif isinstance(command, Audit) and pool is not None:
-                tally = await _clients(clients, partial(_pairs, pool, command.pairs_per_client))
+                audit = partial(_pairs, pool, units, command.pairs_per_client)
+                tally = await _clients(clients, audit)
             else:
                 raise RuntimeError(f"unexpected command {command!r}")
             conn.send(tally)
@@ -470,14 +491,12 @@ class Row:
         return counted and not self.errors and (self.audit is None or self.audit.ok)
 
 
-def make_row(
-    strategy: broker.Strategy, size: int, sample: Sample, audit: AuditResult | None
-) -> Row:
+def make_row(label: str, size: int, sample: Sample, audit: AuditResult | None) -> Row:
     inner = script_command_names()
     evalsha = sample.calls["evalsha"]
     seconds = max(sample.seconds, 1e-9)
     return Row(
-        strategy=strategy.value,
+        strategy=label,
         size=size,
         seconds=sample.seconds,
         pairs=sample.pairs,
@@ -509,20 +528,23 @@ class Options:
     rounds: int
     warmup_s: float
     audit_pairs: int
-    with_quota: bool = True
-
-
-#: The quota of every session in the "+rpm" rows: high enough that a session is rarely out of
-#: quota at these rates, so the GCRA and the quota set's bookkeeping run on every acquire without
-#: throttling the benchmark.
-QUOTA_RPM = 600_000.0
+    tiers: bool = True
 
 
 async def _sync_pool(
-    admin: Redis, name: str, strategy: broker.Strategy, size: int, rpm: float | None
+    admin: Redis, name: str, strategy: broker.Strategy, size: int, tiers: bool
 ) -> None:
     settings = broker.BrokerSettings(pool=name, strategy=strategy)
-    sessions = [broker.Session(id=f"s{i:05d}", secret=f"bench-{i}", rpm=rpm) for i in range(size)]
+    sessions = [
+        broker.Session(
+            id=f"s{i:05d}",
+            secret=f"bench-{i}",
+            priority=i % BENCH_TIERS if tiers else 0,
+            rpm=BENCH_RPM if tiers else None,
+            tpm=BENCH_TPM if tiers else None,
+        )
+        for i in range(size)
+    ]
     await broker.Pool(admin, settings).sync(sessions)
 
 
@@ -574,41 +596,35 @@ def _rotated(sizes: Sequence[int], round_: int) -> list[int]:
 
 
 async def measure_strategy(
-    admin: Redis,
-    workers: Workers,
-    options: Options,
-    strategy: broker.Strategy,
-    rpm: float | None = None,
+    admin: Redis, workers: Workers, options: Options, strategy: broker.Strategy, tiers: bool
 ) -> list[Row]:
     """Every pool size of one strategy, in interleaved rounds so drift in the machine's load
-    (other processes, CPU frequency) falls on every size alike rather than on the last one."""
+    (other processes, CPU frequency) falls on every size alike rather than on the last one.
+    With ``tiers``, the pools have priority tiers and unit quotas, and releases report units."""
     run_id = uuid.uuid4().hex[:8]
-    names = {size: f"bench-{run_id}-{strategy.value}-{size}" for size in options.sizes}
+    label = f"{strategy.value}+tiers" if tiers else strategy.value
+    names = {size: f"bench-{run_id}-{label}-{size}" for size in options.sizes}
     samples = {size: Sample() for size in options.sizes}
     audits: dict[int, AuditResult] = {}
     try:
         for size, name in names.items():
-            await _sync_pool(admin, name, strategy, size, rpm)
+            await _sync_pool(admin, name, strategy, size, tiers)
         for round_ in range(options.rounds):
             warmup_s = options.warmup_s if round_ == 0 else REWARM_S
             for size in _rotated(options.sizes, round_):
-                prepare = Prepare(names[size], strategy, warmup_s)
+                prepare = Prepare(names[size], strategy, warmup_s, tiers)
                 slice_s = options.duration_s / options.rounds
                 await measure_slice(admin, workers, prepare, slice_s, samples[size])
         for size, name in names.items():
             if options.audit_pairs > 0:
-                prepare = Prepare(name, strategy, 0.0)
+                prepare = Prepare(name, strategy, 0.0, tiers)
                 audits[size] = await audit(
                     admin, workers, prepare, options.audit_pairs, options.clients
                 )
     finally:
         for name in names.values():
             await _drop_pool(admin, name)
-    label = strategy.value + ("+rpm" if rpm else "")
-    rows = [make_row(strategy, size, samples[size], audits.get(size)) for size in options.sizes]
-    for row in rows:
-        row.strategy = label
-    return rows
+    return [make_row(label, size, samples[size], audits.get(size)) for size in options.sizes]
 
 
 def add_ratios(rows: Sequence[Row]) -> None:
@@ -626,14 +642,10 @@ async def run_all(redis_url: str, options: Options) -> list[Row]:
     finished = False
     try:
         for strategy in options.strategies:
-            rows += await measure_strategy(admin, workers, options, strategy)
+            rows += await measure_strategy(admin, workers, options, strategy, tiers=False)
+            if options.tiers:
+                rows += await measure_strategy(admin, workers, options, strategy, tiers=True)
             print(f"  measured {strategy.value}", file=sys.stderr, flush=True)
-        if options.with_quota:
-            # The same bars with rpm quotas on every session (breaker and the rest are on in
-            # every row): the default strategy again, in the same run.
-            default = broker.Strategy.HEALTH
-            rows += await measure_strategy(admin, workers, options, default, QUOTA_RPM)
-            print(f"  measured {default.value}+rpm", file=sys.stderr, flush=True)
         finished = True
     finally:
         workers.close(graceful=finished)
@@ -646,7 +658,7 @@ async def run_all(redis_url: str, options: Options) -> list[Row]:
 
 COLUMNS = (
     ("size", 6),
-    ("strategy", 11),
+    ("strategy", 16),
     ("pairs/s", 8),
     ("ratio", 6),
     ("evalsha/pair", 12),
@@ -795,9 +807,10 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Options, str | None, str, Pa
         "--audit-pairs", type=int, default=10, help="pairs per client in the SLOWLOG audit; 0: none"
     )
     parser.add_argument(
-        "--no-quota",
-        action="store_true",
-        help="skip the health+rpm rows (every session with an rpm quota)",
+        "--tiers",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure each strategy with priority tiers and unit quotas on",
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
@@ -814,7 +827,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Options, str | None, str, Pa
         rounds=args.rounds,
         warmup_s=args.warmup,
         audit_pairs=args.audit_pairs,
-        with_quota=not args.no_quota,
+        tiers=args.tiers,
     )
     return options, args.redis_url, args.redis_server, args.json
 

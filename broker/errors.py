@@ -45,8 +45,8 @@ class NoSessionAvailable(BrokerError):
     (this request already tried every eligible one), ``queued`` (older requests of the fleet are
     waiting and go first), ``busy`` (some are at their concurrency
     limit or probing a half-open breaker: one may free up any moment), or else whichever of
-    ``cooling`` (after a 429), ``open`` (circuit breaker) and ``quota`` (rpm used up) ends
-    soonest. ``retry_after_ms`` is the time until the earliest known moment one becomes
+    ``cooling`` (after a 429), ``open`` (circuit breaker) and ``quota`` (rpm or tpm budget used
+    up) ends soonest. ``retry_after_ms`` is the time until the earliest known moment one becomes
     available, or None when no such moment is known. ``counts`` has the number of sessions in
     each of available, cooling, busy, disabled, open and quota.
     """

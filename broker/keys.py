@@ -19,6 +19,10 @@ class PoolKeys:
     def base(self) -> str:
         return f"{KEY_PREFIX}:{{{self.pool}}}"
 
+    def tier(self, priority: int) -> str:
+        """The ZSET of the eligible sessions of one priority tier (a subset of ``avail``)."""
+        return f"{self.base}:avail:{priority}"
+
     def session(self, session_id: str) -> str:
         """The hash of one session: ``HGETALL`` on it shows the session's whole state."""
         return f"{self.base}:s:{session_id}"
@@ -53,6 +57,10 @@ class PoolKeys:
             f"{b}:alerts",
             f"{b}:outcomes",
             f"{b}:summary",
+            # Appended for priority tiers and unit quotas (issue 8).
+            f"{b}:tiers",
+            f"{b}:avail:",
+            f"{b}:charges",
         )
 
     @property

@@ -29,6 +29,8 @@ from broker.settings import BrokerSettings
 from broker.store import Store
 
 _COUNTS = ("available", "cooling", "busy", "disabled", "open", "quota")
+#: Values sync.lua takes per session (see its header).
+_SYNC_FIELDS = 8
 
 
 async def _call(operation: str, pending: Awaitable[Any]) -> Any:
@@ -81,7 +83,16 @@ class Pool:
         """
         values: list[object] = []
         for s in sessions:
-            values += [s.id, s.weight, s.max_concurrency or 0, s.rpm or 0, s.burst, int(s.enabled)]
+            values += [
+                s.id,
+                s.weight,
+                s.max_concurrency or 0,
+                s.rpm or 0,
+                s.burst,
+                int(s.enabled),
+                s.priority,
+                s.tpm or 0,
+            ]
         self._claimed = values
         return await self._sync_all(values)
 
@@ -104,7 +115,7 @@ class Pool:
     async def _sync_all(self, values: list[object]) -> int:
         # A large pool goes in several calls; the last one makes the collected ids the claim.
         generation = uuid.uuid4().hex
-        step = SYNC_CHUNK * 6
+        step = SYNC_CHUNK * _SYNC_FIELDS
         starts = range(0, max(len(values), 1), step)
         size = 0
         for start in starts:
@@ -139,13 +150,19 @@ class Pool:
         exclude: Collection[str] = (),
         lease_id: str | None = None,
         ticket: Ticket | None = None,
+        precharge: int = 0,
     ) -> Lease:
         """Lease an eligible session other than those in ``exclude``.
 
-        Raises NoSessionAvailable when there is none, saying why and when one may be. With a
-        ``ticket`` the caller means to wait: it keeps a place in the fleet-wide queue, and while
-        older tickets wait only the oldest may lease (others get reason ``queued``).
+        The session comes from the highest priority tier that has one; within it the pool's
+        strategy picks. Raises NoSessionAvailable when there is none, saying why and when one may
+        be. With a ``ticket`` the caller means to wait: it keeps a place in the fleet-wide queue,
+        and while older tickets wait only the oldest may lease (others get reason ``queued``).
+        ``precharge`` units (an estimate, e.g. from ``max_tokens``) are charged to the session's
+        unit budget at once; ``release`` settles them against the units reported.
         """
+        if precharge < 0:
+            raise ValueError("precharge must be >= 0")
         lease_id = lease_id or uuid.uuid4().hex
         queueing = ("", 0, 0) if ticket is None else (ticket.id, ticket.arrival_ms, ticket.ttl_ms)
         reply = await self._run(
@@ -154,6 +171,7 @@ class Pool:
             self.settings.lease_ttl_ms,
             random.getrandbits(31),
             *queueing,
+            precharge,
             *exclude,
         )
         if reply[0] == "ok":
@@ -187,6 +205,7 @@ class Pool:
         retry_after_ms: int | None = None,
         exhausted_ms: int | None = None,
         detail: str = "",
+        units: int | None = None,
     ) -> Released:
         """End ``lease`` and record ``outcome``. Idempotent: a replay changes nothing.
 
@@ -194,7 +213,12 @@ class Pool:
         usable); ``exhausted_ms`` the wait until its rate-limit headers say the session has quota
         again, when they say none is left (it cools the session before any 429, and stands in for
         a missing Retry-After); ``detail`` a status code or error class name for ``last_error``.
+        ``units`` is what the attempt consumed (e.g. the upstream's ``usage.total_tokens``): it
+        replaces the lease's pre-charge in the session's unit budget. None keeps the pre-charge
+        (refunded when the outcome is ``unused``). A replayed release counts its units once.
         """
+        if units is not None and units < 0:
+            raise ValueError("units must be >= 0")
         wait = retry_after_ms if retry_after_ms is not None else exhausted_ms
         if (
             retry_after_ms is not None
@@ -220,6 +244,7 @@ class Pool:
             HEALTH_FLOOR,
             HEALTH_LATENCY_TARGET_MS,
             self.settings.rate_limit_cooldown_max_ms,
+            -1 if units is None else units,
         )
         if status == "unknown":
             raise LeaseError(f"lease {lease.lease_id} is unknown to pool {self.name!r}")

@@ -136,8 +136,10 @@ class WaitQueue:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
-    async def acquire(self, *, exclude: Collection[str] = (), timeout_s: float = 0.0) -> Lease:
-        """A lease, waiting up to ``timeout_s`` when none is free.
+    async def acquire(
+        self, *, exclude: Collection[str] = (), timeout_s: float = 0.0, precharge: int = 0
+    ) -> Lease:
+        """A lease, waiting up to ``timeout_s`` when none is free (``precharge``: see Pool.acquire).
 
         Raises NoSessionAvailable at once when waiting cannot help (nothing enabled, every session
         tried, or the earliest known moment is past the deadline), after ``timeout_s`` otherwise;
@@ -148,7 +150,7 @@ class WaitQueue:
         ticket = Ticket(uuid.uuid4().hex, TICKET_TTL_MS) if timeout_s > 0 else None
         if self.depth == 0:
             try:
-                return await self.pool.acquire(exclude=exclude, ticket=ticket)
+                return await self.pool.acquire(exclude=exclude, ticket=ticket, precharge=precharge)
             except NoSessionAvailable as exc:
                 self._refused(exc, ticket, deadline - loop.time())
         elif ticket is None:
@@ -167,7 +169,7 @@ class WaitQueue:
         async with self._waiting(ticket):
             try:
                 async with asyncio.timeout_at(deadline), self._head:
-                    lease = await self._wait_at_head(exclude, ticket, deadline)
+                    lease = await self._wait_at_head(exclude, ticket, deadline, precharge)
             except TimeoutError:
                 result = "timeout"
                 self.stats.timeouts += 1
@@ -221,13 +223,13 @@ class WaitQueue:
             await self.pool.leave_queue(ticket)
 
     async def _wait_at_head(
-        self, exclude: Collection[str], ticket: Ticket, deadline: float
+        self, exclude: Collection[str], ticket: Ticket, deadline: float, precharge: int
     ) -> Lease:
         loop = asyncio.get_running_loop()
         while True:
             seen = self._wakes
             try:
-                lease = await self.pool.acquire(exclude=exclude, ticket=ticket)
+                lease = await self.pool.acquire(exclude=exclude, ticket=ticket, precharge=precharge)
             except NoSessionAvailable as exc:
                 self._refused(exc, ticket, deadline - loop.time())
                 if self._wakes != seen:

@@ -2,10 +2,13 @@
 
 Eligible means enabled, not cooling down and below its ``max_concurrency``. The eligible sessions
 sit in one sorted set per pool, scored for the pool's strategy, so a pick reads a handful of
-entries, never the whole pool:
+entries, never the whole pool. Each session's ``priority`` (higher preferred) is its tier: every
+tier has its own eligible set, and acquire applies the strategy below within the best tier that
+has a session the request may take, a lower tier only while every session above it is
+unavailable:
 
 ``round-robin``
-    One cluster-wide cursor over the sessions in configuration order: with every session
+    One cluster-wide cursor per tier over its sessions in configuration order: with every session
     eligible, N sessions get exactly k picks each out of k*N. Weights are ignored.
 ``random``
     Uniform among the eligible sessions.

@@ -3,7 +3,12 @@
 A session's secret never leaves the replica: Redis holds only its id and state. Sessions come
 from a comma-separated list of secrets (``SESSIONS``) or a JSON or TOML file (``SESSIONS_FILE``)::
 
-    {"sessions": [{"id": "a", "secret": "...", "weight": 2, "max_concurrency": 1, "rpm": 60}]}
+    {"sessions": [{"id": "a", "secret": "...", "weight": 2, "max_concurrency": 1, "rpm": 60,
+                   "priority": 1, "tpm": 90000}]}
+
+``priority`` (default 0) puts a session in a tier: higher tiers are preferred, and a lower one
+serves only while every session above it is unavailable. ``tpm`` is a budget of units (tokens)
+per minute, charged by what releases report.
 """
 
 from __future__ import annotations
@@ -37,6 +42,10 @@ class Session(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     rpm: Annotated[float, msgspec.Meta(gt=0)] | None = None
     burst: Annotated[int, msgspec.Meta(ge=1)] = 1
     enabled: bool = True
+    #: The session's tier: an acquire takes a lower tier only when no higher one has a session.
+    priority: Annotated[int, msgspec.Meta(ge=-1_000_000, le=1_000_000)] = 0
+    #: Units (typically tokens) per minute; None: no unit budget.
+    tpm: Annotated[int, msgspec.Meta(gt=0)] | None = None
 
     def __repr__(self) -> str:
         return f"Session(id={self.id!r}, secret='***', weight={self.weight})"

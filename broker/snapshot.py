@@ -38,6 +38,7 @@ SESSION_FIELDS = frozenset(
         "leases_expired", "last_used", "n_success", "n_rate_limited", "n_auth", "n_server",
         "n_network", "n_timeout", "n_other", "n_unused", "cooldowns", "last_error",
         "last_error_at", "success_rate", "latency_ms", "health", "health_at", "reset_at",
+        "priority", "tpm", "unit_tat", "units",
     }
 )  # fmt: skip
 #: Pool fields that move; an existing pool keeps its own (its replicas' configuration wins).

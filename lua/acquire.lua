@@ -3,7 +3,10 @@
 -- ARGV: 1 lease memory (ms), 2 lease id (made by the client, so a resent call is recognised),
 --       3 lease TTL (ms), 4 random seed (integer), 5 ticket id ('' when the caller will not wait),
 --       6 the ticket's arrival (ms of the store's clock; 0 = now), 7 ticket TTL (ms),
---       8.. session ids this request already tried.
+--       8 units to pre-charge to the leased session's unit budget (0 = none; its release
+--       settles them against the units reported), 9.. session ids this request already tried.
+-- The pick is made in the highest priority tier that has an eligible session this request has
+-- not tried, by the pool's strategy within that tier (round-robin keeps a cursor per tier).
 -- While tickets wait anywhere in the fleet only the oldest may take a session: any other caller
 -- gets 'queued' and, with a ticket id, joins (or renews its place in) the queue. A caller that
 -- finds nothing eligible joins it too. A ticket holder that gets a session leaves the queue and
@@ -17,8 +20,9 @@
 local lease_id, ttl_ms = ARGV[2], tonumber(ARGV[3])
 math.randomseed(tonumber(ARGV[4]))
 local ticket, arrival, ticket_ttl = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
-local excluded, n_excluded = {}, #ARGV - 7
-for i = 8, #ARGV do excluded[ARGV[i]] = true end
+local precharge = tonumber(ARGV[8])
+local excluded, n_excluded = {}, #ARGV - 8
+for i = 9, #ARGV do excluded[ARGV[i]] = true end
 
 local owner = redis.call('HGET', owners_key, lease_id)
 if owner then
@@ -56,32 +60,58 @@ local function first_allowed(ids)
   return nil
 end
 
--- A uniform proposal from avail, accepted with probability score / max score: an exact weighted
--- choice without reading the whole set. Gives up after a bounded number of proposals.
-local function weighted(n)
-  local top = redis.call('ZREVRANGE', avail_key, 0, 0, 'WITHSCORES')
+-- A uniform proposal from a tier's set, accepted with probability score / max score: an exact
+-- weighted choice without reading the whole set. Gives up after a bounded number of proposals.
+local function weighted(set, n)
+  local top = redis.call('ZREVRANGE', set, 0, 0, 'WITHSCORES')
   local max_score, fallback = tonumber(top[2]), nil
   for _ = 1, 64 do
     local index = math.random(n) - 1
-    local pick = redis.call('ZRANGE', avail_key, index, index, 'WITHSCORES')
+    local pick = redis.call('ZRANGE', set, index, index, 'WITHSCORES')
     if not excluded[pick[1]] then
       fallback = pick[1]
       if strategy ~= 'health' or math.random() * max_score < tonumber(pick[2]) then return pick[1] end
     end
   end
-  return fallback or first_allowed(redis.call('ZRANGE', avail_key, 0, n_excluded))
+  return fallback or first_allowed(redis.call('ZRANGE', set, 0, n_excluded))
 end
 
-local function choose()
-  local n = redis.call('ZCARD', avail_key)
+-- The pool's strategy within one tier; nil when the tier has nothing this request may take.
+local function choose_in(tier)
+  local set = tier_prefix .. tier
+  local n = redis.call('ZCARD', set)
   if n == 0 then return nil end
   if strategy == 'round-robin' then
-    local cursor = redis.call('HGET', pool_key, 'rr_cursor') or '-1'
-    return first_allowed(redis.call('ZRANGEBYSCORE', avail_key, '(' .. cursor, '+inf', 'LIMIT', 0, n_excluded + 1))
-      or first_allowed(redis.call('ZRANGE', avail_key, 0, n_excluded))
+    local cursor = redis.call('HGET', pool_key, cursor_field(tier)) or '-1'
+    return first_allowed(redis.call('ZRANGEBYSCORE', set, '(' .. cursor, '+inf', 'LIMIT', 0, n_excluded + 1))
+      or first_allowed(redis.call('ZRANGE', set, 0, n_excluded))
   end
-  if strategy == 'random' or strategy == 'health' then return weighted(n) end
-  return first_allowed(redis.call('ZRANGE', avail_key, 0, n_excluded))
+  if strategy == 'random' or strategy == 'health' then return weighted(set, n) end
+  return first_allowed(redis.call('ZRANGE', set, 0, n_excluded))
+end
+
+-- Tiers best first: a lower one serves only when no session above it may be taken. Reads one
+-- entry per distinct priority, never the sessions of the tiers it passes over.
+local function choose_tiered()
+  for _, tier in ipairs(redis.call('ZREVRANGE', tiers_key, 0, -1)) do
+    local id = choose_in(tier)
+    if id then return id, tier end
+  end
+  return nil
+end
+
+-- avail is the truth, the tier sets an index of it: a pick avail lacks (an entry left behind by
+-- a replica still running the scripts from before tiers, during a rollout) is dropped and the
+-- choice made again.
+local function choose()
+  for _ = 1, 8 do
+    local id, tier = choose_tiered()
+    if not id or redis.call('ZSCORE', avail_key, id) then return id, tier end
+    local set = tier_prefix .. tier
+    redis.call('ZREM', set, id)
+    if redis.call('ZCARD', set) == 0 then redis.call('ZREM', tiers_key, tier) end
+  end
+  return nil
 end
 
 -- Why nothing is eligible, and the earliest moment something will be (without scanning).
@@ -117,7 +147,7 @@ if head and head ~= ticket then
   hold_ticket()
   return unavailable('queued')
 end
-local id = choose()
+local id, tier = choose()
 if not id then
   hold_ticket()
   return unavailable()
@@ -145,7 +175,11 @@ if rpm > 0 then
   -- ms, erring on the slow side of the upstream's limit).
   redis.call('HSET', key, 'tat', math.ceil(math.max(tonumber(s[3]) or 0, now) + quota_interval(rpm)))
 end
-if strategy == 'round-robin' then redis.call('HSET', pool_key, 'rr_cursor', s[4]) end
+if strategy == 'round-robin' then redis.call('HSET', pool_key, cursor_field(tier), s[4]) end
+if precharge > 0 then
+  redis.call('HSET', charges_key, lease_id, precharge)
+  charge_units(key, precharge, now)
+end
 refresh(id, now)
 -- The next in line may take what is left; with nothing left, waking it would be a wasted try.
 if from_queue and redis.call('ZCARD', avail_key) > 0 then redis.call('PUBLISH', wake_channel, '') end

@@ -29,6 +29,11 @@
 --  18 outcomes   HASH  '<bucket>:n' / '<bucket>:e' -> upstream attempts / errors reported by the
 --                      replicas in that time bucket (alerts.lua: the fleet's error rate)
 --  19 summary    HASH  whose turn the health summary is: last_at (ms), requests since then
+--  20 tiers      ZSET  priority -> priority: the priority tiers that have an eligible session
+--  21 the prefix of the per-tier eligible sets: KEYS[21] .. <priority> is a ZSET session id ->
+--     selection score holding the sessions of avail whose priority is <priority> (avail is
+--     their union); acquire picks in the highest tier that has one it may take
+--  22 charges    HASH  lease id -> units pre-charged at acquire, settled by its release
 -- ARGV[1] (every script): how long an ended lease id is remembered (ms).
 -- Script-specific arguments start at ARGV[2].
 -- Every script returns its own reply followed by a list of events, one per transition it made:
@@ -40,6 +45,7 @@ local open_key, quota_key, probes_key = KEYS[11], KEYS[12], KEYS[13]
 local waiters_key, tickets_key = KEYS[14], KEYS[15]
 local wake_channel = string.gsub(pool_key, ':pool$', ':wake')
 local half_open_key, alerts_key, outcomes_key, summary_key = KEYS[16], KEYS[17], KEYS[18], KEYS[19]
+local tiers_key, tier_prefix, charges_key = KEYS[20], KEYS[21], KEYS[22]
 local lease_memory_ms = tonumber(ARGV[1])
 -- How many due entries one call processes per housekeeping pass; the rest wait for the next call.
 local batch = 256
@@ -81,6 +87,58 @@ local function quota_at(f)
   return f.tat - quota_interval(f.rpm) * (math.max(f.burst, 1) - 1)
 end
 
+-- A unit (token) budget is a GCRA on units: each unit takes 60000/tpm ms (with the same slack as
+-- rpm) of the session's unit schedule `unit_tat`, and a session may run up to one minute's worth
+-- ahead of now. A charge may overdraw it (units are known only at release): the session is
+-- then out of quota until the schedule is back within that minute.
+local unit_window_ms = 60000
+
+-- When a session's unit budget has something left again (whole ms); 0 without a tpm.
+local function units_at(f)
+  if f.tpm <= 0 or f.unit_tat == 0 then return 0 end
+  return math.ceil(f.unit_tat - unit_window_ms)
+end
+
+-- Charge `units` (a refund when negative) to the session at `key`; counted in `units`, and
+-- against its unit budget when it has a tpm. A refund never takes the schedule before now:
+-- an unused budget does not accumulate beyond one minute's worth. The schedule keeps three
+-- decimals (microseconds, rounded up): at a large tpm a charge is a fraction of a millisecond,
+-- and rounding each one up to a whole ms would overcharge many times over.
+local function charge_units(key, units, now)
+  if units == 0 then return end
+  redis.call('HINCRBY', key, 'units', units)
+  local u = redis.call('HMGET', key, 'tpm', 'unit_tat')
+  local tpm = tonumber(u[1]) or 0
+  if tpm <= 0 then return end
+  local tat = math.max(tonumber(u[2]) or 0, now) + units * quota_interval(tpm)
+  redis.call('HSET', key, 'unit_tat', string.format('%.3f', math.ceil(math.max(tat, now) * 1000) / 1000))
+end
+
+-- The pool hash field of a tier's round-robin cursor (tier 0 keeps the name it always had).
+local function cursor_field(tier)
+  if tier == '0' then return 'rr_cursor' end
+  return 'rr_cursor:' .. tier
+end
+
+-- Keep a session's entry in its tier's eligible set, and the set of non-empty tiers, in step
+-- with avail. `avail_tier` in its hash remembers which tier set holds it, so a priority changed
+-- by sync or a restore moves it rather than leaving a stale entry behind.
+local function place_tier(key, id, f, available, score)
+  local old = f.avail_tier
+  if old and (not available or old ~= f.priority) then
+    local set = tier_prefix .. old
+    redis.call('ZREM', set, id)
+    if redis.call('ZCARD', set) == 0 then redis.call('ZREM', tiers_key, old) end
+  end
+  if available then
+    redis.call('ZADD', tier_prefix .. f.priority, score, id)
+    redis.call('ZADD', tiers_key, tonumber(f.priority), f.priority)
+    if old ~= f.priority then redis.call('HSET', key, 'avail_tier', f.priority) end
+  elseif old then
+    redis.call('HDEL', key, 'avail_tier')
+  end
+end
+
 local function place(key, member, yes, score)
   if yes then redis.call('ZADD', key, score, member) else redis.call('ZREM', key, member) end
 end
@@ -91,19 +149,22 @@ local function refresh(id, now)
   local key = session_prefix .. id
   local v = redis.call('HMGET', key, 'enabled', 'disabled_reason', 'cooldown_until', 'in_flight',
     'max_concurrency', 'ordinal', 'last_used', 'weight', 'health', 'breaker', 'breaker_until',
-    'probes', 'rpm', 'burst', 'tat', 'state', 'weight_override')
+    'probes', 'rpm', 'burst', 'tat', 'state', 'weight_override', 'priority', 'avail_tier', 'tpm',
+    'unit_tat')
   -- An operator's weight (admin API, CLI) wins over the configured one until it is cleared.
   local f = {enabled = v[1], disabled_reason = v[2], cooldown_until = tonumber(v[3]) or 0,
     in_flight = tonumber(v[4]) or 0, max_concurrency = tonumber(v[5]) or 0, ordinal = v[6],
     last_used = v[7], weight = v[17] or v[8], health = v[9], breaker = v[10] or 'closed',
     breaker_until = tonumber(v[11]) or 0, probes = tonumber(v[12]) or 0, rpm = tonumber(v[13]) or 0,
-    burst = tonumber(v[14]) or 1, tat = tonumber(v[15]) or 0}
+    burst = tonumber(v[14]) or 1, tat = tonumber(v[15]) or 0, priority = v[18] or '0',
+    avail_tier = v[19], tpm = tonumber(v[20]) or 0, unit_tat = tonumber(v[21]) or 0}
   if f.breaker == 'open' and f.breaker_until <= now then
     f.breaker, f.probes = 'half_open', 0
     redis.call('HSET', key, 'breaker', 'half_open', 'probes', 0)
     table.insert(events, {id, 'breaker', 'open', 'half_open'})
   end
-  local admits_at = quota_at(f)
+  -- The quota state covers both budgets: requests (rpm) and units (tpm); the later one decides.
+  local admits_at = math.max(quota_at(f), units_at(f))
   local state
   if not redis.call('ZSCORE', members_key, id) then state = 'removed'
   elseif f.enabled == '0' or (f.disabled_reason and f.disabled_reason ~= '') then state = 'disabled'
@@ -113,7 +174,9 @@ local function refresh(id, now)
   elseif f.breaker == 'half_open' and f.probes >= half_open_probes then state = 'probing'
   elseif f.max_concurrency > 0 and f.in_flight >= f.max_concurrency then state = 'busy'
   else state = 'available' end
-  place(avail_key, id, state == 'available', state == 'available' and selection_score(f) or 0)
+  local score = state == 'available' and selection_score(f) or 0
+  place(avail_key, id, state == 'available', score)
+  place_tier(key, id, f, state == 'available', score)
   place(cooling_key, id, state == 'cooling', f.cooldown_until)
   place(open_key, id, state == 'open', f.breaker_until)
   place(quota_key, id, state == 'quota', admits_at)
@@ -166,6 +229,7 @@ local function forget_ended(now)
   local old = redis.call('ZRANGEBYSCORE', expired_key, '-inf', horizon, 'LIMIT', 0, batch)
   for _, lease in ipairs(old) do
     redis.call('HDEL', owners_key, lease)
+    redis.call('HDEL', charges_key, lease)
     redis.call('ZREM', expired_key, lease)
   end
   local stale = math.min(redis.call('ZCOUNT', released_key, '-inf', horizon), batch)

@@ -5,7 +5,9 @@
 --       on rate_limited the base of an escalating cooldown, otherwise a wait the upstream's
 --       headers asked for (nothing left until reset), 6 detail (a status code or error class;
 --       never a secret), 7 health half-life (ms), 8 EWMA weight of one observation (0..1),
---       9 health floor (0..1), 10 latency target (ms), 11 longest cooldown (ms).
+--       9 health floor (0..1), 10 latency target (ms), 11 longest cooldown (ms), 12 units the
+--       attempt consumed (-1 = not reported: a pre-charge stands, except on 'unused', which
+--       refunds it). What acquire pre-charged is settled: the difference is charged or refunded.
 -- Returns {status, session id or '', cooldown deadline ms or 0, events} where status is
 --   'released' (the lease was live), 'late' (it had expired; the outcome still counts),
 --   'duplicate' (released before: nothing changes) or 'unknown' (no such lease remembered).
@@ -13,6 +15,7 @@ local lease_id, outcome, latency = ARGV[2], ARGV[3], tonumber(ARGV[4])
 local cooldown_ms, detail = tonumber(ARGV[5]), ARGV[6]
 local half_life, alpha, floor = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
 local latency_target, cooldown_max = tonumber(ARGV[10]), tonumber(ARGV[11])
+local units = tonumber(ARGV[12])
 
 -- Housekeeping first: a lease past its expiry is 'late' even if no call has reaped it yet.
 local now = now_ms()
@@ -32,6 +35,11 @@ end
 redis.call('HDEL', owners_key, lease_id)
 redis.call('ZADD', released_key, now, lease_id)
 local probe = end_probe(lease_id, key)
+-- Units are settled once: a replay is 'duplicate' above and never reaches this line.
+local precharged = tonumber(redis.call('HGET', charges_key, lease_id)) or 0
+redis.call('HDEL', charges_key, lease_id)
+if units < 0 then units = outcome == 'unused' and 0 or precharged end
+charge_units(key, units - precharged, now)
 redis.call('HINCRBY', key, 'n_' .. outcome, 1)
 if outcome == 'unused' then
   refresh(id, now)

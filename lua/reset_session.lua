@@ -2,8 +2,8 @@
 -- KEYS: the pool's keys, see common.lua.
 -- ARGV: 1 lease memory (ms), 2 session id.
 -- Returns {state, events}, or {'unknown', events} when the pool has no such session.
--- Kept: live leases (in_flight), the rpm quota's schedule (it protects the upstream, not the
--- session), the configuration, last_used, and a disable (enable is what undoes that).
+-- Kept: live leases (in_flight), the schedules of the rpm and unit quotas (they protect the
+-- upstream, not the session), the configuration, last_used, and a disable (enable undoes that).
 local id = ARGV[2]
 if not redis.call('ZSCORE', members_key, id) then return {'unknown', events} end
 local key = session_prefix .. id

@@ -13,8 +13,9 @@
 --       collects into claim set .. ':' .. generation), then the pool-wide tunables, stored in the
 --       pool hash (the last replica to sync sets them): 7 breaker threshold (0 = no breaker),
 --       8 breaker timeout (ms), 9 longest breaker timeout (ms), 10 half-open probes, 11 429
---       streak window (ms), 12 quota slack (factor >= 1 on each rpm interval); then six values
---       per session: id, weight, max concurrency (0 = none), rpm (0 = none), burst, enabled (1|0).
+--       streak window (ms), 12 quota slack (factor >= 1 on each rpm and tpm interval); then
+--       eight values per session: id, weight, max concurrency (0 = none), rpm (0 = none), burst,
+--       enabled (1|0), priority (integer; higher tiers are preferred), tpm (0 = none).
 -- Returns {sessions in the pool, 'ok' | 'lost', events}: 'lost' answers a renew whose claim had
 -- expired and was dropped (the replica syncs again).
 local claims_key, claim_prefix = KEYS[#KEYS - 1], KEYS[#KEYS]
@@ -76,9 +77,10 @@ end
 
 -- 'part' and 'last': record the limits of the sessions named, collect their ids in order.
 local position = redis.call('ZCARD', collecting)
-for i = 13, #ARGV, 6 do
+for i = 13, #ARGV, 8 do
   redis.call('HSET', session_prefix .. ARGV[i], 'weight', ARGV[i + 1], 'max_concurrency',
-    ARGV[i + 2], 'rpm', ARGV[i + 3], 'burst', ARGV[i + 4], 'enabled', ARGV[i + 5])
+    ARGV[i + 2], 'rpm', ARGV[i + 3], 'burst', ARGV[i + 4], 'enabled', ARGV[i + 5],
+    'priority', ARGV[i + 6], 'tpm', ARGV[i + 7])
   position = position + 1
   redis.call('ZADD', collecting, position, ARGV[i])
 end

@@ -28,6 +28,7 @@ from proxy.ratelimit_headers import exhausted_ms
 from proxy.replica import REPLICA, Replica
 from proxy.responses import error_response
 from proxy.retry_after import retry_after_ms
+from proxy.usage import UsageMeter
 
 log = structlog.get_logger(__name__)
 
@@ -160,6 +161,7 @@ class Forwarder:
         self.outgoing = _drop(request.headers.items(), CLIENT_CREDENTIALS | {header.name.lower()})
         self.outgoing["X-Request-ID"] = request_id
         self.families = replica.header_families
+        self.usage_header = self.settings.usage_header
         # Which pool granted each lease (the shared one, or the local fallback in an outage).
         self.pools: dict[str, Pool] = {}
         wait_s = self.settings.queue_timeout
@@ -335,11 +337,13 @@ class Forwarder:
         renewer = asyncio.create_task(self._renew(lease))
         detail = str(upstream.status)
         broken = False
+        usage = UsageMeter(upstream.headers, self.usage_header)
         try:
             self.headers_out()
             await response.prepare(self.request)
             async for chunk in upstream.content.iter_any():
                 await response.write(chunk)
+                usage.feed(chunk)
             await response.write_eof()
         except TimeoutError:
             outcome, detail, broken = Outcome.TIMEOUT, "read timeout mid-response", True
@@ -350,7 +354,14 @@ class Forwarder:
         finally:
             renewer.cancel()
             upstream.close()
-            self._release(lease, outcome, _ms_since(started), waits=waits, detail=detail)
+            self._release(
+                lease,
+                outcome,
+                _ms_since(started),
+                waits=waits,
+                detail=detail,
+                units=usage.units(),
+            )
         if broken:
             # The client must not take a cut-off body for a whole one: drop the connection.
             log.warning("upstream broke mid-response", session=lease.session_id, detail=detail)
@@ -383,12 +394,15 @@ class Forwarder:
         *,
         waits: Waits = NO_WAITS,
         detail: str = "",
+        units: int | None = None,
     ) -> None:
         """Release in the background: it must land even when this request is being cancelled."""
         exhausted = waits.exhausted_ms is not None
         self.replica.metrics.lease_released(lease.session_id, outcome, exhausted=exhausted)
         pool = self.pools[lease.lease_id]
-        self.replica.spawn(_release(self.replica, pool, lease, outcome, latency_ms, waits, detail))
+        self.replica.spawn(
+            _release(self.replica, pool, lease, outcome, latency_ms, waits, detail, units)
+        )
 
 
 async def _release(
@@ -399,6 +413,7 @@ async def _release(
     latency_ms: int,
     waits: Waits,
     detail: str,
+    units: int | None,
 ) -> None:
     try:
         released = await pool.release(
@@ -408,6 +423,7 @@ async def _release(
             retry_after_ms=waits.retry_after_ms,
             exhausted_ms=waits.exhausted_ms,
             detail=detail,
+            units=units,
         )
     except StoreError as exc:
         replica.leasing.mark_down(exc)  # logged once per outage; the lease will expire

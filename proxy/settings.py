@@ -56,6 +56,8 @@ HELP: dict[str, str] = {
     "RATE_LIMIT_COOLDOWN_MAX": "largest cooldown in seconds; longer Retry-After values are cut",
     "RATE_LIMIT_HEADER_FAMILIES": "comma-separated rate-limit header families to learn from: "
     "openai, anthropic, github, ietf; or none",
+    "USAGE_HEADER": "response header holding the units (tokens) an answer consumed, for tpm "
+    "budgets; empty: read usage.total_tokens from JSON and event-stream bodies",
     "CIRCUIT_BREAKER_ENABLED": "true or false: open a session's breaker after repeated failures",
     "CIRCUIT_BREAKER_THRESHOLD": "consecutive 5xx/network/timeout failures that open it, 1-1000",
     "CIRCUIT_BREAKER_TIMEOUT": "seconds a breaker stays open at first (doubles per repeated trip)",
@@ -157,6 +159,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     rate_limit_cooldown: Seconds = 60.0
     rate_limit_cooldown_max: Seconds = 3600.0
     rate_limit_header_families: str = ",".join(FAMILIES)
+    usage_header: str = ""
     circuit_breaker_enabled: bool = True
     circuit_breaker_threshold: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 5
     circuit_breaker_timeout: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 60.0
