@@ -219,23 +219,28 @@ async def test_repeated_429s_escalate_and_success_resets(make_pool, store_now_ms
     """Each 429 after a cooldown has ended doubles the next; a success starts over."""
     pool = await make_pool([Session(id="a", secret="x")])
 
-    async def rate_limited() -> int:
+    async def cooled_for(expected_ms: int) -> bool:
+        """Whether a 429 now cools the session for ``expected_ms``: the deadline minus the
+        release's own moment, which lies between the store's clock before and after it."""
         for _ in range(200):
             try:
                 lease = await pool.acquire()
                 break
             except NoSessionAvailable:
                 await asyncio.sleep(0.02)
+        before = await store_now_ms()
         released = await pool.release(lease, Outcome.RATE_LIMITED, retry_after_ms=100)
-        return released.cooldown_until_ms - await store_now_ms()
+        after = await store_now_ms()
+        return (
+            released.cooldown_until_ms - after
+            <= expected_ms
+            <= (released.cooldown_until_ms - before)
+        )
 
-    waits = [await rate_limited() for _ in range(3)]
-    assert 90 <= waits[0] <= 100
-    assert 190 <= waits[1] <= 200
-    assert 390 <= waits[2] <= 400
+    assert [await cooled_for(ms) for ms in (100, 200, 400)] == [True, True, True]
     await asyncio.sleep(0.45)
     await pool.release(await pool.acquire(), Outcome.SUCCESS)
-    assert 90 <= await rate_limited() <= 100
+    assert await cooled_for(100)
 
 
 async def test_concurrent_429s_of_one_cooldown_escalate_once(make_pool, store_now_ms) -> None:
