@@ -337,13 +337,16 @@ class Forwarder:
         renewer = asyncio.create_task(self._renew(lease))
         detail = str(upstream.status)
         broken = False
-        usage = UsageMeter(upstream.headers, self.usage_header)
+        # Only a session with a unit budget needs its usage read from the answer.
+        metered = lease.session_id in self.replica.metered_sessions
+        usage = UsageMeter(upstream.headers, self.usage_header) if metered else None
         try:
             self.headers_out()
             await response.prepare(self.request)
             async for chunk in upstream.content.iter_any():
                 await response.write(chunk)
-                usage.feed(chunk)
+                if usage is not None:
+                    usage.feed(chunk)
             await response.write_eof()
         except TimeoutError:
             outcome, detail, broken = Outcome.TIMEOUT, "read timeout mid-response", True
@@ -360,7 +363,7 @@ class Forwarder:
                 _ms_since(started),
                 waits=waits,
                 detail=detail,
-                units=usage.units(),
+                units=usage.units() if usage is not None else None,
             )
         if broken:
             # The client must not take a cut-off body for a whole one: drop the connection.

@@ -123,6 +123,8 @@ class Replica:
         REDACTOR.add([s.secret for s in sessions])  # before any log line could carry one
         self.sessions = sessions
         self.secrets = {s.id: s.secret for s in sessions}
+        #: Sessions with a unit budget (tpm): their answers are read for usage.
+        self.metered_sessions = frozenset(s.id for s in sessions if s.tpm)
         self.max_attempts = self.settings.retry_count or min(len(sessions), DEFAULT_MAX_ATTEMPTS)
         if self._leasing is not None:
             self._leasing.sessions = sessions
