@@ -37,23 +37,13 @@ import redis
 from bench import modes as mode_lib
 from bench.figures import RunFigures, bars, compute, table
 from bench.load import run_load
-from bench.processes import Child, Processes, free_port, processes, python, start_redis
+from bench.processes import Processes, free_port, processes, python, start_redis
 from bench.scenarios import DEFAULT_SCENARIOS, Scenario, by_name, scenarios
 from broker import PoolKeys
 
 #: Seconds between the warm-up requests and the run: every bucket, quota and cooldown of the
 #: warm-up is over (at the default 240 rpm a burst of 2 refills in 0.5 s).
 SETTLE_S = 1.0
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_s(child: Child) -> float:
-    """CPU seconds (user + system) a live child has used, from /proc; 0 where unreadable."""
-    try:
-        fields = Path(f"/proc/{child.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def _get_json(url: str) -> dict[str, dict[str, object]]:
@@ -130,19 +120,19 @@ def run_one(
         urllib.request.urlopen(
             urllib.request.Request(f"{upstream_url}/_sim/reset", method="POST"), timeout=5
         ).close()
-        cpu_before = sum(_cpu_s(c) for c in children)
+        cpu_before = sum(c.cpu_s() for c in children)
         arrivals = scenario.load.arrivals(scenario.quota_per_s, duration_s, seed)
         cpu_of_killed = [0.0]
 
         def kill_first() -> None:
-            cpu_of_killed[0] = _cpu_s(children[0])
+            cpu_of_killed[0] = children[0].cpu_s()
             children[0].kill()
 
         at = []
         if scenario.kill_replica_at is not None:
             at.append((scenario.kill_replica_at * duration_s, kill_first))
         records, _ = asyncio.run(run_load(urls, arrivals, headers=headers, at=at))
-        cpu_after = sum(_cpu_s(c) for c in children if c.alive()) + cpu_of_killed[0]
+        cpu_after = sum(c.cpu_s() for c in children if c.alive()) + cpu_of_killed[0]
         counts = _get_json(f"{upstream_url}/_sim/stats")
         broker_state = _broker_state(redis_url, pool, scenario) if mode.startswith("shared") else {}
     finally:

@@ -24,6 +24,7 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 READY_TIMEOUT_S = 60.0
 #: How long a process gets to exit after SIGTERM before SIGKILL.
 STOP_TIMEOUT_S = 10.0
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -50,6 +51,15 @@ class Child:
 
     def alive(self) -> bool:
         return self.process.poll() is None
+
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) the live process has used, from /proc; 0 if unreadable."""
+        try:
+            stat = Path(f"/proc/{self.process.pid}/stat").read_text()
+        except OSError:
+            return 0.0
+        fields = stat.rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
     def log_tail(self, chars: int = 2000) -> str:
         try:
