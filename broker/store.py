@@ -21,7 +21,7 @@ from typing import Any, TypeAlias
 
 import fakeredis
 import structlog
-from redis.asyncio import Redis, RedisCluster
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.connection import SSLConnection, parse_url
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
@@ -46,6 +46,9 @@ COMMAND_RETRIES = 3
 #: Backoff between those retries (seconds): first ceiling and largest ceiling, full jitter.
 RETRY_BACKOFF_BASE_S = 0.05
 RETRY_BACKOFF_CAP_S = 1.0
+#: Connections one replica keeps to a standalone Redis at most; requests beyond them wait for one
+#: (every call is short: two scripts per upstream attempt).
+MAX_CONNECTIONS = 256
 #: Seconds between PINGs on an idle pooled connection, so a dead one is noticed before use.
 HEALTH_CHECK_INTERVAL_S = 30
 
@@ -139,4 +142,12 @@ def open_store(settings: BrokerSettings) -> Store:
     if settings.redis_cluster:
         # Its retry re-discovers the slots before trying again, so a failover is followed.
         return RedisCluster.from_url(settings.redis_url, **_common(settings))
-    return Redis.from_url(settings.redis_url, **_common(settings))
+    # A pool that waits (up to the socket timeout) for a free connection: the default one raises
+    # at its limit, which would read as the store being down under a burst of requests.
+    pool = BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=MAX_CONNECTIONS,
+        timeout=settings.redis_timeout_s,
+        **_common(settings),
+    )
+    return Redis.from_pool(pool)

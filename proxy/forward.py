@@ -272,6 +272,11 @@ class Forwarder:
             self._release(lease, Outcome.TIMEOUT, _ms_since(started), detail="connect/read timeout")
             return Failure(error_response(504, "upstream_timeout", "upstream timed out"), True)
         except aiohttp.ClientError as exc:
+            if self._client_gone():
+                # Sending failed because the client's own body stopped coming: not the session's
+                # fault, and counting it would trip a healthy session's breaker.
+                self._release(lease, Outcome.UNUSED, _ms_since(started))
+                raise asyncio.CancelledError from exc
             self._release(lease, Outcome.NETWORK, _ms_since(started), detail=type(exc).__name__)
             return Failure(
                 error_response(502, "upstream_unreachable", "upstream unreachable"), True
@@ -292,6 +297,10 @@ class Forwarder:
         if outcome is not Outcome.SUCCESS and not final:
             return await self._fail(lease, upstream, outcome, waits, started)
         return await self._stream(lease, upstream, outcome, waits, started)
+
+    def _client_gone(self) -> bool:
+        transport = self.request.transport
+        return transport is None or transport.is_closing()
 
     async def _fail(
         self,

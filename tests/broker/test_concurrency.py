@@ -13,7 +13,7 @@ from types import ModuleType
 import pytest
 from redis.asyncio import Redis
 
-from broker import Session
+from broker import Outcome, Session
 
 WORKER = Path(__file__).with_name("worker.py")
 REAL_REDIS_ONLY = pytest.mark.parametrize("backend", [pytest.param("redis", id="redis")])
@@ -99,3 +99,13 @@ async def test_processes_never_exceed_max_concurrency(make_pool, redis: Redis, s
         assert 1 <= combined.max_holders[session_id] <= limit, combined.max_holders
     assert combined.max_holders["s2"] == LIMITS["s2"]
     await assert_all_returned(redis, pool.session_state, 2 * tasks * iterations)
+
+
+@REAL_REDIS_ONLY
+async def test_more_concurrent_calls_than_connections_wait_not_fail(make_pool) -> None:
+    """Hundreds of concurrent acquires on one client wait for a connection instead of failing
+    as if the store were down."""
+    pool = await make_pool([Session(id=f"s{i}", secret=f"x{i}") for i in range(4)])
+    leases = await asyncio.gather(*(pool.acquire() for _ in range(600)))
+    assert len(leases) == 600
+    await asyncio.gather(*(pool.release(lease, Outcome.SUCCESS) for lease in leases))

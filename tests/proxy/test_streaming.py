@@ -71,3 +71,27 @@ async def test_lease_renewed_during_a_long_stream(
         assert "leases_expired" not in state
         upstream.gate.set()
         await response.read()
+
+
+async def test_client_gone_while_sending_its_body_costs_the_session_nothing(
+    start_replica: StartReplica, http: aiohttp.ClientSession
+) -> None:
+    """A client that hangs up halfway through its request body is no failure of the session's:
+    no network error is counted (it would trip a healthy session's breaker), the lease is freed."""
+    replica = await start_replica(sessions=ONE)
+    port = int(replica.proxy_url.rsplit(":", 1)[1])
+    for _ in range(3):
+        _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n")
+        writer.write(b"x" * 10_000)
+        await writer.drain()
+        await asyncio.sleep(0.3)  # the upstream call is under way, the body half sent
+        writer.transport.abort()
+    for _ in range(100):
+        state = await replica.replica.pool.session_state("a")
+        if state.get("in_flight") == "0":
+            break
+        await asyncio.sleep(0.02)
+    assert state["in_flight"] == "0"
+    assert "n_network" not in state, state
+    assert state.get("breaker", "closed") == "closed"
