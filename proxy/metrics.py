@@ -182,7 +182,7 @@ class Metrics:
         )
         self.queue_exits = Counter(
             f"{p}_queue_exits",
-            "Requests that left the wait queue, by result (served, timeout, cancelled)",
+            "Requests that left the wait queue, by result (served, timeout, refused, cancelled)",
             ["result"],
             registry=r,
         )

@@ -3,6 +3,7 @@ Redis, each time with an empty database, and builds its pools with ``make_pool``
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
@@ -79,6 +80,20 @@ def store_now_ms(redis: Redis) -> StoreClock:
         return int(seconds) * 1000 + int(microseconds) // 1000
 
     return now
+
+
+@pytest.fixture
+def store_reaches(store_now_ms: StoreClock) -> Callable[[int], Coroutine[Any, Any, None]]:
+    """``await store_reaches(ms)``: sleep until the store's clock passes ``ms`` (5 s at most)."""
+
+    async def wait(deadline_ms: int) -> None:
+        for _ in range(250):
+            if await store_now_ms() > deadline_ms:
+                return
+            await asyncio.sleep(0.02)
+        pytest.fail("the store's clock never reached the deadline")
+
+    return wait
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ tier only while every session above it is unavailable, and the pool's strategy w
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 
 import pytest
@@ -29,20 +28,6 @@ async def picks(pool: Pool, n: int) -> list[str]:
         ids.append(lease.session_id)
         await pool.release(lease, Outcome.SUCCESS)
     return ids
-
-
-async def store_ms(pool: Pool) -> int:
-    seconds, micros = await pool.redis.time()
-    return int(seconds) * 1000 + int(micros) // 1000
-
-
-async def wait_until(pool: Pool, deadline_ms: int, within_s: float = 5.0) -> None:
-    """Sleep until the store's clock has passed ``deadline_ms``."""
-    for _ in range(int(within_s / 0.02)):
-        if await store_ms(pool) > deadline_ms:
-            return
-        await asyncio.sleep(0.02)
-    pytest.fail("the store's clock never reached the deadline")
 
 
 @pytest.mark.parametrize("strategy", list(Strategy), ids=lambda s: s.value)
@@ -83,7 +68,7 @@ async def test_lower_tier_serves_only_while_the_upper_is_disabled(
     assert set(await picks(b, 6)) == {"u1"}
 
 
-async def test_lower_tier_serves_only_while_the_upper_is_cooling(make_pool) -> None:
+async def test_lower_tier_serves_only_while_the_upper_is_cooling(make_pool, store_reaches) -> None:
     """Both upper sessions cooling after a 429 (reported by replica A): replica B gets the lower
     tier until the first cooldown ends, then the upper tier again."""
     a = await make_pool(tiered())
@@ -94,7 +79,7 @@ async def test_lower_tier_serves_only_while_the_upper_is_cooling(make_pool) -> N
         released = await a.release(lease, Outcome.RATE_LIMITED, retry_after_ms=retry_after)
         deadlines.append(released.cooldown_until_ms)
     assert set(await picks(b, 6)) <= LOWER
-    await wait_until(b, deadlines[0])
+    await store_reaches(deadlines[0])
     returned = (await b.acquire()).session_id
     assert returned in UPPER
     assert set(await picks(b, 6)) == {returned}

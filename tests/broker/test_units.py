@@ -3,7 +3,6 @@ pre-charges at acquire, settled at release), enforced in the scripts for the who
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 
@@ -17,20 +16,6 @@ TPM = 60_000
 MS_PER_UNIT = 1.02
 #: Just over a full budget: spending it leaves the session out of units for about 200 ms.
 OVERDRAW = 59_000
-
-
-async def store_ms(pool: Pool) -> int:
-    seconds, micros = await pool.redis.time()
-    return int(seconds) * 1000 + int(micros) // 1000
-
-
-async def wait_until(pool: Pool, deadline_ms: int, within_s: float = 5.0) -> None:
-    """Sleep until the store's clock has passed ``deadline_ms``."""
-    for _ in range(int(within_s / 0.02)):
-        if await store_ms(pool) > deadline_ms:
-            return
-        await asyncio.sleep(0.02)
-    pytest.fail("the store's clock never reached the deadline")
 
 
 async def field(pool: Pool, session_id: str, name: str) -> int:
@@ -49,7 +34,7 @@ async def spend(pool: Pool, units: int) -> str:
     return lease.session_id
 
 
-async def test_spent_budget_is_skipped_until_it_refills(make_pool) -> None:
+async def test_spent_budget_is_skipped_until_it_refills(make_pool, store_reaches) -> None:
     """A session that reported its whole unit budget is out of quota for every replica, the
     refusal says when it refills, and it is leased again once it has."""
     a = await make_pool([Session(id="a", secret="x", tpm=TPM)])
@@ -65,7 +50,7 @@ async def test_spent_budget_is_skipped_until_it_refills(make_pool) -> None:
     assert caught.value.retry_after_ms is not None
     assert 0 < caught.value.retry_after_ms <= 60_000
     refills_at = int(await schedule_ms(a, "a")) - 60_000 + 1
-    await wait_until(b, refills_at)
+    await store_reaches(refills_at)
     assert (await b.acquire()).session_id == "a"
 
 
@@ -107,7 +92,7 @@ async def test_replayed_acquire_precharges_once(make_pool) -> None:
     assert await field(pool, "a", "units") == 700
 
 
-async def test_precharge_is_refunded_down_to_the_units_used(make_pool) -> None:
+async def test_precharge_is_refunded_down_to_the_units_used(make_pool, store_now_ms) -> None:
     """A pre-charge larger than the usage reported is partly refunded at release."""
     pool = await make_pool([Session(id="a", secret="x", tpm=TPM)])
     lease = await pool.acquire(precharge=1000)
@@ -118,7 +103,7 @@ async def test_precharge_is_refunded_down_to_the_units_used(make_pool) -> None:
     assert await field(pool, "a", "units") == 300
     refund_ms = 700 * MS_PER_UNIT
     # The refund takes 714 ms off the schedule (kept to the microsecond), never before now.
-    assert charged - refund_ms - 0.001 <= settled <= max(charged - refund_ms, await store_ms(pool))
+    assert charged - refund_ms - 0.001 <= settled <= max(charged - refund_ms, await store_now_ms())
     assert settled < charged
 
 
