@@ -24,7 +24,7 @@ from yarl import URL
 
 from broker import Lease, LeaseError, NoSessionAvailable, Outcome, Pool, StoreError
 from proxy.body import BodyTooLarge, ReplayableBody
-from proxy.ratelimit_headers import exhausted_ms
+from proxy.ratelimit_headers import exhausted_ms, nonnegative_number
 from proxy.replica import REPLICA, Replica
 from proxy.responses import error_response
 from proxy.retry_after import retry_after_ms
@@ -165,7 +165,7 @@ class Forwarder:
         # Which pool granted each lease (the shared one, or the local fallback in an outage).
         self.pools: dict[str, Pool] = {}
         wait_s = self.settings.queue_timeout
-        asked = _seconds(request.headers.get("X-Request-Timeout"))
+        asked = nonnegative_number(request.headers.get("X-Request-Timeout"))
         if asked is not None:
             wait_s = min(wait_s, asked)
         self.wait_until = time.monotonic() + wait_s
@@ -455,15 +455,6 @@ async def _release(
             retry_after_ms=waits.retry_after_ms,
             exhausted_ms=waits.exhausted_ms,
         )
-
-
-def _seconds(value: str | None) -> float | None:
-    """A client's X-Request-Timeout in seconds, if it is a usable number."""
-    try:
-        seconds = float(value) if value is not None else None
-    except ValueError:
-        return None
-    return seconds if seconds is not None and 0 <= seconds < float("inf") else None
 
 
 def _ms_since(started: float) -> int:

@@ -57,7 +57,8 @@ def _remaining(value: str | None) -> int | None:
     return number if number >= 0 else None  # -1: unknown
 
 
-def _number(value: str | None) -> float | None:
+def nonnegative_number(value: str | None) -> float | None:
+    """``value`` as a finite number >= 0, or None when it is absent or not one."""
     try:
         number = float(value) if value is not None else None
     except ValueError:
@@ -94,7 +95,7 @@ def _anthropic(headers: Mapping[str, str], now_s: float) -> Iterator[Limit]:
 def _github(headers: Mapping[str, str], now_s: float) -> Iterator[Limit]:
     remaining = _remaining(headers.get("x-ratelimit-remaining"))
     if remaining is not None:
-        reset = _number(headers.get("x-ratelimit-reset"))
+        reset = nonnegative_number(headers.get("x-ratelimit-reset"))
         if reset is not None and reset >= _EPOCH_FLOOR:
             reset = max(0.0, reset - now_s)
         yield Limit(remaining, reset)
@@ -107,13 +108,13 @@ def _structured(value: str) -> Iterator[Limit]:
         )
         remaining = _remaining(params.get("r"))
         if remaining is not None:
-            yield Limit(remaining, _number(params.get("t")))
+            yield Limit(remaining, nonnegative_number(params.get("t")))
 
 
 def _ietf(headers: Mapping[str, str], now_s: float) -> Iterator[Limit]:
     remaining = _remaining(headers.get("ratelimit-remaining"))
     if remaining is not None:
-        yield Limit(remaining, _number(headers.get("ratelimit-reset")))
+        yield Limit(remaining, nonnegative_number(headers.get("ratelimit-reset")))
     if "ratelimit" in headers:
         yield from _structured(headers["ratelimit"])
 

@@ -12,7 +12,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -83,6 +83,12 @@ def _redis_executable() -> str:
             pytest.fail(f"{reason}; CI=true requires the real-Redis tests to run")
         pytest.skip(reason)
     return executable
+
+
+@pytest.fixture
+def free_port() -> Callable[[], int]:
+    """``free_port()``: a free TCP port on 127.0.0.1, for a process the test starts."""
+    return _free_port
 
 
 @pytest.fixture(scope="session")

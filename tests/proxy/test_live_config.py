@@ -7,10 +7,9 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import sys
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -161,16 +160,13 @@ async def test_an_invalid_file_is_ignored_until_fixed(
     await store.aclose()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.mark.slow
 async def test_sighup_reloads_a_running_process(
-    tmp_path: Path, shared_redis: str, upstream_url: str, http: aiohttp.ClientSession
+    tmp_path: Path,
+    shared_redis: str,
+    upstream_url: str,
+    http: aiohttp.ClientSession,
+    free_port: Callable[[], int],
 ) -> None:
     """``session-broker serve`` with polling off: SIGHUP makes it read the file and sync the new
     session; the secret appears in no log line."""

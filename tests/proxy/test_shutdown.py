@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -15,13 +15,6 @@ import redis.asyncio
 
 if TYPE_CHECKING:
     from tests.proxy.conftest import GatedStream, StartUpstream
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def wait_ready(http: aiohttp.ClientSession, url: str) -> None:
@@ -42,6 +35,7 @@ async def test_sigterm_lets_a_running_stream_finish(
     shared_redis: str,
     http: aiohttp.ClientSession,
     upstream: GatedStream,
+    free_port: Callable[[], int],
 ) -> None:
     """SIGTERM mid-stream: readiness false, new requests 503, the stream completes, the process
     exits 0 and no lease is left in the store."""

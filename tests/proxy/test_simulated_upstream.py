@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import random
-import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -128,18 +128,13 @@ def test_config_file_round_trips() -> None:
     assert built.ratelimit_headers
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-async def test_runs_as_its_own_process(tmp_path: Path, http: aiohttp.ClientSession) -> None:
+async def test_runs_as_its_own_process(
+    tmp_path: Path, http: aiohttp.ClientSession, free_port: Callable[[], int]
+) -> None:
     """``python -m proxy.simulated_upstream --config`` serves the file's limits and counts."""
     config = tmp_path / "sim.json"
     config.write_bytes(UpstreamConfig(credentials={"k": CredentialConfig(rpm=60)}).to_json())
-    port = _free_port()
+    port = free_port()
     argv = ["-m", "proxy.simulated_upstream", "--port", str(port), "--config", str(config)]
     process = await asyncio.create_subprocess_exec(
         sys.executable, *argv, stdout=asyncio.subprocess.DEVNULL
