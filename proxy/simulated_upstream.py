@@ -1,18 +1,29 @@
 """A simulated upstream API that enforces per-credential limits exactly, for the demo, the tests
 and the fleet benchmark (``bench/fleet.py``).
 
-Per credential: an rpm limit with a bucket of ``burst`` and a cap on concurrent requests, each
-answered 429 with ``Retry-After`` (delta-seconds or HTTP-date) when exceeded. With
-``ratelimit_headers`` each answer under an rpm limit carries OpenAI-style
-``x-ratelimit-remaining-requests`` / ``x-ratelimit-reset-requests``. A ``Latency`` distribution
-sets the service time of admitted requests; ``Faults`` inject failures per credential: 5xx at
-random or in periodic bursts, connection resets, a revoked credential (401), a slow one.
+Per credential: an rpm limit with a bucket of ``burst``, a cap on concurrent requests and a
+``tpm`` budget of units (tokens), each answered 429 with ``Retry-After`` (delta-seconds or
+HTTP-date) when exceeded. With ``ratelimit_headers`` each answer under an rpm limit carries
+OpenAI-style ``x-ratelimit-{limit,remaining,reset}-requests``, under a tpm
+``x-ratelimit-{limit,remaining,reset}-tokens``. A ``Latency`` distribution sets the service time
+of admitted requests; ``Faults`` inject failures per credential: 5xx at random or in periodic
+bursts, connection resets, a revoked credential (401), a slow one.
+
+The tpm budget is the broker's GCRA on units (``lua/common.lua``), without its slack: each unit
+takes 60/tpm s of the credential's unit schedule, and a request is admitted while the schedule is
+at most 60 s ahead of now. It is then charged its estimate at once (``proxy.estimate``: the body's
+bytes / 4 plus its ``max_tokens``, as OpenAI counts at admission), and when its answer is complete
+the charge is settled to the usage the answer reports (an answer that reports none keeps the
+estimate). A refund never takes the schedule before now: an unused budget is not banked.
 
 Routes: ``POST /v1/chat/completions`` (OpenAI-shaped JSON, or server-sent events with
-``"stream": true``), ``GET /sse`` (``?events=N&interval=seconds``), ``* /echo`` (what arrived:
-method, path, query, headers, body size), ``GET /_sim/stats`` and ``POST /_sim/reset``. Every
-attempt is counted per credential and status (a reset as ``"reset"``), so waste is measured where
-it happens, not guessed at the proxy.
+``"stream": true``, the last event before ``[DONE]`` carrying the usage), ``GET /sse``
+(``?events=N&interval=seconds``), ``* /echo`` (what arrived: method, path, query, headers, body
+size), ``GET /_sim/stats`` and ``POST /_sim/reset``. A chat completion reports ``usage``: the
+body's bytes / 4 as prompt tokens, its ``max_tokens`` (else ``DEFAULT_COMPLETION_UNITS``; or
+fewer, ``completion_units``) as completion tokens. Every attempt is counted per credential and
+status (a reset as ``"reset"``), every 429 by the limit that answered it, and the units consumed,
+so waste and budget use are measured where they happen, not guessed at the proxy.
 
 Runs as its own process too: ``python -m proxy.simulated_upstream --port 8000 --config sim.json``
 (the file is an ``UpstreamConfig`` in JSON; see its docstring).
@@ -41,21 +52,31 @@ import msgspec
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from proxy.estimate import estimate_units, prompt_units, requested_max_units
+
 #: The status an attempt is counted under when its connection was reset instead of answered.
 RESET = 0
 #: The status an attempt is counted under when its caller hung up before the answer (only seen
 #: when the server cancels handlers of lost connections, aiohttp's ``handler_cancellation``).
 CANCELLED = -1
 _STATUS_NAMES = {RESET: "reset", CANCELLED: "cancelled"}
+#: The limits a 429 is counted under, in ``snapshot()``'s ``"limited"``.
+LIMIT_REASONS = ("concurrency", "rpm", "tpm")
+#: How far ahead of now a credential's unit schedule may run: a tpm budget holds one minute.
+UNIT_WINDOW_S = 60.0
+#: The completion tokens a chat completion reports when its request set no ``max_tokens``.
+DEFAULT_COMPLETION_UNITS = 16
 
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Per-credential limits: ``rpm`` with a bucket of ``burst``, and concurrent requests."""
+    """Per-credential limits: ``rpm`` with a bucket of ``burst``, concurrent requests, and
+    ``tpm`` units (tokens) a minute."""
 
     rpm: float | None = None
     burst: int = 1
     max_concurrency: int | None = None
+    tpm: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,10 +148,27 @@ class Forced:
 @dataclass(slots=True)
 class CredentialStats:
     statuses: Counter[int] = field(default_factory=Counter)
+    limited: Counter[str] = field(default_factory=Counter)  # 429s by the limit that answered
     in_flight: int = 0
     max_in_flight: int = 0
-    tokens: float = 0.0
+    tokens: float = 0.0  # the rpm bucket's
     refilled_at: float = 0.0
+    unit_tat: float = 0.0  # the tpm schedule (monotonic s); 0: never charged
+    units: int = 0  # consumed: every admitted request's charge, as settled
+
+
+@dataclass(slots=True)
+class Charge:
+    """An admitted request's charge: its credential's counts and limits, the units estimated at
+    admission, and the units its answer reported (None until it has, or if it never does)."""
+
+    stats: CredentialStats
+    limits: Limits
+    estimate: int
+    reported: int | None = None
+
+
+_CHARGE = web.RequestKey("sim_charge", Charge)
 
 
 class SimulatedUpstream:
@@ -139,6 +177,9 @@ class SimulatedUpstream:
     ``latency_s`` is a fixed service time; ``latency`` a distribution (it wins when given).
     ``retry_after_ms`` adds the precise ``retry-after-ms`` to each 429, as some OpenAI-compatible
     servers do, beside the whole seconds of ``Retry-After``.
+    ``completion_units``: the completion tokens every chat completion reports, at most its
+    request's ``max_tokens`` (an answer that stops early: its charge is partly refunded); None
+    reports the request's ``max_tokens``, else ``DEFAULT_COMPLETION_UNITS``.
     ``seed`` makes the latencies and random faults repeatable.
     """
 
@@ -154,6 +195,7 @@ class SimulatedUpstream:
         credential_prefix: str = "Bearer ",
         ratelimit_headers: bool = False,
         retry_after_ms: bool = False,
+        completion_units: int | None = None,
         seed: int | None = None,
     ) -> None:
         self.limits = dict(limits or {})
@@ -164,6 +206,7 @@ class SimulatedUpstream:
         self.credential_prefix = credential_prefix
         self.ratelimit_headers = ratelimit_headers
         self.retry_after_ms = retry_after_ms
+        self.completion_units = completion_units
         self.forced: dict[str, Forced] = {}
         self.stats: dict[str, CredentialStats] = {}
         self.rng = random.Random(seed)
@@ -199,8 +242,9 @@ class SimulatedUpstream:
 
     def snapshot(self) -> dict[str, dict[str, object]]:
         """Counts per credential: ``statuses`` (status, ``"reset"`` or ``"cancelled"`` ->
-        attempts), peak
-        concurrency. What ``GET /_sim/stats`` answers."""
+        attempts), ``max_in_flight`` (peak concurrency), ``limited`` (each of ``LIMIT_REASONS`` ->
+        the 429s it answered) and ``units`` (the units consumed, as charged and settled). What
+        ``GET /_sim/stats`` answers."""
         return {
             credential: {
                 "statuses": {
@@ -208,12 +252,15 @@ class SimulatedUpstream:
                     for status, count in sorted(stats.statuses.items())
                 },
                 "max_in_flight": stats.max_in_flight,
+                "limited": {reason: stats.limited[reason] for reason in LIMIT_REASONS},
+                "units": stats.units,
             }
             for credential, stats in self.stats.items()
         }
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._gate])
+        app.on_response_prepare.append(self._add_quota_headers)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/sse", self._sse)
         app.router.add_route("*", "/echo", self._echo)
@@ -299,12 +346,20 @@ class SimulatedUpstream:
         if failed is not None:
             body = {"error": {"message": f"simulated {failed}", "type": "simulated_fault"}}
             return web.json_response(body, status=failed)
+        # Read before any limit is looked at: no await between a limit's check and its charge.
+        request_body = await request.read()  # aiohttp keeps it for the handler
         limits = self.limits.get(credential, Limits())
         if limits.max_concurrency is not None and stats.in_flight >= limits.max_concurrency:
-            return self._limited(1.0, "concurrency")
+            return self._limited(stats, 1.0, "concurrency")
+        units_wait_s = self._units_wait(stats, limits)
+        if units_wait_s > 0:
+            return self._limited(stats, units_wait_s, "tpm", self._quota_headers(stats, limits))
         wait_s = self._take_token(stats, limits)
         if wait_s > 0:
-            return self._limited(wait_s, "rpm", self._quota_headers(stats, limits))
+            return self._limited(stats, wait_s, "rpm", self._quota_headers(stats, limits))
+        charge = Charge(stats, limits, estimate_units(request_body))
+        self._charge_units(stats, limits, charge.estimate)
+        request[_CHARGE] = charge
         stats.in_flight += 1
         stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
         try:
@@ -314,24 +369,60 @@ class SimulatedUpstream:
             response = await handler(request)
         finally:
             stats.in_flight -= 1
-        if limits.rpm is not None and not response.prepared:
-            response.headers.update(self._quota_headers(stats, limits))
+        if charge.reported is not None:  # settle: the answer is complete, streams too
+            self._charge_units(stats, limits, charge.reported - charge.estimate)
         return response
 
+    def _units_wait(self, stats: CredentialStats, limits: Limits) -> float:
+        """0 if the tpm budget admits a request now, else the seconds until it does."""
+        if not limits.tpm:
+            return 0.0
+        return max(0.0, stats.unit_tat - UNIT_WINDOW_S - time.monotonic())
+
+    def _charge_units(self, stats: CredentialStats, limits: Limits, units: int) -> None:
+        """Count ``units`` (a refund when negative), and charge them to the tpm schedule as the
+        broker does: from now at the earliest, and never back before now."""
+        stats.units += units
+        if not limits.tpm or units == 0:
+            return
+        now = time.monotonic()
+        scheduled = max(stats.unit_tat, now) + units * UNIT_WINDOW_S / limits.tpm
+        stats.unit_tat = max(scheduled, now)
+
+    async def _add_quota_headers(self, request: web.Request, response: web.StreamResponse) -> None:
+        """An admitted request's answer says what is left of its quota, a stream's too (it is
+        sent when the stream starts, a JSON answer's once it is settled)."""
+        charge = request.get(_CHARGE)
+        if charge is not None:
+            response.headers.update(self._quota_headers(charge.stats, charge.limits))
+
     def _quota_headers(self, stats: CredentialStats, limits: Limits) -> dict[str, str]:
-        """OpenAI-style headers: requests left now, and the time until one more is allowed."""
-        if not self.ratelimit_headers or limits.rpm is None:
-            return {}
-        until_next = max(0.0, (1.0 - stats.tokens) / (limits.rpm / 60.0))
-        return {
-            "x-ratelimit-limit-requests": f"{limits.rpm:g}",
-            "x-ratelimit-remaining-requests": str(int(stats.tokens)),
-            "x-ratelimit-reset-requests": f"{until_next:.3f}s",
-        }
+        """OpenAI-style headers: requests and tokens left now, and the time until one more
+        request is allowed or the whole token budget is back."""
+        headers: dict[str, str] = {}
+        if not self.ratelimit_headers:
+            return headers
+        if limits.rpm is not None:
+            until_next = max(0.0, (1.0 - stats.tokens) / (limits.rpm / 60.0))
+            headers["x-ratelimit-limit-requests"] = f"{limits.rpm:g}"
+            headers["x-ratelimit-remaining-requests"] = str(int(stats.tokens))
+            headers["x-ratelimit-reset-requests"] = f"{until_next:.3f}s"
+        if limits.tpm:
+            ahead_s = max(0.0, stats.unit_tat - time.monotonic())
+            remaining = math.floor((UNIT_WINDOW_S - ahead_s) * limits.tpm / UNIT_WINDOW_S)
+            headers["x-ratelimit-limit-tokens"] = str(limits.tpm)
+            headers["x-ratelimit-remaining-tokens"] = str(max(0, remaining))
+            headers["x-ratelimit-reset-tokens"] = f"{ahead_s:.3f}s"
+        return headers
 
     def _limited(
-        self, wait_s: float, which: str, extra: Mapping[str, str] | None = None
+        self,
+        stats: CredentialStats,
+        wait_s: float,
+        which: str,
+        extra: Mapping[str, str] | None = None,
     ) -> web.Response:
+        stats.limited[which] += 1
         body = {"error": {"message": f"rate limit ({which}) exceeded", "type": "rate_limit"}}
         headers = {**(extra or {}), "Retry-After": self._retry_after(wait_s)}
         if self.retry_after_ms:
@@ -345,23 +436,16 @@ class SimulatedUpstream:
             return web.json_response({"error": {"message": "body is not JSON"}}, status=400)
         if not isinstance(payload, dict):
             return web.json_response({"error": {"message": "body is not an object"}}, status=400)
-        if payload.get("stream"):
-            return await self._events(request, count=5, interval_s=0.01)
-        answer = {
-            "id": "chatcmpl-sim",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": payload.get("model", "sim"),
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": "ok"},
-                    "finish_reason": "stop",
-                }
-            ],
-            "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
-        }
-        return web.json_response(answer)
+        usage = _usage(await request.read(), self.completion_units)
+        response = (
+            await self._events(request, count=5, interval_s=0.01, usage=usage)
+            if payload.get("stream")
+            else web.json_response(_completion(payload, usage))
+        )
+        charge = request.get(_CHARGE)
+        if charge is not None:
+            charge.reported = usage["total_tokens"]
+        return response
 
     async def _sse(self, request: web.Request) -> web.StreamResponse:
         count = int(request.query.get("events", "5"))
@@ -369,14 +453,24 @@ class SimulatedUpstream:
         return await self._events(request, count=count, interval_s=interval)
 
     async def _events(
-        self, request: web.Request, *, count: int, interval_s: float
+        self,
+        request: web.Request,
+        *,
+        count: int,
+        interval_s: float,
+        usage: Mapping[str, int] | None = None,
     ) -> web.StreamResponse:
+        """``count`` events, then ``usage`` in a last one as OpenAI sends it with
+        ``stream_options.include_usage`` (an empty ``choices``), then ``[DONE]``."""
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         for index in range(count):
             event = {"choices": [{"index": 0, "delta": {"content": f"chunk {index}"}}]}
             await response.write(f"data: {json.dumps(event)}\n\n".encode())
             await asyncio.sleep(interval_s)
+        if usage is not None:
+            last = {"choices": [], "usage": dict(usage)}
+            await response.write(f"data: {json.dumps(last)}\n\n".encode())
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
@@ -401,6 +495,41 @@ class SimulatedUpstream:
         return web.json_response({"reset": True})
 
 
+def _usage(body: bytes, completion_units: int | None) -> dict[str, int]:
+    """What a chat completion reports consumed: the body as prompt, ``completion_units`` (at
+    most the body's ``max_tokens``) as completion, or without it the ``max_tokens`` (else
+    ``DEFAULT_COMPLETION_UNITS``): then equal to the estimate when the body sets one."""
+    prompt = prompt_units(body)
+    requested = requested_max_units(body)
+    if completion_units is not None:
+        completion = completion_units if requested is None else min(completion_units, requested)
+    else:
+        completion = DEFAULT_COMPLETION_UNITS if requested is None else requested
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+def _completion(payload: Mapping[str, object], usage: Mapping[str, int]) -> dict[str, object]:
+    """An OpenAI-shaped chat completion answering ``payload``."""
+    return {
+        "id": "chatcmpl-sim",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": payload.get("model", "sim"),
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "ok"},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": dict(usage),
+    }
+
+
 def _reset_connection(request: web.Request) -> None:
     """Drop the client's connection with a TCP RST (SO_LINGER 0), as a crashing server would."""
     transport = request.transport
@@ -422,18 +551,19 @@ class CredentialConfig:
     rpm: float | None = None
     burst: int = 1
     max_concurrency: int | None = None
+    tpm: int | None = None
     faults: Faults = NO_FAULTS
 
     @property
     def limits(self) -> Limits:
-        return Limits(self.rpm, self.burst, self.max_concurrency)
+        return Limits(self.rpm, self.burst, self.max_concurrency, self.tpm)
 
 
 @dataclass(frozen=True, slots=True)
 class UpstreamConfig:
     """A simulated upstream in a file, for ``python -m proxy.simulated_upstream --config``::
 
-    {"credentials": {"sk-1": {"rpm": 120, "burst": 2},
+    {"credentials": {"sk-1": {"rpm": 120, "burst": 2, "tpm": 40000},
                      "sk-2": {"rpm": 60, "faults": {"burst_every_s": 10, "burst_for_s": 2}}},
      "latency": {"distribution": "lognormal", "seconds": 0.05, "spread": 0.5},
      "retry_after_form": "seconds", "ratelimit_headers": true, "seed": 1}
@@ -446,6 +576,7 @@ class UpstreamConfig:
     retry_after_ms: bool = False
     credential_header: str = "Authorization"
     credential_prefix: str = "Bearer "
+    completion_units: int | None = None
     seed: int | None = None
 
     @classmethod
@@ -465,6 +596,7 @@ class UpstreamConfig:
             credential_prefix=self.credential_prefix,
             ratelimit_headers=self.ratelimit_headers,
             retry_after_ms=self.retry_after_ms,
+            completion_units=self.completion_units,
             seed=self.seed,
         )
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 import random
 import subprocess
 import sys
@@ -22,6 +24,7 @@ from proxy.simulated_upstream import (
     SimulatedUpstream,
     UpstreamConfig,
 )
+from proxy.usage import UsageMeter
 
 if TYPE_CHECKING:
     from tests.proxy.conftest import StartUpstream
@@ -128,6 +131,16 @@ def test_config_file_round_trips() -> None:
     assert built.ratelimit_headers
 
 
+def test_config_file_takes_a_tpm() -> None:
+    """A credential's tpm (and the completion tokens reported) can be written in the file."""
+    text = '{"credentials": {"k": {"rpm": 60, "tpm": 40000}}, "completion_units": 8}'
+    built = UpstreamConfig.from_json(text).build()
+    assert built.limits == {"k": Limits(rpm=60, tpm=40000)}
+    assert built.completion_units == 8
+    config = UpstreamConfig(credentials={"k": CredentialConfig(tpm=1000)})
+    assert UpstreamConfig.from_json(config.to_json()) == config
+
+
 async def test_runs_as_its_own_process(
     tmp_path: Path, http: aiohttp.ClientSession, free_port: Callable[[], int]
 ) -> None:
@@ -185,3 +198,138 @@ async def test_retry_after_forms(
     async with http.post(url + CHAT, json={}, headers={"Authorization": "Bearer k"}) as response:
         value = response.headers["Retry-After"]
     assert value.isdigit() if form == "seconds" else value.endswith("GMT")
+
+
+# -- tpm: units (tokens) a minute ----------------------------------------------------------------
+
+
+def chat_body(prompt_units: int, max_tokens: int | None = None, *, stream: bool = False) -> bytes:
+    """A chat completion request of exactly ``prompt_units`` x 4 bytes."""
+    fields = {"max_tokens": max_tokens} if max_tokens is not None else {}
+    head = json.dumps({**fields, "stream": stream, "pad": ""}).encode()[:-2]
+    return head + b"x" * (4 * prompt_units - len(head) - 2) + b'"}'
+
+
+async def chat(
+    http: aiohttp.ClientSession, url: str, body: bytes, credential: str = "k"
+) -> aiohttp.ClientResponse:
+    """POST ``body`` to the chat route and read the answer (kept on the returned response)."""
+    headers = {"Authorization": f"Bearer {credential}", "Content-Type": "application/json"}
+    async with http.post(url + CHAT, data=body, headers=headers) as response:
+        await response.read()
+        return response
+
+
+def test_chat_body_has_the_size_asked() -> None:
+    """The helper's bodies are the size the tests count on, and still JSON."""
+    body = chat_body(50, 200)
+    assert len(body) == 200
+    assert json.loads(body)["max_tokens"] == 200
+
+
+async def test_tpm_admits_a_minute_of_units_then_429s(
+    serve_app: StartUpstream, http: aiohttp.ClientSession
+) -> None:
+    """Requests are admitted while the unit schedule is at most a minute ahead, each charged its
+    estimate at once; then 429 for tokens, with Retry-After until the schedule is back within
+    the minute and the OpenAI token headers; counted apart from other 429s."""
+    sim = SimulatedUpstream(
+        limits={"k": Limits(tpm=600)}, ratelimit_headers=True, retry_after_ms=True
+    )
+    url = await serve_app(sim.app())
+    body = chat_body(50, 200)  # 250 units: 25 s of a 600 tpm schedule
+    began = time.monotonic()
+    first = await chat(http, url, body)
+    assert first.status == 200
+    assert first.headers["x-ratelimit-limit-tokens"] == "600"
+    assert 350 <= int(first.headers["x-ratelimit-remaining-tokens"]) <= 400  # 35 s of 60 left
+    assert 20 < float(first.headers["x-ratelimit-reset-tokens"].removesuffix("s")) <= 25
+    # 25 s and 50 s ahead are within the minute: admitted; 75 s ahead is not.
+    assert [(await chat(http, url, body)).status for _ in range(2)] == [200, 200]
+    limited = await chat(http, url, body)
+    took_s = time.monotonic() - began
+    assert limited.status == 429
+    assert "rate limit (tpm) exceeded" in (await limited.json())["error"]["message"]
+    # 75 s ahead, 15 s over the minute, less the little time these requests took.
+    assert math.floor(15 - took_s) <= int(limited.headers["Retry-After"]) <= 15
+    assert 15_000 - 1000 * took_s <= int(limited.headers["retry-after-ms"]) <= 15_000
+    assert limited.headers["x-ratelimit-remaining-tokens"] == "0"
+    stats = sim.snapshot()["k"]
+    assert stats["statuses"] == {"200": 3, "429": 1}
+    assert stats["limited"] == {"concurrency": 0, "rpm": 0, "tpm": 1}
+    assert stats["units"] == 3 * 250
+
+
+async def test_chat_reports_prompt_plus_max_tokens(
+    serve_app: StartUpstream, http: aiohttp.ClientSession
+) -> None:
+    """A chat completion reports the body's bytes / 4 as prompt tokens and its max_tokens (else
+    16) as completion tokens, under no limit too; the stats add them up."""
+    sim = SimulatedUpstream()
+    url = await serve_app(sim.app())
+    answer = await (await chat(http, url, chat_body(50, 200))).json()
+    assert answer["usage"] == {"prompt_tokens": 50, "completion_tokens": 200, "total_tokens": 250}
+    answer = await (await chat(http, url, chat_body(30))).json()
+    assert answer["usage"] == {"prompt_tokens": 30, "completion_tokens": 16, "total_tokens": 46}
+    assert sim.snapshot()["k"]["units"] == 250 + 46
+
+
+async def test_stream_reports_usage_last(
+    serve_app: StartUpstream, http: aiohttp.ClientSession
+) -> None:
+    """A streamed chat completion carries its usage in the last event before [DONE], where the
+    proxy's usage meter finds it, and the token headers as it starts."""
+    sim = SimulatedUpstream(limits={"k": Limits(tpm=6000)}, ratelimit_headers=True)
+    url = await serve_app(sim.app())
+    headers = {"Authorization": "Bearer k"}
+    async with http.post(
+        url + CHAT, data=chat_body(20, 100, stream=True), headers=headers
+    ) as response:
+        raw = await response.read()
+        meter = UsageMeter(response.headers)
+        assert int(response.headers["x-ratelimit-remaining-tokens"]) >= 6000 - 120
+    meter.feed(raw)
+    assert meter.units() == 120
+    events = [line[6:] for line in raw.decode().splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    assert json.loads(events[-2])["usage"] == {
+        "prompt_tokens": 20,
+        "completion_tokens": 100,
+        "total_tokens": 120,
+    }
+    assert sim.snapshot()["k"]["units"] == 120
+
+
+async def test_settlement_charges_the_usage_reported(
+    serve_app: StartUpstream, http: aiohttp.ClientSession
+) -> None:
+    """Once the answer is complete its charge is settled to the usage it reports: a short
+    answer gets part of its estimate back, one without max_tokens pays for its completion."""
+    sim = SimulatedUpstream(
+        limits={"k": Limits(tpm=600)}, ratelimit_headers=True, completion_units=10
+    )
+    url = await serve_app(sim.app())
+    # Estimated 250 units (25 s of the schedule), settled to 50 + 10: 6 s.
+    answer = await chat(http, url, chat_body(50, 200))
+    assert (await answer.json())["usage"]["total_tokens"] == 60
+    assert 540 <= int(answer.headers["x-ratelimit-remaining-tokens"]) <= 590
+    # Estimated 30 units (no max_tokens), settled to 30 + 10: 4 s more.
+    answer = await chat(http, url, chat_body(30))
+    assert 500 <= int(answer.headers["x-ratelimit-remaining-tokens"]) <= 560
+    assert sim.snapshot()["k"]["units"] == 60 + 40
+
+
+async def test_refund_does_not_bank_budget(
+    serve_app: StartUpstream, http: aiohttp.ClientSession
+) -> None:
+    """A refund settled after the charge's time has passed leaves the schedule at now, not
+    before it: an unused budget does not accumulate beyond one minute's worth."""
+    sim = SimulatedUpstream(limits={"k": Limits(tpm=60_000)}, latency_s=0.3, completion_units=10)
+    url = await serve_app(sim.app())
+    before = time.monotonic()
+    # Estimated 250 units (250 ms of the schedule), answered after 300 ms, settled to 60.
+    assert (await chat(http, url, chat_body(50, 200))).status == 200
+    after = time.monotonic()
+    assert (
+        before + 0.29 <= sim.stats["k"].unit_tat <= after
+    )  # 0.29: a sleep may end early by a tick
