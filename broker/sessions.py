@@ -96,18 +96,22 @@ def parse_secrets(value: str) -> list[Session]:
     return _check_unique([Session(id=session_id_for(s), secret=s) for s in secrets], "SESSIONS")
 
 
-def parse_file(path: Path) -> list[Session]:
-    """Sessions from a JSON or TOML file (TOML when the name ends in ``.toml``)."""
+def read_file(path: Path) -> Any:
+    """The parsed content of a sessions file: JSON, or TOML when the name ends in ``.toml``."""
     origin = f"SESSIONS_FILE {path}"
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{origin}: cannot read it ({exc.strerror})") from exc
     try:
-        raw = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+        return tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
     except (ValueError, tomllib.TOMLDecodeError) as exc:
         kind = "TOML" if path.suffix == ".toml" else "JSON"
         raise ConfigError(f"{origin}: not valid {kind}: {exc}") from exc
+
+
+def sessions_from(raw: Any, origin: str) -> list[Session]:
+    """Sessions from a file's ``{"sessions": [...]}`` document (or a pool's entry)."""
     if isinstance(raw, dict) and isinstance(raw.get("sessions"), list):
         raw = {**raw, "sessions": [_normalise(entry) for entry in raw["sessions"]]}
     try:
@@ -115,6 +119,11 @@ def parse_file(path: Path) -> list[Session]:
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{origin}: {exc}") from exc
     return _check_unique(parsed.sessions, origin)
+
+
+def parse_file(path: Path) -> list[Session]:
+    """Sessions from a JSON or TOML file (TOML when the name ends in ``.toml``)."""
+    return sessions_from(read_file(path), f"SESSIONS_FILE {path}")
 
 
 def load_sessions(*, secrets: str | None, path: Path | None) -> list[Session]:

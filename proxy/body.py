@@ -35,6 +35,11 @@ class ReplayableBody:
         async for _ in self.stream():
             pass
 
+    async def read_bytes(self) -> bytes:
+        """The whole body (read now if need be); raises BodyTooLarge past the limit."""
+        await self.read_all()
+        return b"".join(self._chunks)
+
     async def stream(self) -> AsyncIterator[bytes]:
         index = 0
         while True:

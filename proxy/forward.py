@@ -1,6 +1,8 @@
 """Forwarding: one client request, up to RETRY_COUNT upstream attempts, each on its own lease.
 
-acquire (never a session this request already tried)
+route to a pool (proxy.pools) -> for each attempt:
+acquire from the pool, else from its fallbacks in turn, else wait on the pool (never a session this
+request already tried)
   -> send with the session's secret -> classify the answer -> release with the outcome
 retry on 429 (at once, on another session), 401/403, 5xx and network errors (after backoff),
 only while nothing has been sent to the client; the last attempt's answer goes back as it is.
@@ -24,6 +26,8 @@ from yarl import URL
 
 from broker import Lease, LeaseError, NoSessionAvailable, Outcome, Pool, StoreError
 from proxy.body import BodyTooLarge, ReplayableBody
+from proxy.estimate import estimate_units
+from proxy.pools import NoRoute, PoolPlan, Routed, requested_model
 from proxy.ratelimit_headers import exhausted_ms, nonnegative_number
 from proxy.replica import REPLICA, Replica
 from proxy.responses import error_response
@@ -135,6 +139,15 @@ NO_WAITS = Waits(None, None)
 
 
 @dataclass(frozen=True, slots=True)
+class Leased:
+    """A lease with the pool object that granted it and the pool's plan (upstream, header)."""
+
+    lease: Lease
+    pool: Pool
+    plan: PoolPlan
+
+
+@dataclass(frozen=True, slots=True)
 class Failure:
     """A retryable attempt that failed; replayed to the client if no other attempt can follow."""
 
@@ -150,20 +163,20 @@ class Forwarder:
         self.settings = replica.settings
         self.request = request
         self.request_id = request_id
-        self.tried: set[str] = set()
+        self.table = replica.table  # one request keeps the pools it started with
+        #: Session ids this request tried, per pool.
+        self.tried: dict[str, set[str]] = {}
         limit = self.settings.max_body_bytes
         self.body = ReplayableBody(request.content, limit) if request.body_exists else None
-        # Only the configured upstream: the client's path and query, never its Host or an
-        # absolute URI; encoded=True keeps the path byte for byte.
-        self.url = URL(replica.upstream_url + request.rel_url.raw_path_qs, encoded=True)
-        header = self.settings.header
-        self.header_name = header.name
-        self.outgoing = _drop(request.headers.items(), CLIENT_CREDENTIALS | {header.name.lower()})
-        self.outgoing["X-Request-ID"] = request_id
         self.families = replica.header_families
         self.usage_header = self.settings.usage_header
-        # Which pool granted each lease (the shared one, or the local fallback in an outage).
-        self.pools: dict[str, Pool] = {}
+        # Set once the request is routed (run).
+        self.routed: Routed | None = None
+        self.chain: list[PoolPlan] = []
+        self.outgoing: CIMultiDict[str] = CIMultiDict()
+        self.estimate = 0
+        # Which pool granted each lease (a shared one, or the local fallback in an outage).
+        self.leases: dict[str, Leased] = {}
         wait_s = self.settings.queue_timeout
         asked = nonnegative_number(request.headers.get("X-Request-Timeout"))
         if asked is not None:
@@ -178,17 +191,27 @@ class Forwarder:
     async def run(self) -> web.StreamResponse:
         if (self.request.content_length or 0) > self.settings.max_body_bytes:
             return self._too_large()
-        if self.body is not None and self.request.content_length is None:
-            try:
+        try:
+            if self.body is not None and self.request.content_length is None:
                 await self.body.read_all()
+            routed = await self._route()
+        except BodyTooLarge:
+            return self._too_large()
+        except NoRoute as exc:
+            return error_response(404, exc.code, exc.message)
+        self._routed(routed)
+        if self.settings.unit_precharge == "estimate" and any(p.metered for p in self.chain):
+            try:
+                self.estimate = estimate_units(await self.body.read_bytes()) if self.body else 0
             except BodyTooLarge:
                 return self._too_large()
         last: Failure | None = None
-        for attempt in range(self.replica.max_attempts):
+        attempts = routed.plan.max_attempts
+        for attempt in range(attempts):
             if last is not None and last.backoff:
                 await self._backoff(attempt)
             try:
-                lease, secret = await self._lease()
+                leased, secret = await self._lease()
             except NoSessionAvailable as exc:
                 if last is not None and exc.reason == "tried":
                     return last.response
@@ -197,35 +220,92 @@ class Forwarder:
                 return error_response(
                     503, "store_unavailable", "the session store is unreachable; retry later"
                 )
-            final = attempt == self.replica.max_attempts - 1
-            result = await self._attempt(lease, secret, final=final)
+            final = attempt == attempts - 1
+            result = await self._attempt(leased, secret, final=final)
             if isinstance(result, web.StreamResponse):
                 return result
             last = result
         assert last is not None  # max_attempts >= 1
         return last.response
 
-    async def _lease(self) -> tuple[Lease, str]:
+    async def _route(self) -> Routed:
+        """The pool this request goes to: named by the pool header, by a path prefix, by the
+        JSON body's model, else the default one. Raises NoRoute."""
+        table = self.table
+        named = self.request.headers.get(table.header) if table.header else None
+        path_qs = self.request.rel_url.raw_path_qs
+        routed = table.route(named=named, path_qs=path_qs)
+        if routed is not None:
+            return routed
+        model = None
+        if table.routes_by_model and self.body is not None:
+            model = requested_model(await self.body.read_bytes())
+        return table.route_model(model, path_qs=path_qs)
+
+    def _routed(self, routed: Routed) -> None:
+        self.routed = routed
+        self.chain = self.table.chain(routed.plan.name)
+        # Credentials are for this proxy or nobody, and the pool header is for this proxy.
+        dropped = CLIENT_CREDENTIALS | {plan.header.name.lower() for plan in self.chain}
+        if self.table.header is not None:
+            dropped |= {self.table.header.lower()}
+        self.outgoing = _drop(self.request.headers.items(), dropped)
+        self.outgoing["X-Request-ID"] = self.request_id
+
+    async def _lease(self) -> tuple[Leased, str]:
         """A lease on a session this replica holds the secret of; raises NoSessionAvailable."""
         while True:
-            wait_s = max(0.0, self.wait_until - time.monotonic())
-            lease, pool = await self.replica.leasing.lease(exclude=self.tried, timeout_s=wait_s)
-            self.pools[lease.lease_id] = pool
+            leased = await self._lease_in_chain()
+            lease = leased.lease
+            self.leases[lease.lease_id] = leased
             self.replica.metrics.lease_taken()
+            tried = self.tried.setdefault(leased.plan.name, set())
             log.debug(
                 "session selected",
+                pool=leased.plan.name,
                 session=lease.session_id,
                 probe=lease.probe,
-                skipped_as_tried=sorted(self.tried),
+                skipped_as_tried=sorted(tried),
             )
-            self.tried.add(lease.session_id)
-            secret = self.replica.secrets.get(lease.session_id)
+            tried.add(lease.session_id)
+            secret = leased.plan.secrets.get(lease.session_id)
             if secret is not None:
-                return lease, secret
+                return leased, secret
             # The store lists a session this replica's configuration does not have (replicas
             # disagree for a moment during a rollout): hand it back untouched, lease another.
             log.info("session unknown to this replica; skipped", session=lease.session_id)
             self._release(lease, Outcome.UNUSED, -1)
+
+    async def _lease_in_chain(self) -> Leased:
+        """From the routed pool; when it has nothing, from each fallback in turn; when none
+        has, wait on the routed pool (up to the queue timeout)."""
+        wait_s = max(0.0, self.wait_until - time.monotonic())
+        primary = self.chain[0]
+        if len(self.chain) == 1:
+            return await self._lease_from(primary, wait_s)
+        refused: NoSessionAvailable | None = None
+        for plan in self.chain:
+            try:
+                leased = await self._lease_from(plan, 0.0)
+            except NoSessionAvailable as exc:
+                refused = refused or exc
+                continue
+            if plan is not primary:
+                log.debug("served by a fallback pool", pool=plan.name, routed=primary.name)
+            return leased
+        assert refused is not None
+        if wait_s <= 0 or refused.reason in ("tried", "disabled"):
+            raise refused
+        return await self._lease_from(primary, wait_s)
+
+    async def _lease_from(self, plan: PoolPlan, wait_s: float) -> Leased:
+        lease, pool = await self.replica.leasing.lease(
+            plan.name,
+            exclude=self.tried.get(plan.name, ()),
+            timeout_s=wait_s,
+            precharge=self.estimate if plan.metered else 0,
+        )
+        return Leased(lease, pool, plan)
 
     async def _backoff(self, attempt: int) -> None:
         if not self.settings.exponential_backoff_enabled:
@@ -251,16 +331,21 @@ class Forwarder:
         return error_response(status, code, message, retry_after_ms=retry_after)
 
     async def _attempt(
-        self, lease: Lease, secret: str, *, final: bool
+        self, leased: Leased, secret: str, *, final: bool
     ) -> web.StreamResponse | Failure:
+        lease, plan = leased.lease, leased.plan
         headers = self.outgoing.copy()
-        headers[self.header_name] = self.settings.header.value(secret)
+        headers[plan.header.name] = plan.header.value(secret)
+        assert self.routed is not None
+        # Only the pool's upstream: the client's path and query, never its Host or an absolute
+        # URI; encoded=True keeps the path byte for byte.
+        url = URL(plan.upstream_url + self.routed.path_qs, encoded=True)
         self.attempts += 1
         started = time.monotonic()
         try:
             upstream = await self.replica.client.request(
                 self.request.method,
-                self.url,
+                url,
                 headers=headers,
                 data=self.body.stream() if self.body is not None else None,
                 allow_redirects=False,
@@ -296,7 +381,7 @@ class Forwarder:
         )
         if outcome is not Outcome.SUCCESS and not final:
             return await self._fail(lease, upstream, outcome, waits, started)
-        return await self._stream(lease, upstream, outcome, waits, started)
+        return await self._stream(leased, upstream, outcome, waits, started)
 
     def _client_gone(self) -> bool:
         transport = self.request.transport
@@ -318,7 +403,12 @@ class Forwarder:
         finally:
             upstream.close()
             self._release(
-                lease, outcome, _ms_since(started), waits=waits, detail=str(upstream.status)
+                lease,
+                outcome,
+                _ms_since(started),
+                waits=waits,
+                detail=str(upstream.status),
+                units=_refused_units(outcome),
             )
         log.info(
             "attempt failed",
@@ -334,7 +424,7 @@ class Forwarder:
 
     async def _stream(
         self,
-        lease: Lease,
+        leased: Leased,
         upstream: aiohttp.ClientResponse,
         outcome: Outcome,
         waits: Waits,
@@ -343,11 +433,12 @@ class Forwarder:
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         response.headers.extend(_drop(upstream.headers.items(), UPSTREAM_ONLY))
         response.headers["X-Request-ID"] = self.request_id
+        lease = leased.lease
         renewer = asyncio.create_task(self._renew(lease))
         detail = str(upstream.status)
         broken = False
         # Only a session with a unit budget needs its usage read from the answer.
-        metered = lease.session_id in self.replica.metered_sessions
+        metered = lease.session_id in leased.plan.metered
         usage = UsageMeter(upstream.headers, self.usage_header) if metered else None
         try:
             self.headers_out()
@@ -372,7 +463,7 @@ class Forwarder:
                 _ms_since(started),
                 waits=waits,
                 detail=detail,
-                units=usage.units() if usage is not None else None,
+                units=usage.units() if usage is not None else _refused_units(outcome),
             )
         if broken:
             # The client must not take a cut-off body for a whole one: drop the connection.
@@ -391,7 +482,7 @@ class Forwarder:
         while True:
             await asyncio.sleep(period)
             try:
-                lease = await self.pools[lease.lease_id].renew(lease)
+                lease = await self.leases[lease.lease_id].pool.renew(lease)
             except LeaseError:
                 log.warning("lease lost during a long response", session=lease.session_id)
                 return
@@ -411,7 +502,7 @@ class Forwarder:
         """Release in the background: it must land even when this request is being cancelled."""
         exhausted = waits.exhausted_ms is not None
         self.replica.metrics.lease_released(lease.session_id, outcome, exhausted=exhausted)
-        pool = self.pools[lease.lease_id]
+        pool = self.leases[lease.lease_id].pool
         self.replica.spawn(
             _release(self.replica, pool, lease, outcome, latency_ms, waits, detail, units)
         )
@@ -455,6 +546,12 @@ async def _release(
             retry_after_ms=waits.retry_after_ms,
             exhausted_ms=waits.exhausted_ms,
         )
+
+
+def _refused_units(outcome: Outcome) -> int | None:
+    """Units to report for an answer without usage: none when the upstream refused the request
+    for its rate limit (a pre-charge is refunded), else None (a pre-charge stands)."""
+    return 0 if outcome is Outcome.RATE_LIMITED else None
 
 
 def _ms_since(started: float) -> int:

@@ -9,15 +9,16 @@ probe (with backoff) finds it answering again and has re-synced the sessions -- 
 * ``open``: the replica serves from a local pool of its own sessions, the same scripts on the
   embedded store; limits then hold per replica only. Back online it re-joins the shared state.
 
-Leases remember the pool that granted them; their release and renewal go back there.
+Several pools (see proxy.pools) share the one store client, and in an outage the one embedded
+store. Leases remember the pool that granted them; their release and renewal go back there.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from contextlib import suppress
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import structlog
 from redis.exceptions import RedisError
@@ -26,6 +27,7 @@ from broker import BrokerSettings, Lease, Pool, Session, StoreError, WaitQueue, 
 from broker.events import Transition
 from broker.queue import QueueObserver
 from broker.store import Store
+from proxy.pools import PoolPlan
 from proxy.watch import ObservedPool
 
 log = structlog.get_logger(__name__)
@@ -36,13 +38,22 @@ PROBE_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 PROBE_TIMEOUT_S = 1.0
 
 
+@dataclass(slots=True)
+class Served:
+    """One pool on one store: the pool, its wait queue, and the sessions this replica claims."""
+
+    pool: Pool
+    queue: WaitQueue
+    sessions: list[Session]
+
+
 class Leasing:
-    """The shared pool and its queue, and the local fallback of REDIS_FAILURE_MODE=open."""
+    """The shared pools and their queues, and the local fallback of REDIS_FAILURE_MODE=open."""
 
     def __init__(
         self,
         settings: BrokerSettings,
-        sessions: list[Session],
+        plans: Iterable[PoolPlan],
         *,
         queue_max: int,
         failure_mode: str,
@@ -50,77 +61,147 @@ class Leasing:
         metrics: QueueObserver | None = None,
     ) -> None:
         self.settings = settings
-        self.sessions = sessions
         self.failure_mode = failure_mode
         self.store: Store = open_store(settings)
-        self.pool: Pool = (
-            Pool(self.store, settings)
-            if observe is None
-            else ObservedPool(self.store, settings, listener=observe)
-        )
+        self._observe = observe
         self._metrics = metrics
-        self.queue = WaitQueue(self.pool, max_waiting=queue_max, observer=metrics)
-        self.store_up = True
-        self._local: tuple[Store, Pool, WaitQueue] | None = None
         self._queue_max = queue_max
+        self.served: dict[str, Served] = {}
+        self.store_up = True
+        self._local_store: Store | None = None
+        self._local: dict[str, Served] = {}
         self._probe: asyncio.Task[None] | None = None
         self._back = asyncio.Event()
         self._waiting = False
+        self._started = False
+        self.configure(plans)
+
+    def _settings_of(self, plan: PoolPlan) -> BrokerSettings:
+        return replace(self.settings, pool=plan.name, strategy=plan.strategy)
+
+    def _served(self, store: Store, plan: PoolPlan, *, observed: bool) -> Served:
+        settings = self._settings_of(plan)
+        pool = (
+            ObservedPool(store, settings, listener=self._observe)
+            if observed and self._observe is not None
+            else Pool(store, settings)
+        )
+        queue = WaitQueue(pool, max_waiting=self._queue_max, observer=self._metrics)
+        if self._started and self._waiting:
+            queue.start()
+        return Served(pool, queue, plan.sessions)
+
+    def configure(self, plans: Iterable[PoolPlan]) -> list[Served]:
+        """Serve these pools from now on; returns the ones no longer served, for ``retire``.
+        A pool kept keeps its queue; its sessions and strategy take effect at its next sync."""
+        wanted = {plan.name: plan for plan in plans}
+        for name, plan in wanted.items():
+            served = self.served.get(name)
+            if served is None:
+                self.served[name] = self._served(self.store, plan, observed=True)
+            else:
+                served.sessions = plan.sessions
+                served.pool.settings = self._settings_of(plan)
+            local = self._local.get(name)
+            if local is not None:
+                local.sessions = plan.sessions
+        gone = [self.served.pop(name) for name in list(self.served) if name not in wanted]
+        for name in [name for name in self._local if name not in wanted]:
+            gone.append(self._local.pop(name))
+        return gone
+
+    async def retire(self, gone: Iterable[Served]) -> None:
+        """Stop serving pools dropped by ``configure``: their claims go, their queues close."""
+        for served in gone:
+            with suppress(StoreError):
+                await served.pool.leave()
+            await served.queue.close()
 
     def start(self, *, waiting: bool) -> None:
         """``waiting``: requests may wait (QUEUE_TIMEOUT > 0), so listen for wake-ups; without
         it no pub/sub connection is opened."""
         self._waiting = waiting
+        self._started = True
         if waiting:
-            self.queue.start()
+            for served in self.served.values():
+                served.queue.start()
+
+    def pool(self, name: str) -> Pool:
+        return self.served[name].pool
 
     async def sync(self) -> None:
-        """Write the sessions into the store; when it is unreachable, wait until the probe has
-        found it again and synced them."""
+        """Write every pool's sessions into the store; when it is unreachable, wait until the
+        probe has found it again and synced them."""
         try:
-            await self.pool.sync(self.sessions)
+            await self.sync_all()
         except StoreError as exc:
             self.mark_down(exc)
             await self._back.wait()
+
+    async def sync_all(self) -> int:
+        """Sync every pool's sessions; the number of sessions in all pools."""
+        sizes = [await served.pool.sync(served.sessions) for served in self.served.values()]
+        return sum(sizes)
+
+    async def keep_claims(self) -> None:
+        for served in list(self.served.values()):
+            await served.pool.keep_claim()
+
+    async def leave(self) -> None:
+        """Drop this replica's claims on every pool."""
+        for served in list(self.served.values()):
+            await served.pool.leave()
 
     async def close(self) -> None:
         if self._probe is not None:
             self._probe.cancel()
             with suppress(asyncio.CancelledError):
                 await self._probe
-        await self.queue.close()
+        for served in [*self.served.values(), *self._local.values()]:
+            await served.queue.close()
         await self.store.aclose()
-        if self._local is not None:
-            store, _, queue = self._local
-            await queue.close()
-            await store.aclose()
+        if self._local_store is not None:
+            await self._local_store.aclose()
 
-    async def lease(self, *, exclude: Collection[str], timeout_s: float) -> tuple[Lease, Pool]:
-        """A lease and the pool it came from; raises NoSessionAvailable, or StoreError when the
-        store is unreachable and the failure mode is closed."""
+    async def lease(
+        self, name: str, *, exclude: Collection[str], timeout_s: float, precharge: int = 0
+    ) -> tuple[Lease, Pool]:
+        """A lease from pool ``name`` and the pool object it came from; raises
+        NoSessionAvailable, or StoreError when the store is unreachable and the failure mode is
+        closed."""
         if self.store_up:
+            served = self.served[name]
             try:
-                return await self.queue.acquire(exclude=exclude, timeout_s=timeout_s), self.pool
+                lease = await served.queue.acquire(
+                    exclude=exclude, timeout_s=timeout_s, precharge=precharge
+                )
             except StoreError as exc:
                 self.mark_down(exc)
+            else:
+                return lease, served.pool
         if self.failure_mode != "open":
             raise StoreError("the session store is unreachable")
-        _, pool, queue = await self._local_pool()
-        return await queue.acquire(exclude=exclude, timeout_s=timeout_s), pool
+        local = await self._local_pool(name)
+        lease = await local.queue.acquire(exclude=exclude, timeout_s=timeout_s, precharge=precharge)
+        return lease, local.pool
 
-    async def _local_pool(self) -> tuple[Store, Pool, WaitQueue]:
-        if self._local is None:
-            embedded = replace(
-                self.settings, redis_url=None, redis_sentinels=(), redis_cluster=False
-            )
-            store = open_store(embedded)
-            pool = Pool(store, self.settings)
-            await pool.sync(self.sessions)
+    async def _local_pool(self, name: str) -> Served:
+        local = self._local.get(name)
+        if local is None:
+            if self._local_store is None:
+                embedded = replace(
+                    self.settings, redis_url=None, redis_sentinels=(), redis_cluster=False
+                )
+                self._local_store = open_store(embedded)
+            shared = self.served[name]
+            plan_settings = shared.pool.settings
+            pool = Pool(self._local_store, plan_settings)
+            await pool.sync(shared.sessions)
             queue = WaitQueue(pool, max_waiting=self._queue_max, observer=self._metrics)
             if self._waiting:
                 queue.start()
-            self._local = (store, pool, queue)
-        return self._local
+            local = self._local[name] = Served(pool, queue, shared.sessions)
+        return local
 
     def mark_down(self, exc: BaseException) -> None:
         """The store failed: say so once, and probe until it answers again."""
@@ -139,11 +220,12 @@ class Leasing:
             attempt += 1
             try:
                 await asyncio.wait_for(self.store.ping(), PROBE_TIMEOUT_S)
-                await self.pool.sync(self.sessions)  # a restarted store may have lost it all
+                await self.sync_all()  # a restarted store may have lost it all
             except (StoreError, RedisError, OSError, TimeoutError):
                 continue
             self.store_up = True
             self._back.set()
-            self.queue.wake()
+            for served in self.served.values():
+                served.queue.wake()
             log.info("session store reachable again", after_probes=attempt)
             return

@@ -2,11 +2,14 @@
 anywhere but the upstream), its pooled upstream client, and its lifecycle (synced, draining,
 requests in flight).
 
+A replica serves one pool or several (see proxy.pools), all on one store client.
+
 Live configuration: every SESSIONS_RELOAD_INTERVAL seconds, and on SIGHUP, the replica re-reads
 SESSIONS_FILE. It compares content, not modification times: Kubernetes updates a mounted Secret by
 swapping a symlink, which leaves the file's own mtime meaningless. A changed, valid file replaces
-the sessions at once (requests in flight keep the secret they started with) and is synced to the
-store as this replica's claim (see ``broker.Pool.sync``); an unreadable or invalid one is logged
+the pools and sessions at once (requests in flight keep the secret they started with) and is
+synced to the store as this replica's claim (see ``broker.Pool.sync``); a pool the file no longer
+declares loses this replica's claim and stops being served; an unreadable or invalid one is logged
 and ignored, so a half-written edit never takes a replica down.
 """
 
@@ -27,16 +30,15 @@ from redis.exceptions import RedisError
 from broker import ConfigError, Pool, Session, StoreError
 from broker.admin import Census, PoolAdmin
 from broker.constants import OPS_SET_LIMIT
-from proxy.leasing import Leasing
+from proxy.leasing import Leasing, Served
 from proxy.logs import REDACTOR
 from proxy.metrics import Metrics
+from proxy.pools import PoolPlan, PoolTable, load_pools, single_pool
 from proxy.settings import Settings
 from proxy.watch import Watch, replica_id
 
 log = structlog.get_logger(__name__)
 
-#: Most attempts per request when RETRY_COUNT is not set: the pool size, at most this.
-DEFAULT_MAX_ATTEMPTS = 10
 #: How long /readyz waits for the store's PONG.
 READY_PING_TIMEOUT_S = 1.0
 #: How long a stopping replica tries to drop its claim; if the store does not answer in time the
@@ -47,24 +49,26 @@ LEAVE_TIMEOUT_S = 1.0
 class Replica:
     """State and resources of one proxy process, shared by its proxy and ops apps."""
 
-    def __init__(self, settings: Settings, sessions: list[Session]) -> None:
-        if settings.upstream_url is None:
-            raise ConfigError("UPSTREAM_URL is not set; give the upstream's base URL")
+    def __init__(self, settings: Settings, pools: PoolTable | list[Session]) -> None:
+        """``pools``: what ``proxy.pools.load_pools`` read, or one pool's sessions."""
         self.settings = settings
-        self.upstream_url = settings.upstream_url.rstrip("/")
+        if not isinstance(pools, PoolTable):
+            pools = single_pool(settings, pools)
         self._leasing: Leasing | None = None
         # Operations: secrets kept out of every log line, metrics, the fleet watch.
         REDACTOR.add(settings.secret_values)
         self.id = replica_id()
         self.metrics = Metrics(settings.metrics_prefix, census=self._census)
         self.watch = Watch(self)
-        self._admin: PoolAdmin | None = None
-        self._use(sessions)
+        self.admins: dict[str, PoolAdmin] = {}
+        self._use(pools)
         #: Digest of the sessions file's content as last read (loaded or rejected).
         self._file_digest: str | None = None
         #: The sessions in use differ from those last written to the store.
         self._unsynced = True
         self._reloading = asyncio.Lock()
+        #: Pools dropped by a reload whose claims are still to be dropped.
+        self._retiring: list[Served] = []
         self.header_families = settings.header_families
         self.draining = False
         self.synced = asyncio.Event()
@@ -82,8 +86,21 @@ class Replica:
 
     @property
     def pool(self) -> Pool:
-        """The shared pool."""
-        return self.leasing.pool
+        """The default pool (the only one, unless the sessions file declares several)."""
+        return self.leasing.pool(self.main_pool)
+
+    @property
+    def main_pool(self) -> str:
+        """The default pool's name, or the first pool's when there is no default."""
+        return self.table.default or next(iter(self.table.pools))
+
+    @property
+    def plans(self) -> dict[str, PoolPlan]:
+        return self.table.pools
+
+    def pool_plan(self, name: str | None = None) -> PoolPlan:
+        """The plan of pool ``name`` (default: the default pool)."""
+        return self.table.pools[name or self.main_pool]
 
     @property
     def client(self) -> aiohttp.ClientSession:
@@ -93,14 +110,14 @@ class Replica:
     async def start(self) -> None:
         self._leasing = Leasing(
             self.settings.broker(),
-            self.sessions,
+            self.table.pools.values(),
             queue_max=self.settings.queue_max,
             failure_mode=self.settings.redis_failure_mode,
             observe=self.watch.on_transitions,
             metrics=self.metrics,
         )
         self._leasing.start(waiting=self.settings.queue_timeout > 0)
-        self._admin = PoolAdmin(self._leasing.pool)
+        self._admins_follow()
         self.watch.start()
         timeout = aiohttp.ClientTimeout(
             total=None,
@@ -118,16 +135,28 @@ class Replica:
         )
         self._maintenance = asyncio.create_task(self._maintain())
 
-    def _use(self, sessions: list[Session]) -> None:
-        """Serve ``sessions`` from now on (each assignment is atomic for the request handlers)."""
-        REDACTOR.add([s.secret for s in sessions])  # before any log line could carry one
-        self.sessions = sessions
-        self.secrets = {s.id: s.secret for s in sessions}
-        #: Sessions with a unit budget (tpm): their answers are read for usage.
-        self.metered_sessions = frozenset(s.id for s in sessions if s.tpm)
-        self.max_attempts = self.settings.retry_count or min(len(sessions), DEFAULT_MAX_ATTEMPTS)
-        if self._leasing is not None:
-            self._leasing.sessions = sessions
+    def _use(self, table: PoolTable) -> list[Served]:
+        """Serve ``table`` from now on (one assignment, atomic for the request handlers);
+        returns the pools no longer served, to be retired."""
+        REDACTOR.add([s.secret for s in table.sessions])  # before any log line could carry one
+        self.table = table
+        if self._leasing is None:
+            return []
+        gone = self._leasing.configure(table.pools.values())
+        self._admins_follow()
+        return gone
+
+    def _admins_follow(self) -> None:
+        served = self.leasing.served
+        self.admins = {
+            name: self.admins[name] if name in self.admins else PoolAdmin(s.pool)
+            for name, s in served.items()
+        }
+
+    @property
+    def sessions(self) -> list[Session]:
+        """Every session of every pool this replica serves."""
+        return self.table.sessions
 
     async def _maintain(self) -> None:
         """Sync at start-up, then keep the claim alive and watch the sessions file."""
@@ -143,15 +172,15 @@ class Replica:
         async with self._reloading:
             await self.leasing.sync()
             self._unsynced = False
-        log.info("sessions synced", pool=self.pool.name, sessions=len(self.sessions))
+        log.info("sessions synced", pools=list(self.plans), sessions=len(self.sessions))
         self.synced.set()
 
     async def _keep_claim(self) -> None:
-        period_s = self.pool.settings.claim_ttl_ms / 3000
+        period_s = self.leasing.settings.claim_ttl_ms / 3000
         while True:
             await asyncio.sleep(period_s)
             try:
-                await self.pool.keep_claim()
+                await self.leasing.keep_claims()
             except StoreError as exc:
                 self.leasing.mark_down(exc)  # logged once; the probe syncs again when it is back
 
@@ -176,13 +205,16 @@ class Replica:
                 self._read_file(Path(self.settings.sessions_file), force=force)
             if not (self._unsynced or force):
                 return
+            if self._retiring:
+                await self.leasing.retire(self._retiring)
+                self._retiring = []
             try:
-                size = await self.pool.sync(self.sessions)
+                size = await self.leasing.sync_all()
             except StoreError as exc:
                 log.warning("reloaded sessions not yet in the store; will retry", error=str(exc))
                 return
             self._unsynced = False
-            log.info("sessions synced", pool=self.pool.name, sessions=size)
+            log.info("sessions synced", pools=list(self.plans), sessions=size)
 
     def _read_file(self, path: Path, *, force: bool) -> None:
         try:
@@ -194,27 +226,34 @@ class Replica:
             return
         self._file_digest = digest
         try:
-            sessions = self.settings.load_sessions()
+            table = load_pools(self.settings)
         except ConfigError as exc:
             log.warning("sessions file rejected; keeping the sessions in use", error=str(exc))
             return
-        if sessions == self.sessions:
+        if _same_tables(table, self.table):
             return
-        old = self.secrets
-        new = {s.id: s.secret for s in sessions}
-        log.info(
-            "sessions file changed",
-            added=sorted(new.keys() - old.keys()),
-            removed=sorted(old.keys() - new.keys()),
-            rotated=sorted(i for i in new.keys() & old.keys() if new[i] != old[i]),
-        )
-        self._use(sessions)
+        for name, plan in table.pools.items():
+            old = self.plans[name].secrets if name in self.plans else {}
+            new = plan.secrets
+            if old != new:
+                log.info(
+                    "sessions file changed",
+                    pool=name,
+                    added=sorted(new.keys() - old.keys()),
+                    removed=sorted(old.keys() - new.keys()),
+                    rotated=sorted(i for i in new.keys() & old.keys() if new[i] != old[i]),
+                )
+        dropped = sorted(self.plans.keys() - table.pools.keys())
+        if dropped:
+            log.info("pools no longer served", pools=dropped)
+        self._retiring += self._use(table)
         self._unsynced = True
 
     @property
     def admin(self) -> PoolAdmin:
-        assert self._admin is not None, "replica not started"
-        return self._admin
+        """The default pool's admin (``admins`` has every pool's)."""
+        assert self.admins, "replica not started"
+        return self.admins[self.main_pool]
 
     async def _census(self) -> Census:
         return await self.admin.census(limit=OPS_SET_LIMIT)
@@ -230,7 +269,7 @@ class Replica:
             await self._client.close()
         if self.synced.is_set() and self.leasing.store_up:
             try:
-                await asyncio.wait_for(self.pool.leave(), LEAVE_TIMEOUT_S)
+                await asyncio.wait_for(self.leasing.leave(), LEAVE_TIMEOUT_S)
             except (StoreError, TimeoutError) as exc:
                 log.warning("could not drop this replica's claim; it will expire", error=str(exc))
         if self._leasing is not None:
@@ -279,6 +318,14 @@ class Replica:
             self.leasing.mark_down(exc)
             return serving_locally
         return True
+
+
+def _same_tables(one: PoolTable, other: PoolTable) -> bool:
+    if (one.default, one.header) != (other.default, other.header):
+        return False
+    if one.pools.keys() != other.pools.keys():
+        return False
+    return all(plan.same_as(other.pools[name]) for name, plan in one.pools.items())
 
 
 REPLICA = web.AppKey("replica", Replica)

@@ -17,6 +17,7 @@ import structlog
 from aiohttp import web
 
 from proxy.app import build_ops_app, build_proxy_app
+from proxy.pools import load_pools
 from proxy.replica import Replica
 from proxy.settings import Listen, Settings
 
@@ -75,7 +76,7 @@ async def start(replica: Replica) -> RunningReplica:
     )
     ops = await _site(build_ops_app(replica), settings.admin_address, cancel_on_disconnect=False)
     running = RunningReplica(replica, proxy, ops)
-    log.info("serving", proxy=settings.listen, ops=settings.admin_listen, pool=settings.pool)
+    log.info("serving", proxy=settings.listen, ops=settings.admin_listen, pools=list(replica.plans))
     return running
 
 
@@ -92,5 +93,5 @@ async def serve(replica: Replica) -> None:
 
 
 def serve_forever(settings: Settings) -> None:
-    replica = Replica(settings, settings.load_sessions())
+    replica = Replica(settings, load_pools(settings))
     asyncio.run(serve(replica))

@@ -11,13 +11,12 @@ import argparse
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import unquote, urlsplit
 
 import msgspec
 
-from broker import BrokerSettings, ConfigError, Session, Strategy, load_sessions
+from broker import BrokerSettings, ConfigError, Strategy
 from broker.constants import DEFAULT_SENTINEL_MASTER
 from proxy.ratelimit_headers import FAMILIES
 
@@ -28,6 +27,7 @@ __all__ = [
     "SessionHeader",
     "Settings",
     "load_settings",
+    "parse_session_header",
 ]
 
 Seconds = Annotated[float, msgspec.Meta(ge=0, le=86_400 * 7)]
@@ -46,7 +46,10 @@ HELP: dict[str, str] = {
     "REDIS_SENTINEL_MASTER": "the master's name as the sentinels know it",
     "REDIS_SENTINEL_PASSWORD": "password of the sentinels themselves, if they require one",
     "REDIS_CLUSTER": "true or false: REDIS_URL is one node of a Redis Cluster",
-    "POOL": "pool name: letters, digits, '.', '_' or '-', up to 64",
+    "POOL": "pool name: letters, digits, '.', '_' or '-', up to 64 (the pool of SESSIONS or of "
+    "a sessions file without pools; the operator commands' pool)",
+    "POOL_HEADER": "request header that names the pool to use when SESSIONS_FILE declares "
+    "several; removed before forwarding; none: pools are not chosen by header",
     "LISTEN": "host:port the proxy listens on",
     "ADMIN_LISTEN": "host:port of the ops endpoints (/healthz, /readyz, /version)",
     "SESSION_HEADER": "'Header-Name: template' where the template contains {secret}",
@@ -56,6 +59,8 @@ HELP: dict[str, str] = {
     "RATE_LIMIT_COOLDOWN_MAX": "largest cooldown in seconds; longer Retry-After values are cut",
     "RATE_LIMIT_HEADER_FAMILIES": "comma-separated rate-limit header families to learn from: "
     "openai, anthropic, github, ietf; or none",
+    "UNIT_PRECHARGE": "estimate (charge a tpm session, at lease time, the request's JSON "
+    "max_tokens plus its size in bytes / 4, settled by the usage reported) or off",
     "USAGE_HEADER": "response header holding the units (tokens) an answer consumed, for tpm "
     "budgets; empty: read usage.total_tokens from JSON and event-stream bodies",
     "CIRCUIT_BREAKER_ENABLED": "true or false: open a session's breaker after repeated failures",
@@ -117,6 +122,8 @@ STORE_SETTINGS = (
 )
 _POOL_NAME = r"^[A-Za-z0-9._-]{1,64}$"
 _SENTINEL_MASTER_NAME = r"^[^\s]{1,128}$"
+#: An HTTP field name (RFC 9110 token).
+_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +158,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     redis_sentinel_password: str | None = None
     redis_cluster: bool = False
     pool: Annotated[str, msgspec.Meta(pattern=_POOL_NAME)] = "default"
+    pool_header: str = "X-Pool"
     listen: str = "0.0.0.0:8080"
     admin_listen: str = "0.0.0.0:9090"
     session_header: str = "Authorization: Bearer {secret}"
@@ -160,6 +168,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     rate_limit_cooldown_max: Seconds = 3600.0
     rate_limit_header_families: str = ",".join(FAMILIES)
     usage_header: str = ""
+    unit_precharge: Literal["estimate", "off"] = "estimate"
     circuit_breaker_enabled: bool = True
     circuit_breaker_threshold: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 5
     circuit_breaker_timeout: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 60.0
@@ -213,10 +222,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
         names = [n.strip() for n in self.rate_limit_header_families.split(",") if n.strip()]
         return () if names == ["none"] else tuple(names)
 
-    def load_sessions(self) -> list[Session]:
-        path = Path(self.sessions_file) if self.sessions_file else None
-        return load_sessions(secrets=self.sessions, path=path)
-
     @property
     def sentinel_addresses(self) -> tuple[tuple[str, int], ...]:
         parts = (self.redis_sentinels or "").split(",")
@@ -233,8 +238,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
 
     @property
     def header(self) -> SessionHeader:
-        name, _, template = self.session_header.partition(":")
-        return SessionHeader(name.strip(), template.strip())
+        header = parse_session_header(self.session_header)
+        assert header is not None, "checked by load_settings"
+        return header
 
     @property
     def api_keys(self) -> tuple[str, ...]:
@@ -253,6 +259,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
             path = url.path + (f"?{url.query}" if url.query else "")
             found += [self.alert_webhook_url, path if len(path) > 1 else None, url.password]
         return tuple(value for value in found if value)
+
+
+def parse_session_header(value: str) -> SessionHeader | None:
+    """``'Name: template'`` as a SessionHeader; None unless the name is a valid header name and
+    the template holds ``{secret}``."""
+    name, _, template = value.partition(":")
+    name, template = name.strip(), template.strip()
+    if not _HEADER_NAME.fullmatch(name) or "{secret}" not in template:
+        return None
+    return SessionHeader(name, template)
 
 
 def _bad(name: str, value: object, reason: str) -> ConfigError:
@@ -280,11 +296,10 @@ def _check(settings: Settings) -> None:
             raise _bad("ALERT_WEBHOOK_URL", settings.alert_webhook_url, "not an http(s) URL")
     settings.listen_address  # noqa: B018 - parsing is the check
     settings.admin_address  # noqa: B018
-    header = settings.header
-    if not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", header.name) or "{secret}" not in (
-        header.template
-    ):
+    if parse_session_header(settings.session_header) is None:
         raise _bad("SESSION_HEADER", settings.session_header, "not 'Name: ...{secret}...'")
+    if settings.pool_header != "none" and not _HEADER_NAME.fullmatch(settings.pool_header):
+        raise _bad("POOL_HEADER", settings.pool_header, "not a header name")
     if settings.backoff_base > settings.backoff_max:
         raise _bad("BACKOFF_BASE", settings.backoff_base, "larger than BACKOFF_MAX")
     if settings.rate_limit_cooldown > settings.rate_limit_cooldown_max:

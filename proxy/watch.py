@@ -120,30 +120,44 @@ class Watch:
             self._wake.clear()
 
     async def check(self) -> None:
-        """One beat: alerts (when a webhook is configured), then the summary turn."""
-        admin = self.replica.admin
-        if self.webhook is not None:
-            attempts, errors = self.metrics.attempts_total, self.metrics.errors_total
-            changes = await check_alerts(
-                admin.pool,
-                self.rules,
-                attempts=attempts - self._attempts,
-                errors=errors - self._errors,
+        """One beat, for each pool: alerts (when a webhook is configured), then the summary
+        turn. This replica's attempts and requests are reported to its default pool (the
+        error-rate alert and the summary's request count are per replica, not per pool)."""
+        main = self.replica.main_pool
+        attempts, errors = self.metrics.attempts_total, self.metrics.errors_total
+        requests = self.metrics.requests_total
+        for name, admin in list(self.replica.admins.items()):
+            mine = name == main
+            await self._check_pool(
+                admin,
+                attempts=attempts - self._attempts if mine else 0,
+                errors=errors - self._errors if mine else 0,
+                requests=requests - self._requests if mine else 0,
             )
-            self._attempts, self._errors = attempts, errors
+        self._attempts, self._errors, self._requests = attempts, errors, requests
+
+    async def _check_pool(
+        self, admin: PoolAdmin, *, attempts: int, errors: int, requests: int
+    ) -> None:
+        if self.webhook is not None:
+            changes = await check_alerts(admin.pool, self.rules, attempts=attempts, errors=errors)
             now = await admin.now_ms() if changes else 0
             for change in changes:
-                log.warning("alert", alert=change.name, status=change.status, detail=change.detail)
+                log.warning(
+                    "alert",
+                    pool=admin.pool.name,
+                    alert=change.name,
+                    status=change.status,
+                    detail=change.detail,
+                )
                 self.webhook.send(notice(admin.pool.name, change, now))
         interval_ms = round(self.settings.health_check_interval * 1000)
-        requests = self.metrics.requests_total
         turn, now = await admin.summary_turn(
-            requests - self._requests,
+            requests,
             interval_ms=interval_ms,
             every_requests=HEALTH_SUMMARY_REQUESTS,
             min_gap_ms=min(HEALTH_SUMMARY_MIN_GAP_MS, interval_ms),
         )
-        self._requests = requests
         if turn:
             await self.summary(admin, now)
 

@@ -66,10 +66,12 @@ async def drive(
 
 async def wait_until_serving(replica: RunningReplica, ids: set[str]) -> None:
     for _ in range(200):
-        if set(replica.replica.secrets) == ids:
+        if set(replica.replica.pool_plan().secrets) == ids:
             return
         await asyncio.sleep(0.05)
-    pytest.fail(f"the replica still serves {sorted(replica.replica.secrets)}, not {sorted(ids)}")
+    pytest.fail(
+        f"the replica still serves {sorted(replica.replica.pool_plan().secrets)}, not {sorted(ids)}"
+    )
 
 
 @pytest.mark.slow
@@ -106,7 +108,7 @@ async def test_add_remove_and_rotate_during_traffic(
 
         secret.write({"b": "secret-b-new", "c": "secret-c", "d": "secret-d"})
         await wait_until_serving(polling, {"b", "c", "d"})
-        assert set(signalled.replica.secrets) == {"a", "b", "c"}
+        assert set(signalled.replica.pool_plan().secrets) == {"a", "b", "c"}
         await asyncio.sleep(1.0)  # the replicas disagree, under traffic
         assert set(await store.zrange(MEMBERS, 0, -1)) == {"a", "b", "c", "d"}
 
@@ -149,12 +151,12 @@ async def test_an_invalid_file_is_ignored_until_fixed(
     await running.replica.reload()
     path.unlink()
     await running.replica.reload()
-    assert set(running.replica.secrets) == {"a"}
+    assert set(running.replica.pool_plan().secrets) == {"a"}
     async with http.post(f"{running.proxy_url}/v1/chat/completions", json={}) as response:
         assert response.status == 200
     path.write_text(json.dumps({"sessions": [{"id": "b", "secret": "secret-b"}]}))
     await running.replica.reload()
-    assert set(running.replica.secrets) == {"b"}
+    assert set(running.replica.pool_plan().secrets) == {"b"}
     store = redis.asyncio.Redis.from_url(shared_redis, decode_responses=True)
     assert await store.zrange(MEMBERS, 0, -1) == ["b"]
     await store.aclose()

@@ -76,7 +76,7 @@ async def test_queue_overflow_answers_at_once_and_leavers_leave(
     replica = await start_replica(
         sessions=one, upstream_url=await serve_app(sim.app()), queue_timeout=10, queue_max=2
     )
-    queue = replica.replica.leasing.queue
+    queue = replica.replica.leasing.served["default"].queue
     holder = asyncio.create_task(post(http, replica.proxy_url))
     await asyncio.sleep(0.3)
     waiters = [asyncio.create_task(post(http, replica.proxy_url)) for _ in range(2)]
