@@ -3,18 +3,33 @@ disable, drain, reset, weight). The admin API and the operator CLI both stand on
 
 Reads are plain commands; every change is a Lua script (``lua/``) that recomputes the session's
 state with the shared ``refresh``, so it is atomic and holds for the whole fleet at once.
+
+What a unit (tpm) budget has left is computed here from the session's schedule (``unit_tat``)
+and the store's clock, with the same per-unit interval as the scripts' (``lua/common.lua``).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import msgspec
 
+from broker.constants import OPS_SET_LIMIT, QUOTA_SLACK, UNIT_WINDOW_MS
 from broker.errors import UnknownSession
 from broker.pool import Pool, _call
 
-__all__ = ["OUTCOMES", "Census", "PoolAdmin", "PoolSummary", "SessionView"]
+__all__ = [
+    "OUTCOMES",
+    "Census",
+    "PoolAdmin",
+    "PoolSummary",
+    "SessionView",
+    "TierCount",
+    "UnitBudget",
+    "UnitTotals",
+    "units_available",
+]
 
 #: Outcomes counted per session (``n_<outcome>`` in its hash).
 OUTCOMES = ("success", "rate_limited", "auth", "server", "network", "timeout", "other", "unused")
@@ -26,7 +41,8 @@ class SessionView(msgspec.Struct, kw_only=True):
     """One session as an operator sees it: ids and state, never a secret. Times are store ms.
 
     ``state`` is the stored state, except that a drained session shows ``draining`` while
-    leases are still out on it and ``drained`` once none is.
+    leases are still out on it and ``drained`` once none is. ``units`` counts every unit charged
+    so far; ``units_available`` is what its ``tpm`` budget has left now (None without a tpm).
     """
 
     id: str
@@ -41,6 +57,10 @@ class SessionView(msgspec.Struct, kw_only=True):
     weight: float
     weight_override: float | None
     rpm: float | None
+    priority: int
+    tpm: int | None
+    units: int
+    units_available: int | None
     health: float
     success_rate: float
     latency_ms: int | None
@@ -53,21 +73,56 @@ class SessionView(msgspec.Struct, kw_only=True):
     leases_expired: int
 
 
-class Census(msgspec.Struct, kw_only=True):
-    """The pool's counts by state, and its sessions whose breaker is not closed.
+class TierCount(msgspec.Struct, kw_only=True):
+    """One priority tier: its sessions and those of them eligible now.
 
-    Cheap by construction: a fixed number of O(1) commands (ZCARD/SCARD) plus at most ``limit``
-    ids per breaker state, in one round trip.
+    ``sessions`` is None when the pool has more sessions than one census reads (``limit``):
+    then only ``available`` (an O(1) count of the tier's eligible set) is exact.
+    """
+
+    priority: int
+    sessions: int | None
+    available: int
+
+
+class UnitBudget(msgspec.Struct, kw_only=True):
+    """One session's unit budget: units per minute, and units it has left now."""
+
+    tpm: int
+    available: int
+
+
+class UnitTotals(msgspec.Struct, kw_only=True):
+    """The unit budgets of the sessions that have one, added up."""
+
+    sessions: int
+    tpm: int
+    available: int
+
+
+class Census(msgspec.Struct, kw_only=True):
+    """The pool's counts by state and by priority tier, its sessions whose breaker is not
+    closed, and the unit budgets of its sessions that have a tpm.
+
+    Cheap by construction, in two round trips: a fixed number of O(1) commands (ZCARD/SCARD),
+    at most ``limit`` ids per breaker state, the tiers (few) and the first ``limit`` session
+    ids; then one ZCARD per tier and one HMGET of three fields per session read. ``tiers``
+    (best first) and ``units`` cover those ``sessions_read`` sessions, in configuration order:
+    the whole pool unless it has more than ``limit``.
     """
 
     now_ms: int
     sessions: dict[str, int]
     leases: int
     breakers: dict[str, str]
+    tiers: list[TierCount]
+    units: dict[str, UnitBudget]
+    sessions_read: int
 
 
 class PoolSummary(msgspec.Struct, kw_only=True):
-    """The whole pool at a glance: counts by state, live leases, and the alerts firing."""
+    """The whole pool at a glance: counts by state and by tier (best first), live leases, the
+    unit budgets added up (None when no session has a tpm), and the alerts firing."""
 
     pool: str
     now_ms: int
@@ -75,11 +130,19 @@ class PoolSummary(msgspec.Struct, kw_only=True):
     sessions: dict[str, int]
     leases: int
     breakers: dict[str, str]
+    tiers: list[TierCount]
+    units: UnitTotals | None
+    sessions_read: int
     alerts: dict[str, int]
 
 
 def _int(value: str | None, default: int = 0) -> int:
     return default if value in (None, "") else int(float(value))
+
+
+def _ms(seconds: Any, microseconds: Any) -> int:
+    """A TIME reply in ms."""
+    return int(seconds) * 1000 + int(microseconds) // 1000
 
 
 def _opt_int(value: str | None) -> int | None:
@@ -90,8 +153,27 @@ def _opt_float(value: str | None) -> float | None:
     return None if value in (None, "") else float(value)
 
 
-def view(session_id: str, h: dict[str, str]) -> SessionView:
-    """A session's view from its hash (as ``HGETALL`` returns it)."""
+def units_available(
+    tpm: int | None, unit_tat: float, now_ms: int, quota_slack: float = QUOTA_SLACK
+) -> int | None:
+    """Units a ``tpm`` budget has left at ``now_ms`` (store ms); None without a tpm.
+
+    Each unit takes ``60000/tpm * quota_slack`` ms of the schedule, which may run up to
+    UNIT_WINDOW_MS ahead of now (lua/common.lua): what is left is the room before that edge, in
+    whole units; 0 while the budget is overdrawn.
+    """
+    if not tpm:
+        return None
+    interval_ms = 60_000 / tpm * quota_slack
+    room_ms = now_ms + UNIT_WINDOW_MS - max(unit_tat, now_ms)
+    return max(0, math.floor(room_ms / interval_ms))
+
+
+def view(
+    session_id: str, h: dict[str, str], *, now_ms: int, quota_slack: float = QUOTA_SLACK
+) -> SessionView:
+    """A session's view from its hash (as ``HGETALL`` returns it), at the store's ``now_ms``;
+    ``quota_slack`` as the pool hash holds it (what the scripts space units by)."""
     state = h.get("state", "unknown")
     reason = h.get("disabled_reason") or None
     in_flight = _int(h.get("in_flight"))
@@ -99,6 +181,7 @@ def view(session_id: str, h: dict[str, str]) -> SessionView:
         state = "draining" if in_flight > 0 else "drained"
     max_concurrency = _int(h.get("max_concurrency"))
     rpm = _opt_float(h.get("rpm"))
+    tpm = _int(h.get("tpm")) or None
     return SessionView(
         id=session_id,
         state=state,
@@ -112,6 +195,10 @@ def view(session_id: str, h: dict[str, str]) -> SessionView:
         weight=float(h.get("weight") or 1),
         weight_override=_opt_float(h.get("weight_override")),
         rpm=rpm or None,
+        priority=_int(h.get("priority")),
+        tpm=tpm,
+        units=_int(h.get("units")),
+        units_available=units_available(tpm, float(h.get("unit_tat") or 0), now_ms, quota_slack),
         health=float(h.get("health") or 1),
         success_rate=float(h.get("success_rate") or 1),
         latency_ms=_opt_int(h.get("latency_ms")),
@@ -145,11 +232,12 @@ class PoolAdmin:
             f"{base}:quota",
         )
         self._half_open, self._alerts = f"{base}:half_open", f"{base}:alerts"
-        assert {self._members, self._half_open, self._alerts} <= set(self.keys.all)
+        self._tiers = f"{base}:tiers"
+        assert {self._members, self._half_open, self._alerts, self._tiers} <= set(self.keys.all)
 
     async def now_ms(self) -> int:
         seconds, microseconds = await _call("read", self.redis.time())
-        return int(seconds) * 1000 + int(microseconds) // 1000
+        return _ms(seconds, microseconds)
 
     async def tidy(self) -> None:
         """Bring the pool up to date before reading it (lua/housekeeping.lua): in a quiet pool
@@ -165,31 +253,34 @@ class PoolAdmin:
         """Every session's view, in configuration order: one pipelined HGETALL per session."""
         await self.tidy()
         ids = await self.session_ids()
-        hashes = await self._hashes(ids)
-        return [view(session_id, h) for session_id, h in zip(ids, hashes, strict=True)]
+        return await self._views(ids)
 
-    async def _hashes(self, ids: list[str]) -> list[dict[str, str]]:
-        if not ids:
-            return []
+    async def _views(self, ids: list[str]) -> list[SessionView]:
+        """Views of ``ids`` as of the store's clock, read with it in one round trip."""
         pipe = self.redis.pipeline(transaction=False)
+        pipe.time()
+        pipe.hget(self._pool_hash, "quota_slack")
         for session_id in ids:
             pipe.hgetall(self.keys.session(session_id))
-        hashes: list[dict[str, str]] = await _call("read", pipe.execute())
-        return hashes
+        (seconds, micro), slack, *hashes = await _call("read", pipe.execute())
+        now, quota_slack = _ms(seconds, micro), float(slack or QUOTA_SLACK)
+        return [
+            view(session_id, h, now_ms=now, quota_slack=quota_slack)
+            for session_id, h in zip(ids, hashes, strict=True)
+        ]
 
     async def session(self, session_id: str) -> SessionView:
         """One session's view; UnknownSession when the pool has no such member."""
         await self.tidy()
         if await _call("read", self.redis.zscore(self._members, session_id)) is None:
             raise UnknownSession(f"pool {self.pool.name!r} has no session {session_id!r}")
-        state: dict[str, str] = await _call(
-            "read", self.redis.hgetall(self.keys.session(session_id))
-        )
-        return view(session_id, state)
+        (found,) = await self._views([session_id])
+        return found
 
-    async def census(self, *, limit: int = 500) -> Census:
-        """Counts by state and the non-closed breakers (at most ``limit`` of each kind), after a
-        housekeeping pass."""
+    async def census(self, *, limit: int = OPS_SET_LIMIT) -> Census:
+        """Counts by state and by tier, the non-closed breakers (at most ``limit`` of each
+        kind) and the unit budgets (of the first ``limit`` sessions), after a housekeeping
+        pass. Two round trips; see Census for what each reads."""
         await self.tidy()
         pipe = self.redis.pipeline(transaction=False)
         pipe.time()
@@ -201,9 +292,12 @@ class PoolAdmin:
         pipe.zrange(self._open, 0, limit - 1)
         # SRANDMEMBER with a positive count: the whole set when it is smaller than the count.
         pipe.srandmember(self._half_open, limit)
+        pipe.zrange(self._tiers, 0, limit - 1)
+        pipe.zrange(self._members, 0, limit - 1)
+        pipe.hget(self._pool_hash, "quota_slack")
         replies: list[Any] = await _call("read", pipe.execute())
         (seconds, micro), total, available, cooling, open_, quota, disabled, half_open = replies[:8]
-        leases, open_ids, half_open_ids = replies[8:]
+        leases, open_ids, half_open_ids, eligible_tiers, ids, slack = replies[8:]
         counts = {
             "total": total,
             "available": available,
@@ -216,13 +310,67 @@ class PoolAdmin:
         }
         breakers = dict.fromkeys(sorted(half_open_ids or []), "half_open")
         breakers |= dict.fromkeys(open_ids, "open")
-        now = int(seconds) * 1000 + int(micro) // 1000
-        return Census(now_ms=now, sessions=counts, leases=leases, breakers=breakers)
+        now = _ms(seconds, micro)
+        tiers, units = await self._tiers_and_units(
+            [int(t) for t in eligible_tiers],
+            ids,
+            now,
+            float(slack or QUOTA_SLACK),
+            complete=len(ids) == total,
+        )
+        return Census(
+            now_ms=now,
+            sessions=counts,
+            leases=leases,
+            breakers=breakers,
+            tiers=tiers,
+            units=units,
+            sessions_read=len(ids),
+        )
+
+    async def _tiers_and_units(
+        self, eligible: list[int], ids: list[str], now: int, quota_slack: float, *, complete: bool
+    ) -> tuple[list[TierCount], dict[str, UnitBudget]]:
+        """The census's second round trip: each eligible tier's size, and the priority and unit
+        budget of each session in ``ids``."""
+        pipe = self.redis.pipeline(transaction=False)
+        for priority in eligible:
+            pipe.zcard(self.keys.tier(priority))
+        for session_id in ids:
+            pipe.hmget(self.keys.session(session_id), "priority", "tpm", "unit_tat")
+        replies: list[Any] = await _call("read", pipe.execute()) if eligible or ids else []
+        available = dict(zip(eligible, replies[: len(eligible)], strict=True))
+        members: dict[int, int] = {}
+        units: dict[str, UnitBudget] = {}
+        for session_id, (priority, tpm, unit_tat) in zip(
+            ids, replies[len(eligible) :], strict=True
+        ):
+            members[_int(priority)] = members.get(_int(priority), 0) + 1
+            left = units_available(_int(tpm), float(unit_tat or 0), now, quota_slack)
+            if left is not None:
+                units[session_id] = UnitBudget(tpm=_int(tpm), available=left)
+        tiers = [
+            TierCount(
+                priority=priority,
+                sessions=members.get(priority, 0) if complete else None,
+                available=available.get(priority, 0),
+            )
+            for priority in sorted(available.keys() | members.keys(), reverse=True)
+        ]
+        return tiers, units
 
     async def summary(self) -> PoolSummary:
         census = await self.census()
         strategy: str | None = await _call("read", self.redis.hget(self._pool_hash, "strategy"))
         alerts: dict[str, str] = await _call("read", self.redis.hgetall(self._alerts))
+        budgets = list(census.units.values())
+        units = None
+        if budgets:
+            units = UnitTotals(
+                sessions=len(budgets),
+                tpm=sum(b.tpm for b in budgets),
+                available=sum(b.available for b in budgets),
+            )
         return PoolSummary(
             pool=self.pool.name,
             now_ms=census.now_ms,
@@ -230,6 +378,9 @@ class PoolAdmin:
             sessions=census.sessions,
             leases=census.leases,
             breakers=census.breakers,
+            tiers=census.tiers,
+            units=units,
+            sessions_read=census.sessions_read,
             alerts={name: int(since) for name, since in sorted(alerts.items())},
         )
 

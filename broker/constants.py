@@ -63,6 +63,10 @@ RATE_LIMIT_STREAK_WINDOW_MS: Final = 600_000
 #: that enforces the very same rpm into a 429. Costs at most 2% of the quota.
 QUOTA_SLACK: Final = 1.02
 
+#: A unit (tpm) budget may run this far ahead of now: a full budget is one minute's worth of units
+#: (``unit_window_ms`` in lua/common.lua; the admin reads compute what is left with it).
+UNIT_WINDOW_MS: Final = 60_000
+
 #: A waiting replica renews its ticket in the fleet-wide queue at least every FALLBACK_WAIT_S; a
 #: ticket not renewed for TICKET_TTL_MS (its replica died) lapses, so it blocks nobody for long.
 TICKET_TTL_MS: Final = 5_000

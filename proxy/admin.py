@@ -3,7 +3,8 @@
 Every route needs ``Authorization: Bearer <ADMIN_TOKEN>``: 401 without a token, 403 with a wrong
 one (compared in constant time). Request bodies are validated with msgspec; bad input gets 400
 naming the field and the reason. Answers carry session ids and state, never a secret. An OpenAPI
-3.1 document of it all is at /admin/openapi.json, its schemas generated from the same structs.
+3.1 document of it all is at /admin/openapi.json, its schemas generated from the same structs
+(a session's tier and unit budget, the summary's tiers and budget totals included).
 """
 
 from __future__ import annotations
@@ -253,10 +254,18 @@ def openapi_document() -> dict[str, Any]:
         "servers": [{"url": "/admin"}],
         "security": [{"bearer": []}],
         "paths": {
-            "/pool": {"get": _operation("Pool summary", "PoolSummary", session=False)},
+            "/pool": {
+                "get": _operation(
+                    "Counts by state and by tier, unit budgets, leases, breakers, alerts",
+                    "PoolSummary",
+                    session=False,
+                )
+            },
             "/sessions": {
                 "get": _operation(
-                    "Every session with state and health", "SessionList", session=False
+                    "Every session with state, health, tier and unit budget",
+                    "SessionList",
+                    session=False,
                 )
             },
             "/sessions/{id}": {"get": _operation("One session", view)},

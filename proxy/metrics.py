@@ -7,12 +7,14 @@ Two kinds of series:
   and breaker transitions it caused, attempts per client request, upstream latency, proxy
   overhead, leases in flight, the wait queue, alerts sent. Summed over replicas (``sum()`` in
   PromQL) they describe the fleet: each transition is counted by exactly one replica.
-* the pool's, read from Redis (``*_pool_*``, ``*_session_breaker``): the same on every replica.
-  Their cost is bounded: at most one read per ``CLUSTER_MAX_AGE_S`` per replica, however often
-  it is scraped: a housekeeping pass (so a quiet pool shows no cooldown that has run out; at
-  most 256 due entries per set, like any script's), then a fixed number of O(1) commands
-  (ZCARD/SCARD) plus at most ``OPS_SET_LIMIT`` session ids per breaker state, in one round trip
-  (see ``PoolAdmin.census``).
+* the pools', read from Redis (``*_pool_*``, ``*_session_breaker``, ``*_session_tpm``,
+  ``*_session_units_available``), labelled by ``pool``: the same on every replica. One collector
+  serves every pool the replica works for. Their cost is bounded: at most one read per pool per
+  ``CLUSTER_MAX_AGE_S`` per replica, however often it is scraped: a housekeeping pass (so a
+  quiet pool shows no cooldown that has run out; at most 256 due entries per set, like any
+  script's), then two round trips: a fixed number of O(1) commands (ZCARD/SCARD), one per
+  priority tier, plus at most ``OPS_SET_LIMIT`` session ids per breaker state and at most
+  ``OPS_SET_LIMIT`` sessions' priority and unit budget (see ``PoolAdmin.census``).
 
 Sessions are labelled by id, never by secret.
 """
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 
 import structlog
 from prometheus_client import (
@@ -39,7 +41,7 @@ from broker import BrokerError, Outcome
 from broker.admin import Census
 from broker.events import Transition
 
-__all__ = ["CLUSTER_MAX_AGE_S", "ERROR_OUTCOMES", "Metrics"]
+__all__ = ["CLUSTER_MAX_AGE_S", "ERROR_OUTCOMES", "CensusRead", "ClusterCollector", "Metrics"]
 
 log = structlog.get_logger(__name__)
 
@@ -57,69 +59,104 @@ OVERHEAD_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 QUEUE_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
+#: Reads one pool's census from the store (``PoolAdmin.census``).
+CensusRead = Callable[[], Awaitable[Census]]
+
 
 class ClusterCollector(Collector):
-    """The pool's state as gauges, from a cached census of the store."""
+    """The pools' state as gauges labelled by ``pool``, from a cached census of each.
 
-    def __init__(self, prefix: str, read: Callable[[], Awaitable[Census]] | None) -> None:
+    ``reads`` maps a pool's name to the read of its census; a replica passes the pools it works
+    for. A pool whose read fails is left out of that scrape (and logged); the others still show.
+    """
+
+    def __init__(self, prefix: str, reads: Mapping[str, CensusRead]) -> None:
         self.prefix = prefix
-        self.read = read
-        self.census: Census | None = None
-        self.read_at = 0.0
+        self.reads = dict(reads)
+        self.censuses: dict[str, Census] = {}
+        self.read_at: float | None = None
         self._lock = asyncio.Lock()
 
     async def refresh(self) -> None:
-        """Read the pool's state unless the last read is younger than CLUSTER_MAX_AGE_S."""
-        if self.read is None:
+        """Read each pool's state unless the last reads are younger than CLUSTER_MAX_AGE_S."""
+        if not self.reads:
             return
         async with self._lock:  # concurrent scrapes share one read
-            if self.census is not None and time.monotonic() - self.read_at < CLUSTER_MAX_AGE_S:
+            if self.read_at is not None and time.monotonic() - self.read_at < CLUSTER_MAX_AGE_S:
                 return
-            try:
-                self.census = await self.read()
-            except BrokerError as exc:
-                log.warning("pool state unreadable for metrics", error=str(exc))
-                self.census = None
+            censuses = {}
+            for pool, read in self.reads.items():
+                try:
+                    censuses[pool] = await read()
+                except BrokerError as exc:
+                    log.warning("pool state unreadable for metrics", pool=pool, error=str(exc))
+            self.censuses = censuses
             self.read_at = time.monotonic()
 
-    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+    def _families(self) -> list[GaugeMetricFamily]:
         p = self.prefix
-        return (
+        return [
             GaugeMetricFamily(
                 f"{p}_pool_sessions",
                 "Sessions of the pool by state, fleet-wide (read from Redis)",
-                labels=["state"],
+                labels=["pool", "state"],
             ),
-            GaugeMetricFamily(f"{p}_pool_leases", "Live leases of the pool, fleet-wide"),
+            GaugeMetricFamily(
+                f"{p}_pool_leases", "Live leases of the pool, fleet-wide", labels=["pool"]
+            ),
             GaugeMetricFamily(
                 f"{p}_session_breaker",
                 "1 for each session whose circuit breaker is not closed, by its state "
                 "(open, half_open); sessions not listed are closed",
-                labels=["session", "state"],
+                labels=["pool", "session", "state"],
             ),
-        )
+            GaugeMetricFamily(
+                f"{p}_pool_tier_sessions",
+                "Sessions of each priority tier: eligible now (available), and all of them "
+                "(total; only while the pool has at most OPS_SET_LIMIT sessions)",
+                labels=["pool", "tier", "state"],
+            ),
+            GaugeMetricFamily(
+                f"{p}_session_tpm",
+                "Unit budget of each session that has one, in units per minute",
+                labels=["pool", "session"],
+            ),
+            GaugeMetricFamily(
+                f"{p}_session_units_available",
+                "Units each session's budget has left now (0 while overdrawn)",
+                labels=["pool", "session"],
+            ),
+        ]
 
     def describe(self) -> Iterable[Metric]:
         return self._families()
 
     def collect(self) -> Iterator[Metric]:
-        if self.census is None:
+        if not self.censuses:
             return
-        sessions, leases, breakers = self._families()
-        for state, count in self.census.sessions.items():
-            sessions.add_metric([state], count)
-        leases.add_metric([], self.census.leases)
-        for session_id, state in sorted(self.census.breakers.items()):
-            breakers.add_metric([session_id, state], 1)
-        yield from (sessions, leases, breakers)
+        families = self._families()
+        sessions, leases, breakers, tiers, tpm, units = families
+        for pool, census in sorted(self.censuses.items()):
+            for state, count in census.sessions.items():
+                sessions.add_metric([pool, state], count)
+            leases.add_metric([pool], census.leases)
+            for session_id, state in sorted(census.breakers.items()):
+                breakers.add_metric([pool, session_id, state], 1)
+            for tier in census.tiers:
+                tiers.add_metric([pool, str(tier.priority), "available"], tier.available)
+                if tier.sessions is not None:
+                    tiers.add_metric([pool, str(tier.priority), "total"], tier.sessions)
+            for session_id, budget in census.units.items():
+                tpm.add_metric([pool, session_id], budget.tpm)
+                units.add_metric([pool, session_id], budget.available)
+        yield from families
 
 
 class Metrics:
     """The metric objects of one replica, and the calls the request path makes on them."""
 
-    def __init__(
-        self, prefix: str, *, census: Callable[[], Awaitable[Census]] | None = None
-    ) -> None:
+    def __init__(self, prefix: str, *, pools: Mapping[str, CensusRead] | None = None) -> None:
+        """``pools``: the census read of each pool this replica works for, by pool name."""
         self.registry = CollectorRegistry()
         r, p = self.registry, prefix
         self.session_requests = Counter(
@@ -197,7 +234,7 @@ class Metrics:
             "Failed webhook deliveries (each retry counts)",
             registry=r,
         )
-        self.cluster = ClusterCollector(p, census)
+        self.cluster = ClusterCollector(p, pools or {})
         r.register(self.cluster)
         ProcessCollector(registry=r)
         #: This replica's attempts and errors so far, for the fleet's error-rate alert.

@@ -58,7 +58,7 @@ class Replica:
         # Operations: secrets kept out of every log line, metrics, the fleet watch.
         REDACTOR.add(settings.secret_values)
         self.id = replica_id()
-        self.metrics = Metrics(settings.metrics_prefix, census=self._census)
+        self.metrics = Metrics(settings.metrics_prefix, pools={settings.pool: self._census})
         self.watch = Watch(self)
         self.admins: dict[str, PoolAdmin] = {}
         self._use(pools)

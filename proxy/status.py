@@ -1,8 +1,10 @@
 """The ``status`` table: one row per session, as an operator reads it in a terminal.
 
-Columns: id, state, cooldown left, breaker, in-flight, success rate, latency (moving average of
-successful attempts, as the store keeps it), last error and how long ago. Times are relative to
-the store's clock (``now_ms``), not this machine's.
+Columns: id, state, tier (only when the pool has more than one), cooldown left, breaker,
+in-flight, unit budget (only when some session has a tpm: units available now / tpm), success
+rate, latency (moving average of successful attempts, as the store keeps it), last error and how
+long ago. Times are relative to the store's clock (``now_ms``), not this machine's. Above the
+table: the pool's counts, then a line per tier and the unit budgets added up, when they apply.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ __all__ = ["ago", "duration", "render_status", "render_summary"]
 
 COLUMNS = ("SESSION", "STATE", "COOLDOWN", "BREAKER", "IN-FLIGHT", "SUCCESS", "LATENCY",
            "LAST ERROR", "WHEN")  # fmt: skip
+#: Optional columns, and the column each one follows.
+TIER_AFTER, UNITS_AFTER = "STATE", "IN-FLIGHT"
 
 
 def duration(ms: int) -> str:
@@ -38,7 +42,12 @@ def ago(ms: int | None, now_ms: int) -> str:
     return "-" if not ms else f"{duration(max(0, now_ms - ms))} ago"
 
 
-def _row(v: SessionView, now_ms: int) -> tuple[str, ...]:
+def budget(available: int | None, tpm: int | None) -> str:
+    """A unit budget as ``41,200/90,000 tpm``: units available now, of units per minute."""
+    return "-" if tpm is None or available is None else f"{available:,}/{tpm:,} tpm"
+
+
+def _row(v: SessionView, now_ms: int) -> dict[str, str]:
     state = v.state
     if v.disabled_reason and v.state == "disabled":
         state = f"disabled ({v.disabled_reason})"
@@ -48,35 +57,60 @@ def _row(v: SessionView, now_ms: int) -> tuple[str, ...]:
         breaker = f"open {duration(v.breaker_until_ms - now_ms)}"
     in_flight = str(v.in_flight) + (f"/{v.max_concurrency}" if v.max_concurrency else "")
     latency = "-" if v.latency_ms is None else f"{v.latency_ms}ms"
-    return (
-        v.id,
-        state,
-        cooldown,
-        breaker,
-        in_flight,
-        f"{v.success_rate * 100:.1f}%",
-        latency,
-        v.last_error or "-",
-        ago(v.last_error_at_ms, now_ms),
-    )
+    return {
+        "SESSION": v.id,
+        "STATE": state,
+        "TIER": str(v.priority),
+        "COOLDOWN": cooldown,
+        "BREAKER": breaker,
+        "IN-FLIGHT": in_flight,
+        "UNITS": budget(v.units_available, v.tpm),
+        "SUCCESS": f"{v.success_rate * 100:.1f}%",
+        "LATENCY": latency,
+        "LAST ERROR": v.last_error or "-",
+        "WHEN": ago(v.last_error_at_ms, now_ms),
+    }
+
+
+def _tier(priority: int, sessions: int | None, available: int) -> str:
+    of = "" if sessions is None else f"/{sessions}"
+    return f"tier {priority}: {available}{of} available"
 
 
 def render_summary(summary: PoolSummary) -> str:
+    """The pool's line; then, in a pool of several tiers, a line of tiers (best first); and,
+    when some session has a tpm, the unit budgets added up."""
     counts = summary.sessions
     shown = [
         f"{n} {state.replace('_', '-')}" for state, n in counts.items() if n and state != "total"
     ]
     alerts = ", ".join(summary.alerts) or "none"
-    return (
+    lines = [
         f"pool {summary.pool} ({summary.strategy or '?'}): {counts.get('total', 0)} sessions"
         f" [{', '.join(shown) or 'none'}]; {summary.leases} leases live; alerts: {alerts}"
-    )
+    ]
+    if len(summary.tiers) > 1:
+        lines.append("; ".join(_tier(t.priority, t.sessions, t.available) for t in summary.tiers))
+    if summary.units is not None:
+        units = summary.units
+        of = "session" if units.sessions == 1 else "sessions"
+        lines.append(f"units {budget(units.available, units.tpm)} ({units.sessions} {of})")
+    if len(lines) > 1 and summary.sessions_read < counts.get("total", 0):
+        lines.append(f"(tiers and units of the first {summary.sessions_read} sessions)")
+    return "\n".join(lines)
 
 
 def render_status(summary: PoolSummary, sessions: Sequence[SessionView]) -> str:
-    """The summary line, then the table, aligned for a terminal."""
-    rows = [COLUMNS, *(_row(v, summary.now_ms) for v in sessions)]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    """The summary lines, then the table, aligned for a terminal. The TIER column shows only
+    when the pool has more than one tier, UNITS only when some session has a tpm."""
+    columns = list(COLUMNS)
+    if len(summary.tiers) > 1:
+        columns.insert(columns.index(TIER_AFTER) + 1, "TIER")
+    if any(v.tpm is not None for v in sessions):
+        columns.insert(columns.index(UNITS_AFTER) + 1, "UNITS")
+    cells = [_row(v, summary.now_ms) for v in sessions]
+    rows = [columns, *([row[c] for c in columns] for row in cells)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
              for row in rows]  # fmt: skip
     return "\n".join([render_summary(summary), "", *lines])

@@ -9,7 +9,7 @@ import msgspec
 import pytest
 
 from broker import NoSessionAvailable, Outcome, Pool, Session, Strategy, UnknownSession
-from broker.admin import PoolAdmin
+from broker.admin import PoolAdmin, UnitTotals
 from broker.alerts import AlertRules, check_alerts
 from broker.snapshot import SnapshotError, export_state, import_state, parse_snapshot
 
@@ -239,3 +239,80 @@ async def test_reads_show_the_state_as_of_now_in_a_quiet_pool(make_pool) -> None
     assert (await pool.session_state("a"))["state"] == "cooling"  # nothing touched it yet
     assert (await admin.session("a")).state == "available"
     assert (await admin.census()).sessions["cooling"] == 0
+
+
+#: Two tiers: tier 1 has two sessions with a unit budget and one without; tier 0 two plain ones.
+TIERED = [
+    Session(id="u0", secret="x-u0", priority=1, tpm=60_000),
+    Session(id="u1", secret="x-u1", priority=1, tpm=30_000),
+    Session(id="u2", secret="x-u2", priority=1),
+    Session(id="l0", secret="x-l0"),
+    Session(id="l1", secret="x-l1"),
+]
+#: Store ms one unit takes of a 60000 tpm budget (60000/tpm with the 2% quota slack).
+MS_PER_UNIT = 1.02
+
+
+async def test_views_and_summary_show_tiers_and_unit_budgets(make_pool) -> None:
+    """Each view carries its tier and budget; the summary counts sessions and available ones per
+    tier, best first, and adds the budgets up."""
+    pool = await make_pool(TIERED)
+    admin = PoolAdmin(pool)
+    await admin.disable("u2")
+    views = {v.id: v for v in await admin.sessions()}
+    assert {i: (v.priority, v.tpm, v.units) for i, v in views.items()} == {
+        "u0": (1, 60_000, 0), "u1": (1, 30_000, 0), "u2": (1, None, 0), "l0": (0, None, 0),
+        "l1": (0, None, 0),
+    }  # fmt: skip
+    # A full budget is a minute's worth of units at the slackened spacing: 60000 / 1.02.
+    assert (views["u0"].units_available, views["u1"].units_available) == (58_823, 29_411)
+    assert views["l0"].units_available is None
+    summary = await admin.summary()
+    assert [(t.priority, t.sessions, t.available) for t in summary.tiers] == [(1, 3, 2), (0, 2, 2)]
+    assert summary.units == UnitTotals(sessions=2, tpm=90_000, available=58_823 + 29_411)
+    assert summary.sessions_read == 5
+    # A tier with no eligible session is still listed, with 0 available.
+    await admin.disable("u0")
+    await admin.disable("u1")
+    tiers = (await admin.census()).tiers
+    assert [(t.priority, t.sessions, t.available) for t in tiers] == [(1, 3, 0), (0, 2, 2)]
+
+
+async def test_units_reported_at_release_lower_what_is_available_until_it_refills(
+    make_pool, redis, store_now_ms, store_reaches
+) -> None:
+    """Units a release reports come off the budget at once (by the store's clock, as the scripts
+    charge them), and what is available grows back as the store's time passes."""
+    pool = await make_pool(TIERED)
+    admin = PoolAdmin(pool)
+    before_ms = await store_now_ms()
+    lease = await pool.acquire(exclude=["u1", "u2"])
+    assert lease.session_id == "u0"
+    await pool.release(lease, Outcome.SUCCESS, units=40_000)
+    spent = await admin.census()
+    schedule_ms = float(await redis.hget(pool.keys.session("u0"), "unit_tat"))
+    left = spent.units["u0"].available
+    assert left == (spent.now_ms + 60_000 - schedule_ms) // MS_PER_UNIT
+    # At most what a full budget holds minus the units, plus what refilled since the release.
+    assert left <= (spent.now_ms - before_ms + 60_000 - 40_000 * MS_PER_UNIT) / MS_PER_UNIT
+    assert spent.units["u1"].available == 29_411  # another session's budget is untouched
+    view = await admin.session("u0")
+    assert (view.units, view.tpm) == (40_000, 60_000)
+    assert view.units_available is not None
+    assert view.units_available >= left
+    await store_reaches(spent.now_ms + 100)
+    refilled = await admin.census()
+    assert refilled.units["u0"].available >= left + 90
+    assert refilled.units["u0"].available <= 58_823
+
+
+async def test_census_of_a_large_pool_reads_a_bounded_number_of_sessions(make_pool) -> None:
+    """Beyond ``limit`` sessions the census reads only the first ones: tier sizes are then
+    unknown (None), while the eligible counts per tier stay exact."""
+    admin = PoolAdmin(await make_pool(TIERED))
+    census = await admin.census(limit=2)
+    assert census.sessions_read == 2
+    assert [(t.priority, t.sessions, t.available) for t in census.tiers] == [
+        (1, None, 3), (0, None, 2),
+    ]  # fmt: skip
+    assert set(census.units) == {"u0", "u1"}

@@ -135,6 +135,55 @@ async def test_sessions_and_summary_show_state_never_secrets(
         assert TOKEN not in text
 
 
+async def test_sessions_and_summary_show_tiers_and_unit_budgets(
+    start_replica: StartReplica, sim: SimulatedUpstream, http: aiohttp.ClientSession
+) -> None:
+    """Each session carries its tier, tpm, units counted and units left; the summary counts
+    each tier's sessions and available ones, best first, and adds the budgets up."""
+    sessions = [
+        Session(id="a", secret="secret-a", priority=1, tpm=60_000),
+        Session(id="b", secret="secret-b", priority=1),
+        Session(id="c", secret="secret-c", tpm=30_000),
+    ]
+    replica = await start_replica(
+        sessions,
+        admin_token=TOKEN,
+        session_selection_strategy=Strategy.ROUND_ROBIN,
+        usage_header="X-Usage-Tokens",
+    )
+    sim.force("secret-a", 200, {"X-Usage-Tokens": "30000"})
+    admin = replica.replica.admin
+    before_ms = await admin.now_ms()
+    for _ in range(2):  # one each for a and b: tier 1 serves while it can
+        async with http.post(replica.proxy_url + CHAT, json=BODY) as response:
+            assert response.status == 200
+    for _ in range(250):
+        if (await admin.session("a")).units == 30_000:
+            break
+        await asyncio.sleep(0.02)
+    status, listing, _ = await call(http, replica, "GET", "/sessions")
+    after_ms = await admin.now_ms()
+    assert status == 200
+    budgets = {
+        s["id"]: (s["priority"], s["tpm"], s["units"], s["units_available"])
+        for s in listing["sessions"]
+    }
+    assert budgets["b"] == (1, None, 0, None)
+    assert budgets["c"] == (0, 30_000, 0, 29_411)  # a full budget: 30000 / 1.02
+    assert budgets["a"][:3] == (1, 60_000, 30_000)
+    # 30000 units took 30000 x 1.02 ms of a one-minute budget; at most that much has refilled.
+    assert 0 < budgets["a"][3] <= (after_ms - before_ms + 60_000 - 30_600) / 1.02
+    status, summary, _ = await call(http, replica, "GET", "/pool")
+    assert status == 200
+    assert summary["tiers"] == [
+        {"priority": 1, "sessions": 2, "available": 2},
+        {"priority": 0, "sessions": 1, "available": 1},
+    ]
+    assert (summary["units"]["sessions"], summary["units"]["tpm"]) == (2, 90_000)
+    assert summary["units"]["available"] >= budgets["a"][3] + 29_411
+    assert summary["sessions_read"] == 3
+
+
 async def test_disable_takes_effect_on_the_other_replica(
     start_replica: StartReplica,
     shared_redis: str,
@@ -217,6 +266,12 @@ async def test_openapi_document_is_valid_and_served(
 ) -> None:
     """The OpenAPI document validates as OpenAPI 3.1 and names every admin route."""
     validate(openapi_document())
+    schemas = openapi_document()["components"]["schemas"]
+    assert {"priority", "tpm", "units", "units_available"} <= set(
+        schemas["SessionView"]["required"]
+    )
+    assert {"tiers", "units", "sessions_read"} <= set(schemas["PoolSummary"]["required"])
+    assert {"TierCount", "UnitTotals"} <= set(schemas)
     replica = await start_replica(admin_token=TOKEN)
     status, document, _ = await call(http, replica, "GET", "/openapi.json")
     assert status == 200

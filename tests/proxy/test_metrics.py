@@ -11,9 +11,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import aiohttp
+import redis.asyncio
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from broker import Strategy
+from broker import Session, StoreError, Strategy
+from broker.admin import Census, TierCount, UnitBudget
+from proxy.metrics import ClusterCollector
 from proxy.simulated_upstream import SimulatedUpstream
 from tests.proxy.conftest import SESSIONS
 
@@ -92,10 +96,10 @@ async def test_two_replicas_show_their_counters_and_the_same_pool_gauges(
     assert [value(f, "session_broker_proxy_overhead_seconds_count") for f in found] == [6, 4]
     assert [value(f, "session_broker_leases_in_flight") for f in found] == [0, 0]
     for f in found:
-        assert value(f, "session_broker_pool_sessions", state="total") == 3
-        assert value(f, "session_broker_pool_sessions", state="cooling") == 1
-        assert value(f, "session_broker_pool_sessions", state="available") == 2
-        assert value(f, "session_broker_pool_leases") == 0
+        assert value(f, "session_broker_pool_sessions", pool="default", state="total") == 3
+        assert value(f, "session_broker_pool_sessions", pool="default", state="cooling") == 1
+        assert value(f, "session_broker_pool_sessions", pool="default", state="available") == 2
+        assert value(f, "session_broker_pool_leases", pool="default") == 0
     pool_lines = [
         sorted(
             line for line in text.splitlines() if re.match(r"session_broker_(pool|session_b)", line)
@@ -122,9 +126,10 @@ async def test_breaker_state_is_labelled_by_session(
             await response.read()
     await settled(replica, 3)
     found = samples(await scrape(http, replica))
-    assert value(found, "session_broker_session_breaker", session="a", state="open") == 1
+    breaker = {"pool": "default", "session": "a", "state": "open"}
+    assert value(found, "session_broker_session_breaker", **breaker) == 1
     assert value(found, "session_broker_breaker_transitions_total", session="a", state="open") == 1
-    assert value(found, "session_broker_pool_sessions", state="open") == 1
+    assert value(found, "session_broker_pool_sessions", pool="default", state="open") == 1
 
 
 async def test_prefix_and_switch(start_replica: StartReplica, http: aiohttp.ClientSession) -> None:
@@ -163,3 +168,100 @@ async def test_dashboard_uses_only_metrics_that_exist(
     for panel in dashboard["panels"]:
         by_kind[panel["type"]].append(panel["title"])
     assert by_kind["timeseries"]
+
+
+async def store_now_ms(url: str) -> int:
+    client = redis.asyncio.Redis.from_url(url)
+    try:
+        seconds, microseconds = await client.time()
+    finally:
+        await client.aclose()
+    return int(seconds) * 1000 + int(microseconds) // 1000
+
+
+async def test_tier_and_unit_budget_gauges(
+    start_replica: StartReplica,
+    shared_redis: str,
+    sim: SimulatedUpstream,
+    http: aiohttp.ClientSession,
+) -> None:
+    """Two tiers, two sessions with a tpm: sessions per tier (available and total), each budget's
+    tpm and units left, labelled by pool; the units an answer reported come off, and refill as
+    the store's time passes."""
+    sessions = [
+        Session(id="a", secret="secret-a", priority=1, tpm=60_000),
+        Session(id="b", secret="secret-b", priority=1),
+        Session(id="c", secret="secret-c", tpm=30_000),
+    ]
+    replica = await start_replica(
+        sessions,
+        redis_url=shared_redis,
+        session_selection_strategy=Strategy.ROUND_ROBIN,
+        usage_header="X-Usage-Tokens",
+    )
+    sim.force("secret-a", 200, {"X-Usage-Tokens": "30000"})
+    before_ms = await store_now_ms(shared_redis)
+    for _ in range(2):  # one each for a and b: tier 1 serves while it can
+        async with http.post(replica.proxy_url + CHAT, json=BODY) as response:
+            assert response.status == 200
+    await settled(replica, 2)
+    found = samples(await scrape(http, replica))
+    after_ms = await store_now_ms(shared_redis)
+    tiers = "session_broker_pool_tier_sessions"
+    assert value(found, tiers, pool="default", tier="1", state="available") == 2
+    assert value(found, tiers, pool="default", tier="1", state="total") == 2
+    assert value(found, tiers, pool="default", tier="0", state="available") == 1
+    assert value(found, tiers, pool="default", tier="0", state="total") == 1
+    tpm = "session_broker_session_tpm"
+    assert value(found, tpm, pool="default", session="a") == 60_000
+    assert value(found, tpm, pool="default", session="c") == 30_000
+    assert not [key for key in found if key[0] == tpm and ("session", "b") in key[1]]
+    units = "session_broker_session_units_available"
+    left = value(found, units, pool="default", session="a")
+    # 30000 units took 30000 x 1.02 ms of a one-minute budget; at most that much has refilled.
+    assert 0 < left <= (after_ms - before_ms + 60_000 - 30_600) / 1.02
+    assert value(found, units, pool="default", session="c") == 29_411  # 30000 / 1.02: untouched
+    replica.replica.metrics.cluster.read_at = None  # the next scrape reads the pool again
+    for _ in range(250):  # until the store's clock is 100 ms on
+        if await store_now_ms(shared_redis) > after_ms + 100:
+            break
+        await asyncio.sleep(0.02)
+    refilled = samples(await scrape(http, replica))
+    assert value(refilled, units, pool="default", session="a") >= left + 90
+
+
+def census(available: int, *, units: dict[str, UnitBudget] | None = None) -> Census:
+    return Census(
+        now_ms=1,
+        sessions={"total": 2, "available": available},
+        leases=0,
+        breakers={},
+        tiers=[TierCount(priority=0, sessions=2, available=available)],
+        units=units or {},
+        sessions_read=2,
+    )
+
+
+async def test_one_collector_serves_several_pools() -> None:
+    """The cluster gauges of each pool carry its name; a pool whose read fails is left out of
+    the scrape while the others still show."""
+
+    async def one() -> Census:
+        return census(2, units={"x": UnitBudget(tpm=600, available=300)})
+
+    async def two() -> Census:
+        return census(1)
+
+    async def down() -> Census:
+        raise StoreError("the store is unreachable")
+
+    collector = ClusterCollector("sb", {"one": one, "two": two, "down": down})
+    registry = CollectorRegistry()
+    registry.register(collector)
+    await collector.refresh()
+    found = samples(generate_latest(registry).decode())
+    assert value(found, "sb_pool_sessions", pool="one", state="available") == 2
+    assert value(found, "sb_pool_sessions", pool="two", state="available") == 1
+    assert value(found, "sb_pool_tier_sessions", pool="two", tier="0", state="available") == 1
+    assert value(found, "sb_session_units_available", pool="one", session="x") == 300
+    assert not [key for key in found if ("pool", "down") in key[1]]

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import aiohttp
+import redis.asyncio
 
-from broker import Strategy
+from broker import Session, Strategy
 from proxy.settings import HELP
 from proxy.simulated_upstream import SimulatedUpstream
 from tests.proxy.conftest import SESSIONS
@@ -92,6 +93,72 @@ async def test_status_table_and_json(
     states = {s["id"]: s["state"] for s in parsed["sessions"]}
     assert states == {"a": "available", "b": "cooling", "c": "disabled"}
     assert parsed["summary"]["sessions"]["cooling"] == 1
+    assert "TIER" not in lines[2]  # one tier, no unit budget: no columns for them
+    assert "UNITS" not in lines[2]
+    no_secrets(table.stdout, table.stderr, document.stdout, document.stderr)
+
+
+async def store_now_ms(url: str) -> int:
+    client = redis.asyncio.Redis.from_url(url)
+    try:
+        seconds, microseconds = await client.time()
+    finally:
+        await client.aclose()
+    return int(seconds) * 1000 + int(microseconds) // 1000
+
+
+async def test_status_shows_tiers_and_unit_budgets(
+    start_replica: StartReplica, shared_redis: str, sim: SimulatedUpstream
+) -> None:
+    """In a pool of two tiers with a unit budget, status adds a TIER and a UNITS column, a line
+    per tier and the budgets added up; the units an answer reported come off the budget."""
+    sessions = [
+        Session(id="a", secret="secret-a", priority=1, tpm=60_000),
+        Session(id="b", secret="secret-b", priority=1),
+        Session(id="c", secret="secret-c"),
+    ]
+    replica = await start_replica(
+        sessions,
+        redis_url=shared_redis,
+        session_selection_strategy=Strategy.ROUND_ROBIN,
+        usage_header="X-Usage-Tokens",
+    )
+    sim.force("secret-a", 200, {"X-Usage-Tokens": "30000"})
+    before_ms = await store_now_ms(shared_redis)
+    async with aiohttp.ClientSession() as http:
+        for _ in range(2):  # one each for a and b: tier 1 serves while it can
+            async with http.post(replica.proxy_url + CHAT, json=BODY) as response:
+                assert response.status == 200
+    for _ in range(250):
+        if (await replica.replica.admin.session("a")).units == 30_000:
+            break
+        await asyncio.sleep(0.02)
+    env = {"REDIS_URL": shared_redis}
+    table = await cli("status", env=env)
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[1] == "tier 1: 2/2 available; tier 0: 1/1 available"
+    assert lines[2].startswith("units ")
+    assert lines[2].endswith("/60,000 tpm (1 session)")
+    assert lines[4].split() == [
+        "SESSION", "STATE", "TIER", "COOLDOWN", "BREAKER", "IN-FLIGHT", "UNITS", "SUCCESS",
+        "LATENCY", "LAST", "ERROR", "WHEN",
+    ]  # fmt: skip
+    rows = {line.split()[0]: line.split() for line in lines[5:]}
+    assert [rows[i][2] for i in "abc"] == ["1", "1", "0"]
+    assert rows["a"][7] == "tpm"
+    assert rows["a"][6].endswith("/60,000")
+    assert [rows[i][6] for i in "bc"] == ["-", "-"]
+    document = await cli("status", "--json", env=env)
+    after_ms = await store_now_ms(shared_redis)
+    parsed = json.loads(document.stdout)
+    a = parsed["sessions"][0]
+    assert (a["id"], a["priority"], a["tpm"], a["units"]) == ("a", 1, 60_000, 30_000)
+    # 30000 units took 30000 x 1.02 ms of a one-minute budget; at most that much has refilled.
+    assert a["units_available"] <= (after_ms - before_ms + 60_000 - 30_600) / 1.02
+    assert parsed["summary"]["units"]["tpm"] == 60_000
+    tiers = [(t["priority"], t["sessions"], t["available"]) for t in parsed["summary"]["tiers"]]
+    assert tiers == [(1, 2, 2), (0, 1, 1)]
     no_secrets(table.stdout, table.stderr, document.stdout, document.stderr)
 
 
