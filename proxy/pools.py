@@ -265,6 +265,10 @@ def _from_document(raw: dict[str, Any], settings: Settings, origin: str) -> Pool
     plans = {name: _plan(name, entry, settings, origin) for name, entry in document.pools.items()}
     _check_routes(plans, origin)
     _check_fallbacks(plans, origin)
+    table = PoolTable(plans)
+    for plan in plans.values():  # a request may try every session along its pool's chain
+        chained = [s for link in table.chain(plan.name) for s in link.sessions]
+        plan.max_attempts = _max_attempts(settings, chained)
     default = document.default_pool
     if default is None and len(plans) == 1:
         default = next(iter(plans))

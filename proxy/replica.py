@@ -19,6 +19,7 @@ import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from broker import ConfigError, Pool, Session, StoreError
-from broker.admin import Census, PoolAdmin
+from broker.admin import PoolAdmin
 from broker.constants import OPS_SET_LIMIT
 from proxy.leasing import Leasing, Served
 from proxy.logs import REDACTOR
@@ -58,7 +59,7 @@ class Replica:
         # Operations: secrets kept out of every log line, metrics, the fleet watch.
         REDACTOR.add(settings.secret_values)
         self.id = replica_id()
-        self.metrics = Metrics(settings.metrics_prefix, pools={settings.pool: self._census})
+        self.metrics = Metrics(settings.metrics_prefix)  # its pools: see _admins_follow
         self.watch = Watch(self)
         self.admins: dict[str, PoolAdmin] = {}
         self._use(pools)
@@ -151,6 +152,9 @@ class Replica:
         self.admins = {
             name: self.admins[name] if name in self.admins else PoolAdmin(s.pool)
             for name, s in served.items()
+        }
+        self.metrics.cluster.reads = {
+            name: partial(admin.census, limit=OPS_SET_LIMIT) for name, admin in self.admins.items()
         }
 
     @property
@@ -254,9 +258,6 @@ class Replica:
         """The default pool's admin (``admins`` has every pool's)."""
         assert self.admins, "replica not started"
         return self.admins[self.main_pool]
-
-    async def _census(self) -> Census:
-        return await self.admin.census(limit=OPS_SET_LIMIT)
 
     async def close(self) -> None:
         await self.watch.close()

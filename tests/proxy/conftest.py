@@ -13,6 +13,7 @@ import redis.asyncio
 from aiohttp import web
 
 from broker import Session
+from proxy.pools import load_pools
 from proxy.replica import Replica
 from proxy.serve import RunningReplica, start
 from proxy.settings import Settings
@@ -102,7 +103,10 @@ async def start_replica(upstream_url: str) -> AsyncIterator[StartReplica]:
     """Start a replica (proxy + ops on free ports); extra keywords are Settings fields."""
     running: list[RunningReplica] = []
 
-    async def start_one(sessions: Sequence[Session] = SESSIONS, **overrides: Any) -> RunningReplica:
+    async def start_one(
+        sessions: Sequence[Session] | None = SESSIONS, **overrides: Any
+    ) -> RunningReplica:
+        """``sessions=None``: the pools of the ``sessions_file`` override."""
         fields: dict[str, Any] = {
             "upstream_url": upstream_url,
             "listen": "127.0.0.1:0",
@@ -110,7 +114,9 @@ async def start_replica(upstream_url: str) -> AsyncIterator[StartReplica]:
             "shutdown_grace": 2.0,
             "exponential_backoff_enabled": False,
         }
-        replica = await start(Replica(Settings(**(fields | overrides)), list(sessions)))
+        settings = Settings(**(fields | overrides))
+        pools = load_pools(settings) if sessions is None else list(sessions)
+        replica = await start(Replica(settings, pools))
         running.append(replica)
         await asyncio.wait_for(replica.replica.synced.wait(), 10)
         return replica
