@@ -5,6 +5,10 @@ one (compared in constant time). Request bodies are validated with msgspec; bad 
 naming the field and the reason. Answers carry session ids and state, never a secret. An OpenAPI
 3.1 document of it all is at /admin/openapi.json, its schemas generated from the same structs
 (a session's tier and unit budget, the summary's tiers and budget totals included).
+
+Every route works on one pool: the one named by the ``pool`` query parameter, else the default
+pool (404 ``unknown_pool`` for a pool this replica does not serve). ``GET /admin/pools`` lists
+the pools this replica serves, with their routes, fallback chains and summaries.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import hmac
 import re
 from typing import Annotated, Any, TypeVar
+from urllib.parse import urlsplit
 
 import msgspec
 import structlog
@@ -19,7 +24,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from broker import StoreError, UnknownSession
-from broker.admin import RESERVED_REASONS, PoolSummary, SessionView
+from broker.admin import RESERVED_REASONS, PoolAdmin, PoolSummary, SessionView
 from proxy.ops import package_version
 from proxy.replica import REPLICA, Replica
 
@@ -49,6 +54,27 @@ class SessionList(msgspec.Struct):
     sessions: list[SessionView]
 
 
+class PoolInfo(msgspec.Struct, kw_only=True):
+    """A pool as this replica serves it: how requests reach it, what it falls back to (in the
+    order tried), and its summary from the store. ``upstream`` is scheme, host and port only."""
+
+    name: str
+    default: bool
+    strategy: str
+    upstream: str
+    path_prefix: str | None
+    models: list[str]
+    fallbacks: list[str]
+    sessions_configured: int
+    summary: PoolSummary
+
+
+class PoolList(msgspec.Struct):
+    pool_header: str | None
+    default_pool: str | None
+    pools: list[PoolInfo]
+
+
 class ErrorDetail(msgspec.Struct):
     code: str
     message: str
@@ -58,6 +84,10 @@ class ErrorDetail(msgspec.Struct):
 
 class ErrorBody(msgspec.Struct):
     error: ErrorDetail
+
+
+class NoSuchPool(Exception):
+    """The ``pool`` parameter names a pool this replica does not serve."""
 
 
 class BadInput(Exception):
@@ -120,6 +150,8 @@ def token_middleware(token: str) -> Any:
             return _error(400, "invalid_body", str(exc), field=exc.field, reason=exc.reason)
         except UnknownSession as exc:
             return _error(404, "unknown_session", str(exc))
+        except NoSuchPool as exc:
+            return _error(404, "unknown_pool", str(exc))
         except StoreError as exc:
             log.warning("admin request failed: store unavailable", error=str(exc))
             return _error(503, "store_unavailable", "the session store is unreachable")
@@ -131,22 +163,60 @@ def _replica(request: web.Request) -> Replica:
     return request.app[REPLICA]
 
 
+def _admin(request: web.Request) -> PoolAdmin:
+    """The admin of the pool the ``pool`` parameter names, else of the default pool."""
+    replica = _replica(request)
+    name = request.query.get("pool")
+    if name is None:
+        return replica.admin
+    admin = replica.admins.get(name)
+    if admin is None:
+        shown = name if len(name) <= 64 else name[:64] + "..."
+        raise NoSuchPool(f"this replica serves no pool named {shown!r}")
+    return admin
+
+
 async def list_sessions(request: web.Request) -> web.Response:
-    admin = _replica(request).admin
+    admin = _admin(request)
     now = await admin.now_ms()
     return _json(SessionList(admin.pool.name, now, await admin.sessions()))
 
 
 async def get_session(request: web.Request) -> web.Response:
-    return _json(await _replica(request).admin.session(request.match_info["id"]))
+    return _json(await _admin(request).session(request.match_info["id"]))
 
 
 async def pool_summary(request: web.Request) -> web.Response:
-    return _json(await _replica(request).admin.summary())
+    return _json(await _admin(request).summary())
+
+
+async def list_pools(request: web.Request) -> web.Response:
+    replica = _replica(request)
+    table = replica.table
+    pools = []
+    for name, plan in table.pools.items():
+        admin = replica.admins.get(name)
+        if admin is None:  # a reload is adding it right now
+            continue
+        url = urlsplit(plan.upstream_url)
+        pools.append(
+            PoolInfo(
+                name=name,
+                default=name == table.default,
+                strategy=plan.strategy.value,
+                upstream=f"{url.scheme}://{url.hostname}" + (f":{url.port}" if url.port else ""),
+                path_prefix=plan.path_prefix,
+                models=list(plan.models),
+                fallbacks=[link.name for link in table.chain(name)[1:]],
+                sessions_configured=len(plan.sessions),
+                summary=await admin.summary(),
+            )
+        )
+    return _json(PoolList(table.header, table.default, pools))
 
 
 async def _act(request: web.Request, action: str, **detail: Any) -> web.Response:
-    admin = _replica(request).admin
+    admin = _admin(request)
     session_id = request.match_info["id"]
     if action == "enable":
         result = await admin.enable(session_id)
@@ -158,7 +228,7 @@ async def _act(request: web.Request, action: str, **detail: Any) -> web.Response
         result = await admin.reset(session_id)
     else:
         result = await admin.set_weight(session_id, detail["weight"])
-    log.info("admin action", action=action, session=session_id, **detail)
+    log.info("admin action", action=action, pool=admin.pool.name, session=session_id, **detail)
     return _json(result)
 
 
@@ -196,6 +266,7 @@ def add_admin_routes(app: web.Application, token: str) -> None:
     admin[REPLICA] = app[REPLICA]
     admin.router.add_get("/openapi.json", openapi)
     admin.router.add_get("/pool", pool_summary)
+    admin.router.add_get("/pools", list_pools)
     admin.router.add_get("/sessions", list_sessions)
     admin.router.add_get("/sessions/{id}", get_session)
     admin.router.add_post("/sessions/{id}/enable", enable)
@@ -222,11 +293,21 @@ def _operation(
             "503": {"description": "store unreachable", **error},
         },
     }
+    op["parameters"] = [
+        {
+            "name": "pool",
+            "in": "query",
+            "required": False,
+            "description": "the pool to work on (default: the default pool)",
+            "schema": {"type": "string"},
+        }
+    ]
+    op["responses"]["404"] = {"description": "no such pool", **error}
     if session:
-        op["parameters"] = [
+        op["parameters"].append(
             {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
-        ]
-        op["responses"]["404"] = {"description": "no such session", **error}
+        )
+        op["responses"]["404"] = {"description": "no such session or pool", **error}
     if body is not None:
         schema = {"$ref": f"#/components/schemas/{body}"}
         op["requestBody"] = {
@@ -239,7 +320,7 @@ def _operation(
 
 def openapi_document() -> dict[str, Any]:
     """The OpenAPI 3.1 description of the admin API."""
-    structs = (SessionView, SessionList, PoolSummary, DisableBody, WeightBody, ErrorBody)
+    structs = (SessionView, SessionList, PoolSummary, PoolList, DisableBody, WeightBody, ErrorBody)
     _, components = msgspec.json.schema_components(
         structs, ref_template="#/components/schemas/{name}"
     )
@@ -260,6 +341,24 @@ def openapi_document() -> dict[str, Any]:
                     "PoolSummary",
                     session=False,
                 )
+            },
+            "/pools": {
+                "get": {
+                    "summary": "Every pool this replica serves: routes, fallbacks, summaries",
+                    "responses": {
+                        "200": {
+                            "description": "OK",
+                            "content": {
+                                "application/json": {
+                                    "schema": {"$ref": "#/components/schemas/PoolList"}
+                                }
+                            },
+                        },
+                        "401": {"description": "no token"},
+                        "403": {"description": "wrong token"},
+                        "503": {"description": "store unreachable"},
+                    },
+                }
             },
             "/sessions": {
                 "get": _operation(

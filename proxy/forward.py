@@ -292,6 +292,7 @@ class Forwarder:
                 continue
             if plan is not primary:
                 log.debug("served by a fallback pool", pool=plan.name, routed=primary.name)
+                self.replica.metrics.fallback_taken(primary.name, plan.name)
             return leased
         assert refused is not None
         if wait_s <= 0 or refused.reason in ("tried", "disabled"):
@@ -501,8 +502,13 @@ class Forwarder:
     ) -> None:
         """Release in the background: it must land even when this request is being cancelled."""
         exhausted = waits.exhausted_ms is not None
-        self.replica.metrics.lease_released(lease.session_id, outcome, exhausted=exhausted)
-        pool = self.leases[lease.lease_id].pool
+        self.replica.metrics.lease_released(
+            lease.pool, lease.session_id, outcome, exhausted=exhausted
+        )
+        leased = self.leases[lease.lease_id]
+        if units is None and lease.session_id not in leased.plan.metered:
+            units = 0  # a pre-charge stands only against a unit budget
+        pool = leased.pool
         self.replica.spawn(
             _release(self.replica, pool, lease, outcome, latency_ms, waits, detail, units)
         )

@@ -161,8 +161,8 @@ class Metrics:
         r, p = self.registry, prefix
         self.session_requests = Counter(
             f"{p}_session_requests",
-            "Upstream attempts by session and outcome",
-            ["session", "outcome"],
+            "Upstream attempts by pool, session and outcome",
+            ["pool", "session", "outcome"],
             registry=r,
         )
         self.client_responses = Counter(
@@ -170,20 +170,21 @@ class Metrics:
         )
         self.rate_limit_events = Counter(
             f"{p}_rate_limit_events",
-            "Rate limits met, by session and source: 429 answers, or headers saying none is left",
-            ["session", "source"],
+            "Rate limits met, by pool, session and source: 429 answers, or headers saying none "
+            "is left",
+            ["pool", "session", "source"],
             registry=r,
         )
         self.cooldowns_started = Counter(
             f"{p}_cooldowns_started",
-            "Cooldowns this replica's calls started, by session",
-            ["session"],
+            "Cooldowns this replica's calls started, by pool and session",
+            ["pool", "session"],
             registry=r,
         )
         self.breaker_transitions = Counter(
             f"{p}_breaker_transitions",
-            "Circuit breaker transitions this replica's calls made, by session and new state",
-            ["session", "state"],
+            "Circuit breaker transitions this replica's calls made, by pool, session and new state",
+            ["pool", "session", "state"],
             registry=r,
         )
         self.attempts = Histogram(
@@ -234,6 +235,19 @@ class Metrics:
             "Failed webhook deliveries (each retry counts)",
             registry=r,
         )
+        self.fallback_leases = Counter(
+            f"{p}_fallback_leases",
+            "Leases a request routed to a pool took from a pool of its fallback chain",
+            ["pool", "fallback"],
+            registry=r,
+        )
+        self.pool_info = Gauge(
+            f"{p}_pool_info",
+            "1 for each pool this replica serves, with its fallback (empty: none) and whether "
+            "it is the default pool",
+            ["pool", "fallback", "default"],
+            registry=r,
+        )
         self.cluster = ClusterCollector(p, pools or {})
         r.register(self.cluster)
         ProcessCollector(registry=r)
@@ -248,19 +262,30 @@ class Metrics:
     def lease_taken(self) -> None:
         self.leases_in_flight.inc()
 
-    def lease_released(self, session_id: str, outcome: Outcome, *, exhausted: bool) -> None:
+    def lease_released(
+        self, pool: str, session_id: str, outcome: Outcome, *, exhausted: bool
+    ) -> None:
         """A lease ended with ``outcome``; ``exhausted``: headers said nothing is left."""
         self.leases_in_flight.dec()
-        self.session_requests.labels(session_id, outcome.value).inc()
+        self.session_requests.labels(pool, session_id, outcome.value).inc()
         if outcome is Outcome.UNUSED:
             return
         self.attempts_total += 1
         if outcome in ERROR_OUTCOMES:
             self.errors_total += 1
         if outcome is Outcome.RATE_LIMITED:
-            self.rate_limit_events.labels(session_id, "429").inc()
+            self.rate_limit_events.labels(pool, session_id, "429").inc()
         elif exhausted:
-            self.rate_limit_events.labels(session_id, "headers").inc()
+            self.rate_limit_events.labels(pool, session_id, "headers").inc()
+
+    def fallback_taken(self, pool: str, fallback: str) -> None:
+        self.fallback_leases.labels(pool, fallback).inc()
+
+    def pools_served(self, pools: Iterable[tuple[str, str | None, bool]]) -> None:
+        """The pools this replica serves now: (name, fallback, is the default)."""
+        self.pool_info.clear()
+        for name, fallback, default in pools:
+            self.pool_info.labels(name, fallback or "", str(default).lower()).set(1)
 
     def upstream_answered(self, seconds: float) -> None:
         self.upstream_latency.observe(seconds)
@@ -289,9 +314,9 @@ class Metrics:
     def transitions(self, transitions: Iterable[Transition]) -> None:
         for t in transitions:
             if t.kind == "breaker":
-                self.breaker_transitions.labels(t.session_id, t.new).inc()
+                self.breaker_transitions.labels(t.pool, t.session_id, t.new).inc()
             elif t.new == "cooling":
-                self.cooldowns_started.labels(t.session_id).inc()
+                self.cooldowns_started.labels(t.pool, t.session_id).inc()
 
     def alert_sent(self, kind: str, status: str) -> None:
         self.alerts_sent.labels(kind, status).inc()

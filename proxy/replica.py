@@ -153,6 +153,10 @@ class Replica:
             name: self.admins[name] if name in self.admins else PoolAdmin(s.pool)
             for name, s in served.items()
         }
+        table = self.table
+        self.metrics.pools_served(
+            (name, plan.fallback, name == table.default) for name, plan in table.pools.items()
+        )
         self.metrics.cluster.reads = {
             name: partial(admin.census, limit=OPS_SET_LIMIT) for name, admin in self.admins.items()
         }

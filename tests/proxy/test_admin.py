@@ -277,8 +277,9 @@ async def test_openapi_document_is_valid_and_served(
     assert status == 200
     validate(document)
     assert set(document["paths"]) == {
-        "/pool", "/sessions", "/sessions/{id}", "/sessions/{id}/enable", "/sessions/{id}/disable",
-        "/sessions/{id}/drain", "/sessions/{id}/reset", "/sessions/{id}/weight", "/openapi.json",
+        "/pool", "/pools", "/sessions", "/sessions/{id}", "/sessions/{id}/enable",
+        "/sessions/{id}/disable", "/sessions/{id}/drain", "/sessions/{id}/reset",
+        "/sessions/{id}/weight", "/openapi.json",
     }  # fmt: skip
     for path, operations in document["paths"].items():
         for method in operations:

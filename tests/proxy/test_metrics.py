@@ -83,13 +83,25 @@ async def test_two_replicas_show_their_counters_and_the_same_pool_gauges(
         return sum(value(f, name, **labels) for f in found)
 
     assert [value(f, "session_broker_client_responses_total", code="200") for f in found] == [6, 4]
-    assert total("session_broker_session_requests_total", session="c", outcome="rate_limited") == 1
+    assert (
+        total(
+            "session_broker_session_requests_total",
+            pool="default",
+            session="c",
+            outcome="rate_limited",
+        )
+        == 1
+    )
     successes = sum(
-        total("session_broker_session_requests_total", session=s, outcome="success") for s in "ab"
+        total("session_broker_session_requests_total", pool="default", session=s, outcome="success")
+        for s in "ab"
     )
     assert successes == 10
-    assert total("session_broker_rate_limit_events_total", session="c", source="429") == 1
-    assert total("session_broker_cooldowns_started_total", session="c") == 1
+    assert (
+        total("session_broker_rate_limit_events_total", pool="default", session="c", source="429")
+        == 1
+    )
+    assert total("session_broker_cooldowns_started_total", pool="default", session="c") == 1
     assert total("session_broker_attempts_per_request_count") == 10
     assert total("session_broker_attempts_per_request_sum") == 11
     assert total("session_broker_upstream_latency_seconds_count") == 11
@@ -128,7 +140,16 @@ async def test_breaker_state_is_labelled_by_session(
     found = samples(await scrape(http, replica))
     breaker = {"pool": "default", "session": "a", "state": "open"}
     assert value(found, "session_broker_session_breaker", **breaker) == 1
-    assert value(found, "session_broker_breaker_transitions_total", session="a", state="open") == 1
+    assert (
+        value(
+            found,
+            "session_broker_breaker_transitions_total",
+            pool="default",
+            session="a",
+            state="open",
+        )
+        == 1
+    )
     assert value(found, "session_broker_pool_sessions", pool="default", state="open") == 1
 
 

@@ -391,3 +391,46 @@ def test_a_fallback_loop_stops_serve_at_start_up(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "fallback loop a -> b -> a" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+async def test_admin_api_and_metrics_show_every_pool(
+    tmp_path: Path, start_replica: StartReplica, http: aiohttp.ClientSession
+) -> None:
+    """/admin/pools lists each pool's routes, fallback chain and summary; ``?pool=`` picks the
+    pool of every other route (404 for one not served); metrics carry each pool."""
+    token = "t" * 32
+    path = _file(tmp_path, TWO_POOLS)
+    replica = await start_replica(None, sessions_file=str(path), admin_token=token)
+    auth = {"Authorization": f"Bearer {token}"}
+    admin_url = f"{replica.ops_url}/admin"
+    async with http.get(f"{admin_url}/pools", headers=auth) as response:
+        assert response.status == 200
+        listing = await response.json()
+    assert (listing["pool_header"], listing["default_pool"]) == ("X-Pool", "chat")
+    pools = {p["name"]: p for p in listing["pools"]}
+    assert pools["chat"]["fallbacks"] == ["cheap"]
+    assert pools["chat"]["models"] == ["gpt-4o", "gpt-4o-*"]
+    assert pools["chat"]["default"] is True
+    assert pools["cheap"]["path_prefix"] == "/cheap"
+    assert pools["cheap"]["summary"]["sessions"]["total"] == 1
+    assert pools["cheap"]["upstream"] == replica.replica.settings.upstream_url
+    assert "secret-" not in json.dumps(listing)
+
+    async with http.get(f"{admin_url}/sessions?pool=cheap", headers=auth) as response:
+        listed = await response.json()
+    assert (listed["pool"], [s["id"] for s in listed["sessions"]]) == ("cheap", ["c1"])
+    async with http.get(f"{admin_url}/sessions", headers=auth) as response:
+        assert [s["id"] for s in (await response.json())["sessions"]] == ["p1"]
+    async with http.post(f"{admin_url}/sessions/c1/disable?pool=cheap", headers=auth) as response:
+        assert response.status == 200
+    async with http.get(f"{admin_url}/sessions/c1?pool=chat", headers=auth) as response:
+        assert response.status == 404  # c1 is cheap's, not chat's
+    async with http.get(f"{admin_url}/pool?pool=gold", headers=auth) as response:
+        assert response.status == 404
+        assert (await response.json())["error"]["code"] == "unknown_pool"
+
+    async with http.get(f"{replica.ops_url}/metrics") as response:
+        text = await response.text()
+    assert 'session_broker_pool_info{default="true",fallback="cheap",pool="chat"} 1.0' in text
+    assert 'session_broker_pool_info{default="false",fallback="",pool="cheap"} 1.0' in text
+    assert 'session_broker_pool_sessions{pool="cheap",state="disabled"} 1.0' in text
