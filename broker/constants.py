@@ -4,6 +4,8 @@ from typing import Final
 
 #: Prefix of every Redis key the broker writes; a pool's keys are ``sb:{<pool>}:...``.
 KEY_PREFIX: Final = "sb"
+#: The fleet's list of pools for operators (broker/registry.py); outside every pool's hash tag.
+POOLS_KEY: Final = f"{KEY_PREFIX}:pools"
 
 #: Pool used when none is configured.
 DEFAULT_POOL: Final = "default"

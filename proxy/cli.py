@@ -49,7 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             # A terminal command: the transitions its reads bring about are news to nobody.
             explicit = os.environ.get("LOG_LEVEL") or getattr(args, "LOG_LEVEL", None)
             configure_logging(settings.log_level if explicit else "warning", settings.log_format)
-            return run_operator(settings, args)
+            given = bool(os.environ.get("POOL") or getattr(args, "POOL", None))
+            return run_operator(settings, args, pool_given=given)
         settings = load_settings(os.environ, args if args.command == "serve" else None)
         configure_logging(settings.log_level, settings.log_format)
         from proxy.serve import serve_forever

@@ -26,8 +26,9 @@ from redis.exceptions import RedisError
 from broker import BrokerSettings, Lease, Pool, Session, StoreError, WaitQueue, open_store
 from broker.events import Transition
 from broker.queue import QueueObserver
+from broker.registry import PoolEntry, forget_pool, record_pools
 from broker.store import Store
-from proxy.pools import PoolPlan
+from proxy.pools import PoolPlan, PoolTable
 from proxy.watch import ObservedPool
 
 log = structlog.get_logger(__name__)
@@ -53,7 +54,7 @@ class Leasing:
     def __init__(
         self,
         settings: BrokerSettings,
-        plans: Iterable[PoolPlan],
+        table: PoolTable,
         *,
         queue_max: int,
         failure_mode: str,
@@ -74,7 +75,8 @@ class Leasing:
         self._back = asyncio.Event()
         self._waiting = False
         self._started = False
-        self.configure(plans)
+        self._entries: dict[str, PoolEntry] = {}
+        self.configure(table)
 
     def _settings_of(self, plan: PoolPlan) -> BrokerSettings:
         return replace(self.settings, pool=plan.name, strategy=plan.strategy)
@@ -91,10 +93,20 @@ class Leasing:
             queue.start()
         return Served(pool, queue, plan.sessions)
 
-    def configure(self, plans: Iterable[PoolPlan]) -> list[Served]:
+    def configure(self, table: PoolTable) -> list[Served]:
         """Serve these pools from now on; returns the ones no longer served, for ``retire``.
         A pool kept keeps its queue; its sessions and strategy take effect at its next sync."""
-        wanted = {plan.name: plan for plan in plans}
+        wanted = table.pools
+        self._entries = {
+            name: PoolEntry(
+                strategy=plan.strategy.value,
+                default=name == table.default,
+                fallback=plan.fallback,
+                path_prefix=plan.path_prefix,
+                models=list(plan.models),
+            )
+            for name, plan in wanted.items()
+        }
         for name, plan in wanted.items():
             served = self.served.get(name)
             if served is None:
@@ -114,7 +126,7 @@ class Leasing:
         """Stop serving pools dropped by ``configure``: their claims go, their queues close."""
         for served in gone:
             with suppress(StoreError):
-                await served.pool.leave()
+                await self._leave(served.pool)
             await served.queue.close()
 
     def start(self, *, waiting: bool) -> None:
@@ -139,8 +151,10 @@ class Leasing:
             await self._back.wait()
 
     async def sync_all(self) -> int:
-        """Sync every pool's sessions; the number of sessions in all pools."""
+        """Sync every pool's sessions, and record the pools for operators (broker.registry);
+        the number of sessions in all pools."""
         sizes = [await served.pool.sync(served.sessions) for served in self.served.values()]
+        await record_pools(self.store, self._entries)
         return sum(sizes)
 
     async def keep_claims(self) -> None:
@@ -150,7 +164,11 @@ class Leasing:
     async def leave(self) -> None:
         """Drop this replica's claims on every pool."""
         for served in list(self.served.values()):
-            await served.pool.leave()
+            await self._leave(served.pool)
+
+    async def _leave(self, pool: Pool) -> None:
+        if await pool.leave() == 0:  # the last replica serving it: operators no longer see it
+            await forget_pool(self.store, pool.name)
 
     async def close(self) -> None:
         if self._probe is not None:

@@ -2,7 +2,9 @@
 
 ``status`` (a table; ``--json``; ``--watch``), ``sessions enable|disable|drain|reset|weight ID``,
 ``export`` and ``import`` of the pool's health state as JSON. They need REDIS_URL (or the
-Sentinel / Cluster settings) and POOL; never UPSTREAM_URL or the sessions' secrets.
+Sentinel / Cluster settings) and POOL; never UPSTREAM_URL or the sessions' secrets. ``status``
+without a POOL shows every pool the fleet's replicas recorded (broker.registry), each with how
+requests reach it and what it falls back to.
 """
 
 from __future__ import annotations
@@ -12,15 +14,17 @@ import asyncio
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import msgspec
 
 from broker import BrokerError, ConfigError, Pool, UnknownSession, open_store
 from broker.admin import PoolAdmin
+from broker.registry import list_pools
 from broker.snapshot import SnapshotError, export_state, import_state, parse_snapshot
 from proxy.settings import Settings
-from proxy.status import render_status
+from proxy.status import render_route, render_status
 
 __all__ = ["add_operator_commands", "run_operator"]
 
@@ -66,19 +70,41 @@ async def _admin(settings: Settings) -> AsyncIterator[PoolAdmin]:
         await store.aclose()
 
 
-async def _status(admin: PoolAdmin, as_json: bool) -> str:
-    summary = await admin.summary()
-    sessions = await admin.sessions()
+def _admin_of(admin: PoolAdmin, name: str) -> PoolAdmin:
+    """An admin of pool ``name`` on the same store."""
+    if name == admin.pool.name:
+        return admin
+    return PoolAdmin(Pool(admin.pool.redis, replace(admin.pool.settings, pool=name)))
+
+
+async def _status(admin: PoolAdmin, as_json: bool, *, every_pool: bool = False) -> str:
+    """The status of ``admin``'s pool; with ``every_pool``, of each pool the fleet recorded
+    (``admin``'s own when none is)."""
+    recorded = await list_pools(admin.pool.redis)
+    names = list(recorded) if every_pool and recorded else [admin.pool.name]
+    documents = []
+    texts = []
+    for name in names:
+        pool_admin = _admin_of(admin, name)
+        summary = await pool_admin.summary()
+        sessions = await pool_admin.sessions()
+        route = recorded.get(name)
+        documents.append({"pool": name, "now_ms": summary.now_ms, "route": route,
+                          "summary": summary, "sessions": sessions})  # fmt: skip
+        text = render_status(summary, sessions)
+        routed = route is not None and (
+            len(recorded) > 1 or route.fallback or route.path_prefix or route.models
+        )
+        texts.append(f"{render_route(name, route)}\n{text}" if route and routed else text)
     if as_json:
-        document = {"pool": admin.pool.name, "now_ms": summary.now_ms, "summary": summary,
-                    "sessions": sessions}  # fmt: skip
+        document = documents[0] if len(documents) == 1 else {"pools": documents}
         return msgspec.json.format(msgspec.json.encode(document)).decode()
-    return render_status(summary, sessions)
+    return "\n\n".join(texts)
 
 
-async def _watch(admin: PoolAdmin, every_s: float) -> None:
+async def _watch(admin: PoolAdmin, every_s: float, *, every_pool: bool) -> None:
     while True:
-        table = await _status(admin, as_json=False)
+        table = await _status(admin, as_json=False, every_pool=every_pool)
         sys.stdout.write("\x1b[H\x1b[2J" + table + f"\n\n(every {every_s:g} s; Ctrl-C to stop)\n")
         sys.stdout.flush()
         await asyncio.sleep(every_s)
@@ -106,12 +132,14 @@ async def _session_action(admin: PoolAdmin, args: argparse.Namespace) -> str:
     return render_status(summary, [view])
 
 
-async def _run(settings: Settings, args: argparse.Namespace, snapshot: bytes | None) -> str:
+async def _run(
+    settings: Settings, args: argparse.Namespace, snapshot: bytes | None, *, every_pool: bool
+) -> str:
     async with _admin(settings) as admin:
         if args.command == "status":
             if args.watch:
-                await _watch(admin, max(0.2, args.watch))
-            return await _status(admin, args.json)
+                await _watch(admin, max(0.2, args.watch), every_pool=every_pool)
+            return await _status(admin, args.json, every_pool=every_pool)
         if args.command == "sessions":
             return await _session_action(admin, args)
         if args.command == "export":
@@ -121,13 +149,14 @@ async def _run(settings: Settings, args: argparse.Namespace, snapshot: bytes | N
         return f"imported the health state of {count} sessions into pool {admin.pool.name}"
 
 
-def run_operator(settings: Settings, args: argparse.Namespace) -> int:
-    """Run one operator command; 0 on success, 1 when it failed (the message says why)."""
+def run_operator(settings: Settings, args: argparse.Namespace, *, pool_given: bool = True) -> int:
+    """Run one operator command; 0 on success, 1 when it failed (the message says why).
+    ``pool_given``: POOL was set; without it ``status`` shows every recorded pool."""
     try:
         snapshot = None
         if args.command == "import":
             snapshot = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
-        text = asyncio.run(_run(settings, args, snapshot))
+        text = asyncio.run(_run(settings, args, snapshot, every_pool=not pool_given))
         if args.command == "export" and args.output:
             Path(args.output).write_text(text + "\n", encoding="utf-8")
             text = f"exported pool {settings.pool} to {args.output}"

@@ -111,7 +111,7 @@ class Replica:
     async def start(self) -> None:
         self._leasing = Leasing(
             self.settings.broker(),
-            self.table.pools.values(),
+            self.table,
             queue_max=self.settings.queue_max,
             failure_mode=self.settings.redis_failure_mode,
             observe=self.watch.on_transitions,
@@ -143,7 +143,7 @@ class Replica:
         self.table = table
         if self._leasing is None:
             return []
-        gone = self._leasing.configure(table.pools.values())
+        gone = self._leasing.configure(table)
         self._admins_follow()
         return gone
 

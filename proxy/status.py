@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from broker.admin import PoolSummary, SessionView
+from broker.registry import PoolEntry
 
 __all__ = ["ago", "duration", "render_status", "render_summary"]
 
@@ -98,6 +99,20 @@ def render_summary(summary: PoolSummary) -> str:
     if len(lines) > 1 and summary.sessions_read < counts.get("total", 0):
         lines.append(f"(tiers and units of the first {summary.sessions_read} sessions)")
     return "\n".join(lines)
+
+
+def render_route(name: str, entry: PoolEntry) -> str:
+    """How requests reach pool ``name`` and what it falls back to, as the fleet recorded it."""
+    ways = []
+    if entry.default:
+        ways.append("the default")
+    if entry.path_prefix:
+        ways.append(f"path {entry.path_prefix}/...")
+    if entry.models:
+        ways.append("models " + ", ".join(entry.models))
+    reached = "; ".join(ways) or "by name only"
+    fallback = f"; falls back to {entry.fallback}" if entry.fallback else ""
+    return f"== pool {name}: {reached}{fallback}"
 
 
 def render_status(summary: PoolSummary, sessions: Sequence[SessionView]) -> str:

@@ -21,6 +21,7 @@ from proxy.settings import Settings
 from proxy.simulated_upstream import SimulatedUpstream
 
 from .conftest import StartReplica, StartUpstream
+from .test_operator_cli import cli
 
 UPSTREAM = "http://upstream.example"
 
@@ -434,3 +435,34 @@ async def test_admin_api_and_metrics_show_every_pool(
     assert 'session_broker_pool_info{default="true",fallback="cheap",pool="chat"} 1.0' in text
     assert 'session_broker_pool_info{default="false",fallback="",pool="cheap"} 1.0' in text
     assert 'session_broker_pool_sessions{pool="cheap",state="disabled"} 1.0' in text
+
+
+async def test_status_shows_every_pool_with_its_routes_and_fallbacks(
+    tmp_path: Path, start_replica: StartReplica, shared_redis: str
+) -> None:
+    """`status` with only REDIS_URL shows each pool the fleet serves, how requests reach it and
+    what it falls back to; POOL narrows it to one; a pool leaves the list with its last replica."""
+    path = _file(tmp_path, TWO_POOLS)
+    replica = await start_replica(None, sessions_file=str(path), redis_url=shared_redis)
+    shown = await cli("status", env={"REDIS_URL": shared_redis})
+    assert shown.returncode == 0, shown.stderr
+    text = shown.stdout
+    assert "== pool cheap: path /cheap/..." in text
+    assert "== pool chat: the default; models gpt-4o, gpt-4o-*; falls back to cheap" in text
+    assert "pool chat (health): 1 sessions" in text
+    assert "pool cheap (health): 1 sessions" in text
+
+    one = await cli("status", "--json", env={"REDIS_URL": shared_redis, "POOL": "cheap"})
+    document = json.loads(one.stdout)
+    assert document["pool"] == "cheap"
+    assert document["route"]["path_prefix"] == "/cheap"
+    both = await cli("status", "--json", env={"REDIS_URL": shared_redis})
+    assert [p["pool"] for p in json.loads(both.stdout)["pools"]] == ["chat", "cheap"]
+    assert "secret-" not in text + one.stdout + both.stdout
+
+    await replica.stop()
+    client = redis.asyncio.Redis.from_url(shared_redis)
+    try:
+        assert await client.hgetall("sb:pools") == {}
+    finally:
+        await client.aclose()
