@@ -4,14 +4,23 @@ in one slot, and two pools on two different nodes."""
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+import aiohttp
 import pytest
+from aiohttp import web
 from redis.crc import key_slot
 
 from broker import BrokerSettings, NoSessionAvailable, Outcome, Pool, PoolKeys, Session, open_store
 from broker.store import Store
+from proxy.pools import load_pools
+from proxy.replica import Replica
+from proxy.serve import start as start_replica
+from proxy.settings import Settings
+from proxy.simulated_upstream import SimulatedUpstream
 
 if TYPE_CHECKING:
     from conftest import Node, Servers
@@ -143,3 +152,50 @@ async def test_scripts_reload_after_a_flush_on_every_node(servers: Servers, redi
             assert (await pool.release(lease, Outcome.SUCCESS)).status == "released"
     finally:
         await store.aclose()
+
+
+async def test_a_replica_serves_pools_on_two_nodes(
+    servers: Servers, redis_cli: str, tmp_path: Path
+) -> None:
+    """One replica with two pools whose hash tags fall on different nodes: requests routed to
+    either pool are served, each pool's keys on its own node (pools spread over the shards)."""
+    nodes = start_cluster(servers, redis_cli)
+    names = pools_on_two_nodes(nodes)
+    sim = SimulatedUpstream()
+    runner = web.AppRunner(sim.app(), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    upstream = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    pools = {
+        name: {"sessions": [{"id": f"s{n}", "secret": f"secret-{name}-{n}"} for n in range(2)]}
+        for name in names
+    }
+    path = tmp_path / "pools.json"
+    path.write_text(json.dumps({"pools": pools, "default_pool": names[0]}))
+    settings = Settings(
+        upstream_url=upstream,
+        sessions_file=str(path),
+        redis_url=f"redis://127.0.0.1:{nodes[2].port}/0",
+        redis_cluster=True,
+        listen="127.0.0.1:0",
+        admin_listen="127.0.0.1:0",
+    )
+    running = await start_replica(Replica(settings, load_pools(settings)))
+    try:
+        await asyncio.wait_for(running.replica.synced.wait(), 20)
+        async with aiohttp.ClientSession() as http:
+            for name in names * 3:
+                headers = {"X-Pool": name}
+                async with http.post(f"{running.proxy_url}/echo", headers=headers) as response:
+                    assert response.status == 200
+    finally:
+        await running.stop()
+        await runner.cleanup()
+    for name in names:
+        served = sum(sim.attempts(f"secret-{name}-{n}", 200) for n in range(2))
+        assert served == 3
+        with owner_of(key_slot(name.encode()), nodes).client() as client:
+            assert client.exists(f"sb:{{{name}}}:s:s0")
+    assert owner_of(key_slot(names[0].encode()), nodes) != owner_of(
+        key_slot(names[1].encode()), nodes
+    )
