@@ -466,3 +466,41 @@ async def test_status_shows_every_pool_with_its_routes_and_fallbacks(
         assert await client.hgetall("sb:pools") == {}
     finally:
         await client.aclose()
+
+
+async def test_a_reload_adds_and_drops_pools_and_refuses_a_loop(
+    tmp_path: Path, start_replica: StartReplica, shared_redis: str, http: aiohttp.ClientSession
+) -> None:
+    """A changed file adds a pool (served at once), drops one (its claim goes, so its sessions
+    leave it), and a file with a fallback loop is refused while the pools in use keep serving."""
+    path = _file(tmp_path, {"pools": {"a": _pool("x")}})
+    running = await start_replica(None, sessions_file=str(path), redis_url=shared_redis)
+    replica = running.replica
+    url = f"{running.proxy_url}/echo"
+    async with http.post(url, headers={"X-Pool": "b"}) as response:
+        assert response.status == 404
+
+    _file(tmp_path, {"pools": {"a": _pool("x"), "b": _pool("y")}, "default_pool": "a"})
+    await replica.reload()
+    async with http.post(url, headers={"X-Pool": "b"}) as response:
+        assert response.status == 200
+    client = redis.asyncio.Redis.from_url(shared_redis, decode_responses=True)
+    try:
+        assert await client.zrange("sb:{b}:members", 0, -1) == ["y"]
+        assert set(await client.hkeys("sb:pools")) == {"a", "b"}
+
+        _file(tmp_path, {"pools": {"a": _pool("x", fallback="b"), "b": _pool("y", fallback="a")}})
+        await replica.reload()  # refused: logged, nothing changes
+        assert set(replica.plans) == {"a", "b"}
+        assert replica.plans["a"].fallback is None
+
+        _file(tmp_path, {"pools": {"b": _pool("y")}})
+        await replica.reload()
+        async with http.post(url, headers={"X-Pool": "a"}) as response:
+            assert response.status == 404
+        async with http.post(url) as response:
+            assert response.status == 200  # b is the lone pool now, so the default
+        assert await client.zrange("sb:{a}:members", 0, -1) == []
+        assert set(await client.hkeys("sb:pools")) == {"b"}
+    finally:
+        await client.aclose()
