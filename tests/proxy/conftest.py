@@ -126,6 +126,16 @@ async def start_replica(upstream_url: str) -> AsyncIterator[StartReplica]:
         await replica.stop()
 
 
+async def store_now_ms(url: str) -> int:
+    """The store's clock in ms (the one the scripts use), read from the Redis at ``url``."""
+    client = redis.asyncio.Redis.from_url(url)
+    try:
+        seconds, microseconds = await client.time()
+    finally:
+        await client.aclose()
+    return int(seconds) * 1000 + int(microseconds) // 1000
+
+
 @pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import aiohttp
-import redis.asyncio
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -19,7 +18,7 @@ from broker import Session, StoreError, Strategy
 from broker.admin import Census, TierCount, UnitBudget
 from proxy.metrics import ClusterCollector
 from proxy.simulated_upstream import SimulatedUpstream
-from tests.proxy.conftest import SESSIONS
+from tests.proxy.conftest import SESSIONS, store_now_ms
 
 if TYPE_CHECKING:
     from proxy.serve import RunningReplica
@@ -189,15 +188,6 @@ async def test_dashboard_uses_only_metrics_that_exist(
     for panel in dashboard["panels"]:
         by_kind[panel["type"]].append(panel["title"])
     assert by_kind["timeseries"]
-
-
-async def store_now_ms(url: str) -> int:
-    client = redis.asyncio.Redis.from_url(url)
-    try:
-        seconds, microseconds = await client.time()
-    finally:
-        await client.aclose()
-    return int(seconds) * 1000 + int(microseconds) // 1000
 
 
 async def test_tier_and_unit_budget_gauges(

@@ -13,12 +13,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import aiohttp
-import redis.asyncio
 
 from broker import Session, Strategy
 from proxy.settings import HELP
 from proxy.simulated_upstream import SimulatedUpstream
-from tests.proxy.conftest import SESSIONS
+from tests.proxy.conftest import SESSIONS, store_now_ms
 
 if TYPE_CHECKING:
     from tests.proxy.conftest import StartReplica
@@ -96,15 +95,6 @@ async def test_status_table_and_json(
     assert "TIER" not in lines[2]  # one tier, no unit budget: no columns for them
     assert "UNITS" not in lines[2]
     no_secrets(table.stdout, table.stderr, document.stdout, document.stderr)
-
-
-async def store_now_ms(url: str) -> int:
-    client = redis.asyncio.Redis.from_url(url)
-    try:
-        seconds, microseconds = await client.time()
-    finally:
-        await client.aclose()
-    return int(seconds) * 1000 + int(microseconds) // 1000
 
 
 async def test_status_shows_tiers_and_unit_budgets(
