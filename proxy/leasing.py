@@ -23,7 +23,16 @@ from dataclasses import dataclass, replace
 import structlog
 from redis.exceptions import RedisError
 
-from broker import BrokerSettings, Lease, Pool, Session, StoreError, WaitQueue, open_store
+from broker import (
+    BrokerSettings,
+    Lease,
+    NoSessionAvailable,
+    Pool,
+    Session,
+    StoreError,
+    WaitQueue,
+    open_store,
+)
 from broker.events import Transition
 from broker.queue import QueueObserver
 from broker.registry import PoolEntry, forget_pool, record_pools
@@ -187,8 +196,10 @@ class Leasing:
         """A lease from pool ``name`` and the pool object it came from; raises
         NoSessionAvailable, or StoreError when the store is unreachable and the failure mode is
         closed."""
+        served = self.served.get(name)
+        if served is None:  # a reload dropped the pool while this request ran
+            raise NoSessionAvailable("disabled", None, {})
         if self.store_up:
-            served = self.served[name]
             try:
                 lease = await served.queue.acquire(
                     exclude=exclude, timeout_s=timeout_s, precharge=precharge
