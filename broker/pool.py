@@ -48,20 +48,19 @@ class Pool:
         self.keys = PoolKeys(self.name)
         self.redis = redis
         self.settings = settings
-        self._key_list = self.keys.all
+        #: The scripts' one KEY: they derive every other key of the pool from it.
+        self._script_keys = (self.keys.base,)
         self._scripts = Scripts.register(redis)
         #: Who claims the sessions this object syncs: one replica, one id (see ``sync``).
         self.claimant = uuid.uuid4().hex
         self._claimed: list[object] | None = None
 
-    async def _run(
-        self, operation: str, *args: object, extra_keys: tuple[str, ...] = ()
-    ) -> list[Any]:
+    async def _run(self, operation: str, *args: object) -> list[Any]:
         """Run one script; log the transitions it made; return its reply without them."""
         script = getattr(self._scripts, operation)
-        keys = (*self._key_list, *extra_keys)
         *reply, events = await _call(
-            operation, script(keys=keys, args=(LEASE_MEMORY_MS, *args), client=self.redis)
+            operation,
+            script(keys=self._script_keys, args=(LEASE_MEMORY_MS, *args), client=self.redis),
         )
         transitions = parse(self.name, events)
         emit(transitions)
@@ -140,7 +139,6 @@ class Pool:
             RATE_LIMIT_STREAK_WINDOW_MS,
             QUOTA_SLACK,
             *values,
-            extra_keys=self.keys.claims,
         )
         return int(size), str(status)
 
