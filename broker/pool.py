@@ -22,6 +22,7 @@ from broker.constants import (
 from broker.errors import LeaseError, NoSessionAvailable, StoreError, UnknownSession
 from broker.events import Transition, emit, parse
 from broker.keys import PoolKeys
+from broker.lane import Lane
 from broker.leases import Lease, Outcome, Released, Ticket
 from broker.scripts import Scripts
 from broker.sessions import Session
@@ -51,6 +52,8 @@ class Pool:
         #: The scripts' one KEY: they derive every other key of the pool from it.
         self._script_keys = (self.keys.base,)
         self._scripts = Scripts.register(redis)
+        #: A lighter call path on a standalone Redis (see broker/lane.py); None: redis-py's Script.
+        self._lane = Lane.of(redis)
         #: Who claims the sessions this object syncs: one replica, one id (see ``sync``).
         self.claimant = uuid.uuid4().hex
         self._claimed: list[object] | None = None
@@ -58,10 +61,13 @@ class Pool:
     async def _run(self, operation: str, *args: object) -> list[Any]:
         """Run one script; log the transitions it made; return its reply without them."""
         script = getattr(self._scripts, operation)
-        *reply, events = await _call(
-            operation,
-            script(keys=self._script_keys, args=(LEASE_MEMORY_MS, *args), client=self.redis),
+        keys, args = self._script_keys, (LEASE_MEMORY_MS, *args)
+        pending = (
+            script(keys=keys, args=args, client=self.redis)
+            if self._lane is None
+            else self._lane.evalsha(script, keys, args)
         )
+        *reply, events = await _call(operation, pending)
         transitions = parse(self.name, events)
         emit(transitions)
         self.on_transitions(transitions)
