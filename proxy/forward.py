@@ -343,7 +343,7 @@ class Forwarder:
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         response.headers.extend(_drop(upstream.headers.items(), UPSTREAM_ONLY))
         response.headers["X-Request-ID"] = self.request_id
-        renewer = asyncio.create_task(self._renew(lease))
+        renewal = _Renewal(self, lease)
         detail = str(upstream.status)
         broken = False
         # Only a session with a unit budget needs its usage read from the answer.
@@ -364,7 +364,7 @@ class Forwarder:
         except ConnectionResetError:
             log.info("client went away mid-response", session=lease.session_id)
         finally:
-            renewer.cancel()
+            renewal.cancel()
             upstream.close()
             self._release(
                 lease,
@@ -389,7 +389,6 @@ class Forwarder:
     async def _renew(self, lease: Lease) -> None:
         period = self.settings.lease_ttl / 3
         while True:
-            await asyncio.sleep(period)
             try:
                 lease = await self.pools[lease.lease_id].renew(lease)
             except LeaseError:
@@ -397,6 +396,7 @@ class Forwarder:
                 return
             except StoreError as exc:
                 self.replica.leasing.mark_down(exc)
+            await asyncio.sleep(period)
 
     def _release(
         self,
@@ -415,6 +415,29 @@ class Forwarder:
         self.replica.spawn(
             _release(self.replica, pool, lease, outcome, latency_ms, waits, detail, units)
         )
+
+
+class _Renewal:
+    """Renews a lease every LEASE_TTL/3 while its answer streams. Most answers end sooner: for
+    them only a timer was set, no task made; the renewing task starts when the first renewal is
+    due."""
+
+    __slots__ = ("_forwarder", "_lease", "_task", "_timer")
+
+    def __init__(self, forwarder: Forwarder, lease: Lease) -> None:
+        self._forwarder = forwarder
+        self._lease = lease
+        self._task: asyncio.Task[None] | None = None
+        period = forwarder.settings.lease_ttl / 3
+        self._timer = asyncio.get_running_loop().call_later(period, self._start)
+
+    def _start(self) -> None:
+        self._task = asyncio.create_task(self._forwarder._renew(self._lease))
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+        if self._task is not None:
+            self._task.cancel()
 
 
 async def _release(
