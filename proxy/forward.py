@@ -262,7 +262,7 @@ class Forwarder:
                 self.request.method,
                 self.url,
                 headers=headers,
-                data=self.body.stream() if self.body is not None else None,
+                data=self.body.payload() if self.body is not None else None,
                 allow_redirects=False,
             )
         except BodyTooLarge:
