@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import random
+import secrets
 import time
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cache
 
 import aiohttp
 import structlog
@@ -75,7 +76,14 @@ def request_id_of(headers: CIMultiDictProxy[str]) -> str:
     given = headers.get("X-Request-ID", "")
     if 0 < len(given) <= REQUEST_ID_MAX and given.isascii() and given.isprintable():
         return given
-    return uuid.uuid4().hex
+    return secrets.token_hex(16)  # the shape of a uuid4().hex, for a fraction of its cost
+
+
+@cache
+def _never_forwarded(session_header: str) -> frozenset[str]:
+    """Client headers never passed on: its credentials, and whatever it sent under the name the
+    session's secret goes in."""
+    return CLIENT_CREDENTIALS | {session_header.lower()}
 
 
 def _drop(headers: Iterable[tuple[str, str]], extra: frozenset[str]) -> CIMultiDict[str]:
@@ -156,9 +164,8 @@ class Forwarder:
         # Only the configured upstream: the client's path and query, never its Host or an
         # absolute URI; encoded=True keeps the path byte for byte.
         self.url = URL(replica.upstream_url + request.rel_url.raw_path_qs, encoded=True)
-        header = self.settings.header
-        self.header_name = header.name
-        self.outgoing = _drop(request.headers.items(), CLIENT_CREDENTIALS | {header.name.lower()})
+        self.header = replica.session_header
+        self.outgoing = _drop(request.headers.items(), _never_forwarded(self.header.name))
         self.outgoing["X-Request-ID"] = request_id
         self.families = replica.header_families
         self.usage_header = self.settings.usage_header
@@ -254,7 +261,7 @@ class Forwarder:
         self, lease: Lease, secret: str, *, final: bool
     ) -> web.StreamResponse | Failure:
         headers = self.outgoing.copy()
-        headers[self.header_name] = self.settings.header.value(secret)
+        headers[self.header.name] = self.header.value(secret)
         self.attempts += 1
         started = time.monotonic()
         try:

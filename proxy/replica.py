@@ -66,6 +66,8 @@ class Replica:
         self._unsynced = True
         self._reloading = asyncio.Lock()
         self.header_families = settings.header_families
+        #: Where the leased secret goes (parsed once, used per request).
+        self.session_header = settings.header
         self.draining = False
         self.synced = asyncio.Event()
         self._in_flight = 0
