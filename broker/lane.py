@@ -18,7 +18,7 @@ as redis-py's ``Script`` does. Sentinel, Cluster and the embedded store keep the
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import hiredis
@@ -82,6 +82,48 @@ class Lane:
             raise
         finally:
             await self._give_back(conn)
+
+    async def evalsha_many(
+        self, script: AsyncScript, keys: tuple[str, ...], arguments: Sequence[tuple[object, ...]]
+    ) -> list[Any]:
+        """Run ``script`` once per argument tuple, all sent in one write on one connection; the
+        replies in order, an error reply as its ResponseError (returned, not raised). Retried
+        as a whole on a dropped connection: every script is idempotent by its lease id."""
+        head = ("EVALSHA", script.sha, len(keys), *keys)
+        commands = [_pack((*head, *args)) for args in arguments]
+        conn = self._idle.pop() if self._idle else await self._borrow()
+        try:
+            return await self._retry.call_with_retry(
+                lambda: self._many(conn, script, commands), lambda _: conn.disconnect()
+            )
+        except BaseException:
+            await conn.disconnect(nowait=True)
+            raise
+        finally:
+            await self._give_back(conn)
+
+    async def _many(
+        self, conn: AbstractConnection, script: AsyncScript, commands: list[bytes]
+    ) -> list[Any]:
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await conn.send_packed_command(b"".join(commands))
+                replies: list[Any] = []
+                for _ in commands:
+                    try:
+                        replies.append(await conn.read_response())
+                    except ResponseError as exc:
+                        replies.append(exc)
+                for index, reply in enumerate(replies):
+                    if isinstance(reply, NoScriptError):  # loaded again, then run again
+                        try:
+                            replies[index] = await self._once(conn, script, commands[index])
+                        except ResponseError as exc:
+                            replies[index] = exc
+                return replies
+        except TimeoutError as exc:
+            await conn.disconnect(nowait=True)
+            raise RedisTimeoutError("Timeout talking to Redis") from exc
 
     async def _once(self, conn: AbstractConnection, script: AsyncScript, command: bytes) -> Any:
         try:

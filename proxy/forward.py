@@ -14,7 +14,6 @@ import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from functools import cache
 
 import aiohttp
@@ -23,7 +22,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from broker import Lease, LeaseError, NoSessionAvailable, Outcome, Pool, StoreError
+from broker import Lease, LeaseError, NoSessionAvailable, Outcome, Pool, Release, StoreError
 from proxy.body import BodyTooLarge, ReplayableBody
 from proxy.ratelimit_headers import exhausted_ms, nonnegative_number
 from proxy.replica import REPLICA, Replica
@@ -418,10 +417,10 @@ class Forwarder:
         """Release in the background: it must land even when this request is being cancelled."""
         exhausted = waits.exhausted_ms is not None
         self.replica.metrics.lease_released(lease.session_id, outcome, exhausted=exhausted)
-        pool = self.pools[lease.lease_id]
-        self.replica.spawn(
-            _release(self.replica, pool, lease, outcome, latency_ms, waits, detail, units)
+        release = Release(
+            lease, outcome, latency_ms, waits.retry_after_ms, waits.exhausted_ms, detail, units
         )
+        self.replica.releases.submit(self.pools[lease.lease_id], release)
 
 
 class _Renewal:
@@ -445,46 +444,6 @@ class _Renewal:
         self._timer.cancel()
         if self._task is not None:
             self._task.cancel()
-
-
-async def _release(
-    replica: Replica,
-    pool: Pool,
-    lease: Lease,
-    outcome: Outcome,
-    latency_ms: int,
-    waits: Waits,
-    detail: str,
-    units: int | None,
-) -> None:
-    try:
-        released = await pool.release(
-            lease,
-            outcome,
-            latency_ms=latency_ms,
-            retry_after_ms=waits.retry_after_ms,
-            exhausted_ms=waits.exhausted_ms,
-            detail=detail,
-            units=units,
-        )
-    except StoreError as exc:
-        replica.leasing.mark_down(exc)  # logged once per outage; the lease will expire
-        return
-    except LeaseError as exc:
-        log.warning(
-            "release refused; the lease had ended", session=lease.session_id, error=str(exc)
-        )
-        return
-    if released.cooldown_until_ms:
-        until = datetime.fromtimestamp(released.cooldown_until_ms / 1000, UTC)
-        log.info(
-            "session rate limited" if outcome is Outcome.RATE_LIMITED else "session quota spent",
-            session=lease.session_id,
-            cooldown_until=until.isoformat(timespec="milliseconds"),
-            cooldown_until_ms=released.cooldown_until_ms,
-            retry_after_ms=waits.retry_after_ms,
-            exhausted_ms=waits.exhausted_ms,
-        )
 
 
 def _ms_since(started: float) -> int:

@@ -30,6 +30,7 @@ from broker.constants import OPS_SET_LIMIT
 from proxy.leasing import Leasing
 from proxy.logs import REDACTOR
 from proxy.metrics import Metrics
+from proxy.releases import Releases
 from proxy.settings import Settings
 from proxy.watch import Watch, replica_id
 
@@ -74,6 +75,8 @@ class Replica:
         self._idle = asyncio.Event()
         self._idle.set()
         self._background: set[asyncio.Task[Any]] = set()
+        #: Lease releases on their way to the store (sent in batches by background work).
+        self.releases = Releases(spawn=self.spawn, store_failed=self._store_failed)
         self._client: aiohttp.ClientSession | None = None
         self._maintenance: asyncio.Task[None] | None = None
 
@@ -237,6 +240,9 @@ class Replica:
                 log.warning("could not drop this replica's claim; it will expire", error=str(exc))
         if self._leasing is not None:
             await self._leasing.close()
+
+    def _store_failed(self, exc: StoreError) -> None:
+        self.leasing.mark_down(exc)
 
     def spawn(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run ``work`` in the background; close() waits for it (lease releases must land)."""

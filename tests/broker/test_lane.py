@@ -11,7 +11,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
 
-from broker import BrokerSettings, Outcome, Pool, Session, StoreError, open_store
+from broker import BrokerSettings, Outcome, Pool, Release, Released, Session, StoreError, open_store
 from broker.lane import IDLE_MAX, Lane, _pack
 
 REAL_REDIS_ONLY = pytest.mark.parametrize("backend", [pytest.param("redis", id="redis")])
@@ -48,6 +48,18 @@ async def test_script_reloaded_after_a_flush(make_pool, redis: Redis) -> None:
     lease = await pool.acquire()
     await redis.script_flush()
     assert (await pool.release(lease, Outcome.SUCCESS)).status == "released"
+
+
+@REAL_REDIS_ONLY
+async def test_batch_reloads_the_script(make_pool, redis: Redis) -> None:
+    """Releases sent together to a server that lost its scripts all land once."""
+    pool = await make_pool([Session(id=f"s{i}", secret=f"x{i}") for i in range(3)])
+    leases = [await pool.acquire() for _ in range(3)]
+    await redis.script_flush()
+    results = await pool.release_many([Release(x, Outcome.SUCCESS) for x in leases])
+    assert [r.status for r in results if isinstance(r, Released)] == ["released"] * 3
+    states = [await pool.session_state(f"s{i}") for i in range(3)]
+    assert sum(int(s.get("n_success", 0)) for s in states) == 3
 
 
 @REAL_REDIS_ONLY
