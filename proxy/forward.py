@@ -358,11 +358,20 @@ class Forwarder:
         try:
             self.headers_out()
             await response.prepare(self.request)
-            async for chunk in upstream.content.iter_any():
-                await response.write(chunk)
+            content = upstream.content
+            if content.is_eof() and content.exception() is None:
+                # The whole answer came with its headers (a short one usually does): it leaves
+                # with the answer's headers and its end in one write.
+                chunk = content.read_nowait()
                 if usage is not None:
                     usage.feed(chunk)
-            await response.write_eof()
+                await response.write_eof(chunk)
+            else:
+                async for chunk in content.iter_any():
+                    await response.write(chunk)
+                    if usage is not None:
+                        usage.feed(chunk)
+                await response.write_eof()
         except TimeoutError:
             outcome, detail, broken = Outcome.TIMEOUT, "read timeout mid-response", True
         except aiohttp.ClientPayloadError as exc:
