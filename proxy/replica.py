@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Coroutine
-from contextlib import asynccontextmanager
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -251,17 +250,18 @@ class Replica:
         task.add_done_callback(self._background.discard)
         return task
 
-    @asynccontextmanager
-    async def tracking(self) -> AsyncIterator[None]:
-        """Count a request in flight for the duration of the block."""
+    def tracking(self) -> _InFlight:
+        """Count a request in flight for the duration of an ``async with`` block."""
+        return _InFlight(self)
+
+    def _begin(self) -> None:
         self._in_flight += 1
         self._idle.clear()
-        try:
-            yield
-        finally:
-            self._in_flight -= 1
-            if self._in_flight == 0:
-                self._idle.set()
+
+    def _end(self) -> None:
+        self._in_flight -= 1
+        if self._in_flight == 0:
+            self._idle.set()
 
     async def wait_idle(self, timeout_s: float) -> bool:
         """Wait until no request is in flight; False when ``timeout_s`` passed first."""
@@ -287,6 +287,21 @@ class Replica:
             self.leasing.mark_down(exc)
             return serving_locally
         return True
+
+
+class _InFlight:
+    """``Replica.tracking``'s block: a class, not a generator (it is entered for every request)."""
+
+    __slots__ = ("_replica",)
+
+    def __init__(self, replica: Replica) -> None:
+        self._replica = replica
+
+    async def __aenter__(self) -> None:
+        self._replica._begin()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._replica._end()
 
 
 REPLICA = web.AppKey("replica", Replica)
