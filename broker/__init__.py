@@ -14,7 +14,7 @@ from broker.errors import (
     UnknownSession,
 )
 from broker.keys import PoolKeys
-from broker.leases import Lease, Outcome, Released, Ticket
+from broker.leases import Lease, Outcome, Release, Released, Ticket
 from broker.pool import Pool
 from broker.queue import WaitQueue
 from broker.selection import Strategy
@@ -33,6 +33,7 @@ __all__ = [
     "Pool",
     "PoolKeys",
     "QueueFull",
+    "Release",
     "Released",
     "Session",
     "StoreError",

@@ -1,6 +1,7 @@
 """The Redis key layout of a pool. Every key carries the pool's hash tag, so a script touches one
-slot and runs unchanged on Redis Cluster. The order of ``PoolKeys.all`` is the KEYS order that
-every script in ``lua/`` expects (see ``lua/common.lua``)."""
+slot and runs unchanged on Redis Cluster. Scripts get only ``PoolKeys.base`` as their one KEY and
+derive the names listed in ``PoolKeys.all`` from it (see ``lua/common.lua``): packing every name
+into each call cost the replica more than anything else in a script call."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ class PoolKeys:
 
     @property
     def base(self) -> str:
+        """The one key every script is given; every key of the pool starts with it."""
         return f"{KEY_PREFIX}:{{{self.pool}}}"
 
     def tier(self, priority: int) -> str:
@@ -29,12 +31,13 @@ class PoolKeys:
 
     @property
     def claims(self) -> tuple[str, str]:
-        """The keys only sync uses, after ``all``: the ZSET of replica claims (replica id ->
-        claim deadline) and the prefix of each replica's claim (a ZSET of the ids it names)."""
+        """The keys only sync uses: the ZSET of replica claims (replica id -> claim deadline)
+        and the prefix of each replica's claim (a ZSET of the ids it names)."""
         return (f"{self.base}:claims", f"{self.base}:claim:")
 
     @property
     def all(self) -> tuple[str, ...]:
+        """Every key (or key prefix) the scripts derive from ``base``, in a fixed order."""
         b = self.base
         return (
             f"{b}:pool",

@@ -32,6 +32,20 @@ class Lease:
 
 
 @dataclass(frozen=True, slots=True)
+class Release:
+    """A release to make: ``lease`` ended with ``outcome``; the other fields as ``Pool.release``
+    takes them (``Pool.release_many`` takes several)."""
+
+    lease: Lease
+    outcome: Outcome
+    latency_ms: int = -1
+    retry_after_ms: int | None = None
+    exhausted_ms: int | None = None
+    detail: str = ""
+    units: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Released:
     """The store's answer to a release.
 

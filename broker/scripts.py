@@ -2,7 +2,8 @@
 
 Each script file in ``lua/`` is one atomic operation on a pool; ``common.lua`` is a prelude put in
 front of each of them (key layout, eligibility, housekeeping). redis-py's ``Script`` sends EVALSHA
-and, on NOSCRIPT (a restarted or failed-over server), loads the script and sends it again.
+and, on NOSCRIPT (a restarted or failed-over server), loads the script and sends it again. On a
+standalone Redis the pool calls them through ``broker/lane.py``, which does the same.
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ script touches one slot):
 
 A failover costs at most its own window: commands that fail on a dropped connection are retried
 (every script is idempotent by its lease id), and a new master that has never seen a script
-answers NOSCRIPT, on which redis-py's ``Script`` loads it and runs it again.
+answers NOSCRIPT, on which redis-py's ``Script`` (or, on a standalone Redis, the pool's lane:
+``broker/lane.py``) loads it and runs it again.
 
 Without a Redis URL the same Lua scripts run on fakeredis inside this process: a single replica
 works with no Redis at all, but its state is shared with nobody.

@@ -1,5 +1,5 @@
 -- acquire.lua: lease one eligible session of the pool.
--- KEYS: the pool's keys, see common.lua.
+-- KEYS: the pool's base name; every key is derived from it, see common.lua.
 -- ARGV: 1 lease memory (ms), 2 lease id (made by the client, so a resent call is recognised),
 --       3 lease TTL (ms), 4 random seed (integer), 5 ticket id ('' when the caller will not wait),
 --       6 the ticket's arrival (ms of the store's clock; 0 = now), 7 ticket TTL (ms),

@@ -1,7 +1,7 @@
 -- alerts.lua: add this replica's upstream outcomes to the fleet's tally, then decide which alerts
 -- start or end. An alert is a field of the alerts hash while it fires, so of all the replicas
 -- checking, exactly one sees each start ('firing') and each end ('resolved').
--- KEYS: the pool's keys, see common.lua (alerts, outcomes, open, half_open, disabled, ...).
+-- KEYS: the pool's base name, see common.lua (uses alerts, outcomes, open, half_open, disabled).
 -- ARGV: 1 lease memory (ms), 2 attempts since this replica's last call, 3 errors among them,
 --       4 bucket width (ms), 5 error-rate window (ms), 6 error-rate threshold (0..1),
 --       7 fewest attempts in the window for the rate to count, 8 most sessions of one set

@@ -1,51 +1,59 @@
 -- common.lua: the prelude the loader puts in front of every other script of this folder, so that
 -- each script sees one key layout and one definition of a session's eligibility.
 --
--- KEYS (the same list for every script; built by broker/keys.py, all under the pool's hash tag):
---   1 pool       HASH  strategy, epoch_ms, next_ordinal, rr_cursor, and the pool-wide tunables
---                      breaker_threshold, breaker_timeout_ms, breaker_timeout_max_ms,
---                      half_open_probes, streak_window_ms, quota_slack (written by sync)
---   2 members    ZSET  session id -> ordinal, every session the configuration names
---   3 avail      ZSET  session id -> selection score, the sessions eligible right now
---   4 cooling    ZSET  session id -> cooldown deadline (ms)
---   5 leases     ZSET  lease id -> expiry (ms), live leases
---   6 owners     HASH  lease id -> session id, live leases and expired ones not yet released
---   7 expired    ZSET  lease id -> when it expired (ms), expired before its release arrived
---   8 released   ZSET  lease id -> when it was released (ms), remembered so a replay counts once
---   9 disabled   SET   session ids that are disabled (by configuration, an operator or a 401/403)
---  10 the prefix of session hashes: session <id> lives at KEYS[10] .. <id>. Passed as a key so
---     that its hash tag decides the slot; every key a script touches shares that tag.
---  11 open       ZSET  session id -> when its open circuit breaker half-opens (ms)
---  12 quota      ZSET  session id -> when its rpm quota admits the next request (ms)
---  13 probes     SET   lease ids that are half-open probes
---  14 waiters    ZSET  ticket id -> arrival (ms): requests waiting anywhere in the fleet, oldest
---                      first (one ticket per replica's oldest waiter; see broker/queue.py)
---  15 tickets    HASH  ticket id -> deadline (ms): a ticket not renewed by then is dropped
--- A session becoming available is published on the channel <pool base>:wake (payload: its id),
--- so waiting replicas retry at once instead of polling.
---  16 half_open  SET   session ids whose circuit breaker is half-open (with 11: every breaker
---                      that is not closed, without reading the sessions)
---  17 alerts     HASH  alert name -> when it started firing (ms): the fleet's open alerts
---  18 outcomes   HASH  '<bucket>:n' / '<bucket>:e' -> upstream attempts / errors reported by the
---                      replicas in that time bucket (alerts.lua: the fleet's error rate)
---  19 summary    HASH  whose turn the health summary is: last_at (ms), requests since then
---  20 tiers      ZSET  priority -> priority: the priority tiers that have an eligible session
---  21 the prefix of the per-tier eligible sets: KEYS[21] .. <priority> is a ZSET session id ->
---     selection score holding the sessions of avail whose priority is <priority> (avail is
---     their union); acquire picks in the highest tier that has one it may take
---  22 charges    HASH  lease id -> units pre-charged at acquire, settled by its release
+-- KEYS: one key, the pool's base name `sb:{<pool>}` (broker/keys.py). Every other key is derived
+-- from it below. This deviates on purpose from "every key a script touches is passed in KEYS":
+-- packing ~22 key names into each call was the largest single cost of the hot scripts on the
+-- client (docs/benchmarks.md, "Proxy overhead"). It stays Cluster-safe: every derived key
+-- carries the base's hash tag `{<pool>}`, so it lies in the slot of KEYS[1], as the session
+-- hashes (derived from a prefix) always did. The derived keys, by their suffix:
+--   :pool       HASH  strategy, epoch_ms, next_ordinal, rr_cursor, and the pool-wide tunables
+--                     breaker_threshold, breaker_timeout_ms, breaker_timeout_max_ms,
+--                     half_open_probes, streak_window_ms, quota_slack (written by sync)
+--   :members    ZSET  session id -> ordinal, every session the configuration names
+--   :avail      ZSET  session id -> selection score, the sessions eligible right now
+--   :cooling    ZSET  session id -> cooldown deadline (ms)
+--   :leases     ZSET  lease id -> expiry (ms), live leases
+--   :owners     HASH  lease id -> session id, live leases and expired ones not yet released
+--   :expired    ZSET  lease id -> when it expired (ms), expired before its release arrived
+--   :released   ZSET  lease id -> when it was released (ms), remembered so a replay counts once
+--   :disabled   SET   session ids that are disabled (by configuration, an operator or a 401/403)
+--   :s:<id>     HASH  the state of session <id> (session_prefix .. id)
+--   :open       ZSET  session id -> when its open circuit breaker half-opens (ms)
+--   :quota      ZSET  session id -> when its rpm quota admits the next request (ms)
+--   :probes     SET   lease ids that are half-open probes
+--   :waiters    ZSET  ticket id -> arrival (ms): requests waiting anywhere in the fleet, oldest
+--                     first (one ticket per replica's oldest waiter; see broker/queue.py)
+--   :tickets    HASH  ticket id -> deadline (ms): a ticket not renewed by then is dropped
+--   :wake       channel: a session becoming available is published here (payload: its id), so
+--                     waiting replicas retry at once instead of polling
+--   :half_open  SET   session ids whose circuit breaker is half-open (with :open: every breaker
+--                     that is not closed, without reading the sessions)
+--   :alerts     HASH  alert name -> when it started firing (ms): the fleet's open alerts
+--   :outcomes   HASH  '<bucket>:n' / '<bucket>:e' -> upstream attempts / errors reported by the
+--                     replicas in that time bucket (alerts.lua: the fleet's error rate)
+--   :summary    HASH  whose turn the health summary is: last_at (ms), requests since then
+--   :tiers      ZSET  priority -> priority: the priority tiers that have an eligible session
+--   :avail:<p>  ZSET  session id -> selection score: the sessions of avail whose priority is <p>
+--                     (avail is their union); acquire picks in the highest tier that has one
+--   :charges    HASH  lease id -> units pre-charged at acquire, settled by its release
+--   (sync.lua also derives :claims and :claim:<replica>, see its header.)
 -- ARGV[1] (every script): how long an ended lease id is remembered (ms).
 -- Script-specific arguments start at ARGV[2].
 -- Every script returns its own reply followed by a list of events, one per transition it made:
 -- {session id, 'state', from, to} or {session id, 'breaker', from, to}.
-local pool_key, members_key, avail_key, cooling_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local leases_key, owners_key, expired_key, released_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local disabled_key, session_prefix = KEYS[9], KEYS[10]
-local open_key, quota_key, probes_key = KEYS[11], KEYS[12], KEYS[13]
-local waiters_key, tickets_key = KEYS[14], KEYS[15]
-local wake_channel = string.gsub(pool_key, ':pool$', ':wake')
-local half_open_key, alerts_key, outcomes_key, summary_key = KEYS[16], KEYS[17], KEYS[18], KEYS[19]
-local tiers_key, tier_prefix, charges_key = KEYS[20], KEYS[21], KEYS[22]
+local base = KEYS[1]
+local pool_key, members_key = base .. ':pool', base .. ':members'
+local avail_key, cooling_key = base .. ':avail', base .. ':cooling'
+local leases_key, owners_key = base .. ':leases', base .. ':owners'
+local expired_key, released_key = base .. ':expired', base .. ':released'
+local disabled_key, session_prefix = base .. ':disabled', base .. ':s:'
+local open_key, quota_key, probes_key = base .. ':open', base .. ':quota', base .. ':probes'
+local waiters_key, tickets_key = base .. ':waiters', base .. ':tickets'
+local wake_channel = base .. ':wake'
+local half_open_key, alerts_key = base .. ':half_open', base .. ':alerts'
+local outcomes_key, summary_key = base .. ':outcomes', base .. ':summary'
+local tiers_key, tier_prefix, charges_key = base .. ':tiers', base .. ':avail:', base .. ':charges'
 local lease_memory_ms = tonumber(ARGV[1])
 -- How many due entries one call processes per housekeeping pass; the rest wait for the next call.
 local batch = 256

@@ -1,5 +1,5 @@
 -- release.lua: end a lease and record what happened on it.
--- KEYS: the pool's keys, see common.lua.
+-- KEYS: the pool's base name; every key is derived from it, see common.lua.
 -- ARGV: 1 lease memory (ms), 2 lease id, 3 outcome (success | rate_limited | auth | server |
 --       network | timeout | other | unused), 4 latency (ms, -1 unknown), 5 cooldown (ms; -1 none):
 --       on rate_limited the base of an escalating cooldown, otherwise a wait the upstream's

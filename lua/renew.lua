@@ -1,5 +1,5 @@
 -- renew.lua: extend a live lease (a long streaming response is still running).
--- KEYS: the pool's keys, see common.lua.
+-- KEYS: the pool's base name; every key is derived from it, see common.lua.
 -- ARGV: 1 lease memory (ms), 2 lease id, 3 lease TTL (ms): the new expiry is now + TTL.
 -- Returns {'ok', expiry ms, events} or {'gone', 0, events} when the lease is no longer live
 -- (released or expired).

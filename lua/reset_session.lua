@@ -1,5 +1,5 @@
 -- reset_session.lua: an operator clears a session's cooldown, circuit breaker and counters.
--- KEYS: the pool's keys, see common.lua.
+-- KEYS: the pool's base name; every key is derived from it, see common.lua.
 -- ARGV: 1 lease memory (ms), 2 session id.
 -- Returns {state, events}, or {'unknown', events} when the pool has no such session.
 -- Kept: live leases (in_flight), the schedules of the rpm and unit quotas (they protect the

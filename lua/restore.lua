@@ -1,6 +1,6 @@
 -- restore.lua: import one session's exported health state (or the pool's own fields) into this
 -- pool, e.g. after a move to a new Redis. Idempotent: a replay writes the same values again.
--- KEYS: the pool's keys, see common.lua.
+-- KEYS: the pool's base name; every key is derived from it, see common.lua.
 -- ARGV: 1 lease memory (ms), 2 session id ('' for the pool hash), 3 ordinal ('' to append),
 --       then field, value pairs (checked against an allow-list by the caller: never lease state).
 -- The pool hash keeps what it already has (a live pool's configuration wins); a session's

@@ -1,5 +1,5 @@
 -- set_disabled.lua: an operator disables a session (with a reason) or enables it again.
--- KEYS: the pool's keys, see common.lua.
+-- KEYS: the pool's base name; every key is derived from it, see common.lua.
 -- ARGV: 1 lease memory (ms), 2 session id, 3 reason ('' enables the session).
 -- Returns {state, events}, or {'unknown', events} when the pool has no such session.
 local id, reason = ARGV[2], ARGV[3]

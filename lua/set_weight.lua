@@ -1,6 +1,6 @@
 -- set_weight.lua: an operator overrides a session's weight (or clears the override); the session
 -- is rescored in avail at once. The override outlives syncs, which only rewrite `weight`.
--- KEYS: the pool's keys, see common.lua.
+-- KEYS: the pool's base name; every key is derived from it, see common.lua.
 -- ARGV: 1 lease memory (ms), 2 session id, 3 weight (a number > 0, or '' to clear the override).
 -- Returns {state, events}, or {'unknown', events} when the pool has no such session.
 local id, weight = ARGV[2], ARGV[3]

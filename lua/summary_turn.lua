@@ -1,6 +1,6 @@
 -- summary_turn.lua: is it this replica's turn to log the fleet's health summary? One replica at a
 -- time: the first call after HEALTH_CHECK_INTERVAL, or after enough requests, takes the turn.
--- KEYS: the pool's keys, see common.lua (summary: last_at, requests).
+-- KEYS: the pool's base name, see common.lua (uses summary: last_at, requests).
 -- ARGV: 1 lease memory (ms), 2 requests this replica served since its last call, 3 interval
 --       (ms), 4 requests that call for a summary before the interval is over, 5 least time
 --       between two summaries (ms), so heavy traffic cannot turn the summary into a flood.

@@ -4,9 +4,9 @@
 -- reaches pods at different moments) never take each other's sessions away; it leaves when the
 -- last claim naming it is replaced, dropped or expires: never leased again, its hash (history,
 -- in-flight leases) kept, and it comes back with that history if it is named again.
--- KEYS: the pool's keys (common.lua), then two more, the last two of the list:
---       claims ZSET replica id -> claim deadline (ms), and the prefix of claim sets: the ids
---       replica r names are the ZSET <prefix> .. r (id -> position).
+-- KEYS: the pool's base name (common.lua). Two more keys derived from it: <base>:claims, a ZSET
+--       replica id -> claim deadline (ms), and the claim sets: the ids replica r names are the
+--       ZSET <base>:claim: .. r (id -> position).
 -- ARGV: 1 lease memory (ms), 2 strategy, 3 replica id, 4 claim TTL (ms), 5 step: 'part' (more
 --       sessions follow), 'last' (the configuration is complete), 'renew' (no sessions: extend the
 --       claim) or 'leave' (drop the claim), 6 generation (unique per sync: a multi-call sync
@@ -18,7 +18,7 @@
 --       enabled (1|0), priority (integer; higher tiers are preferred), tpm (0 = none).
 -- Returns {sessions in the pool, 'ok' | 'lost', events}: 'lost' answers a renew whose claim had
 -- expired and was dropped (the replica syncs again).
-local claims_key, claim_prefix = KEYS[#KEYS - 1], KEYS[#KEYS]
+local claims_key, claim_prefix = base .. ':claims', base .. ':claim:'
 local replica, ttl_ms, step = ARGV[3], tonumber(ARGV[4]), ARGV[5]
 local mine = claim_prefix .. replica
 local collecting = mine .. ':' .. ARGV[6]

@@ -12,6 +12,10 @@ from collections.abc import AsyncIterator
 
 from aiohttp import StreamReader
 
+#: Largest body sent as one piece of bytes with the request's headers; a larger one streams from
+#: the kept chunks (aiohttp warns that one large write may hold up the event loop).
+SEND_WHOLE_MAX = 64 * 1024
+
 
 class BodyTooLarge(Exception):
     """The client sent more than MAX_BODY_BYTES."""
@@ -39,6 +43,24 @@ class ReplayableBody:
         """The whole body (read now if need be); raises BodyTooLarge past the limit."""
         await self.read_all()
         return b"".join(self._chunks)
+
+    def payload(self) -> bytes | AsyncIterator[bytes]:
+        """What to send: a small body that has all arrived already (as one usually has, with its
+        headers) as bytes, which leave with the request's headers in one write; else
+        ``stream()``."""
+        if not self._content.is_eof() or self._content.exception() is not None:
+            return self.stream()
+        rest = self._content.read_nowait()
+        if rest:
+            self._size += len(rest)
+            if self._size > self._limit:
+                raise BodyTooLarge(f"request body over {self._limit} bytes")
+            self._chunks.append(rest)
+        if self._size > SEND_WHOLE_MAX:
+            return self.stream()
+        if len(self._chunks) > 1:
+            self._chunks = [b"".join(self._chunks)]
+        return self._chunks[0] if self._chunks else b""
 
     async def stream(self) -> AsyncIterator[bytes]:
         index = 0

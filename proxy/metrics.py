@@ -256,6 +256,10 @@ class Metrics:
         self.errors_total = 0
         #: Client requests this replica answered, for the health summary's request trigger.
         self.requests_total = 0
+        # The labelled series the request path updates, kept rather than looked up per request
+        # (``labels()`` validates and locks on every call).
+        self._session_requests: dict[tuple[str, str, Outcome], Counter] = {}
+        self._client_responses: dict[int, Counter] = {}
 
     # The request path.
 
@@ -267,7 +271,11 @@ class Metrics:
     ) -> None:
         """A lease ended with ``outcome``; ``exhausted``: headers said nothing is left."""
         self.leases_in_flight.dec()
-        self.session_requests.labels(pool, session_id, outcome.value).inc()
+        series = self._session_requests.get((pool, session_id, outcome))
+        if series is None:
+            series = self.session_requests.labels(pool, session_id, outcome.value)
+            self._session_requests[pool, session_id, outcome] = series
+        series.inc()
         if outcome is Outcome.UNUSED:
             return
         self.attempts_total += 1
@@ -292,7 +300,10 @@ class Metrics:
 
     def request_done(self, status: int, attempts: int, overhead_s: float | None) -> None:
         self.requests_total += 1
-        self.client_responses.labels(str(status)).inc()
+        series = self._client_responses.get(status)
+        if series is None:
+            series = self._client_responses[status] = self.client_responses.labels(str(status))
+        series.inc()
         if attempts:
             self.attempts.observe(attempts)
         if overhead_s is not None:

@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Coroutine
-from contextlib import asynccontextmanager
+from collections.abc import Coroutine
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from proxy.leasing import Leasing, Served
 from proxy.logs import REDACTOR
 from proxy.metrics import Metrics
 from proxy.pools import PoolPlan, PoolTable, load_pools, single_pool
+from proxy.releases import Releases
 from proxy.settings import Settings
 from proxy.watch import Watch, replica_id
 
@@ -77,6 +77,8 @@ class Replica:
         self._idle = asyncio.Event()
         self._idle.set()
         self._background: set[asyncio.Task[Any]] = set()
+        #: Lease releases on their way to the store (sent in batches by background work).
+        self.releases = Releases(spawn=self.spawn, store_failed=self._store_failed)
         self._client: aiohttp.ClientSession | None = None
         self._maintenance: asyncio.Task[None] | None = None
 
@@ -280,6 +282,9 @@ class Replica:
         if self._leasing is not None:
             await self._leasing.close()
 
+    def _store_failed(self, exc: StoreError) -> None:
+        self.leasing.mark_down(exc)
+
     def spawn(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run ``work`` in the background; close() waits for it (lease releases must land)."""
         task = asyncio.create_task(work)
@@ -287,17 +292,18 @@ class Replica:
         task.add_done_callback(self._background.discard)
         return task
 
-    @asynccontextmanager
-    async def tracking(self) -> AsyncIterator[None]:
-        """Count a request in flight for the duration of the block."""
+    def tracking(self) -> _InFlight:
+        """Count a request in flight for the duration of an ``async with`` block."""
+        return _InFlight(self)
+
+    def _begin(self) -> None:
         self._in_flight += 1
         self._idle.clear()
-        try:
-            yield
-        finally:
-            self._in_flight -= 1
-            if self._in_flight == 0:
-                self._idle.set()
+
+    def _end(self) -> None:
+        self._in_flight -= 1
+        if self._in_flight == 0:
+            self._idle.set()
 
     async def wait_idle(self, timeout_s: float) -> bool:
         """Wait until no request is in flight; False when ``timeout_s`` passed first."""
@@ -331,6 +337,21 @@ def _same_tables(one: PoolTable, other: PoolTable) -> bool:
     if one.pools.keys() != other.pools.keys():
         return False
     return all(plan.same_as(other.pools[name]) for name, plan in one.pools.items())
+
+
+class _InFlight:
+    """``Replica.tracking``'s block: a class, not a generator (it is entered for every request)."""
+
+    __slots__ = ("_replica",)
+
+    def __init__(self, replica: Replica) -> None:
+        self._replica = replica
+
+    async def __aenter__(self) -> None:
+        self._replica._begin()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._replica._end()
 
 
 REPLICA = web.AppKey("replica", Replica)

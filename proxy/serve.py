@@ -76,7 +76,14 @@ async def start(replica: Replica) -> RunningReplica:
     )
     ops = await _site(build_ops_app(replica), settings.admin_address, cancel_on_disconnect=False)
     running = RunningReplica(replica, proxy, ops)
-    log.info("serving", proxy=settings.listen, ops=settings.admin_listen, pools=list(replica.plans))
+    loop = type(asyncio.get_running_loop()).__module__.partition(".")[0]  # uvloop or asyncio
+    log.info(
+        "serving",
+        proxy=settings.listen,
+        ops=settings.admin_listen,
+        pools=list(replica.plans),
+        event_loop=loop,
+    )
     return running
 
 
@@ -94,4 +101,13 @@ async def serve(replica: Replica) -> None:
 
 def serve_forever(settings: Settings) -> None:
     replica = Replica(settings, load_pools(settings))
+    if settings.event_loop == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            log.warning("uvloop is not installed; serving on asyncio's own event loop")
+        else:
+            # libuv's loop spends less CPU per request than asyncio's (docs/benchmarks.md).
+            uvloop.run(serve(replica))
+            return
     asyncio.run(serve(replica))

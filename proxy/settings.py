@@ -81,6 +81,8 @@ HELP: dict[str, str] = {
     "REDIS_FAILURE_MODE": "closed (503 while the store is unreachable) or open (serve from a "
     "local pool)",
     "SHUTDOWN_GRACE": "seconds in-flight requests get to finish after SIGTERM",
+    "EVENT_LOOP": "uvloop (where it is installed; else asyncio's own loop, said in the log) "
+    "or asyncio",
     "LOG_LEVEL": "one of debug, info, warning, error",
     "LOG_FORMAT": "json (one object per line) or console (for a terminal)",
     "ENABLE_METRICS": "true or false: serve Prometheus metrics at /metrics on ADMIN_LISTEN",
@@ -186,6 +188,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     queue_max: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1000
     redis_failure_mode: Literal["closed", "open"] = "closed"
     shutdown_grace: Seconds = 30.0
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
     enable_metrics: bool = True

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from broker import Lease, LeaseError, NoSessionAvailable, Outcome, Pool
+from broker import Lease, LeaseError, NoSessionAvailable, Outcome, Pool, Release, Released
 
 WORKER = Path(__file__).with_name("worker.py")
 REAL_REDIS_ONLY = pytest.mark.parametrize("backend", [pytest.param("redis", id="redis")])
@@ -42,6 +42,31 @@ async def test_release_twice_counts_once(make_pool, make_sessions) -> None:
     assert state["n_success"] == "1"
     assert "n_server" not in state
     assert state["in_flight"] == "0"
+
+
+async def test_release_many_answers_each_in_order(make_pool, make_sessions) -> None:
+    """Several releases sent together: each one's answer in its place, an unknown lease as its
+    LeaseError, a replay as a duplicate; every outcome counted once."""
+    pool = await make_pool(make_sessions(2))
+    first, second = await pool.acquire(), await pool.acquire()
+    await pool.release(second, Outcome.SUCCESS)
+    unknown = Lease(pool.name, "s0", "no-such-lease", 0)
+    results = await pool.release_many(
+        [
+            Release(first, Outcome.SERVER, latency_ms=7, detail="500"),
+            Release(unknown, Outcome.SUCCESS),
+            Release(second, Outcome.SUCCESS),
+        ]
+    )
+    assert isinstance(results[0], Released)
+    assert (results[0].status, results[0].session_id) == ("released", first.session_id)
+    assert isinstance(results[1], LeaseError)
+    assert isinstance(results[2], Released)
+    assert results[2].status == "duplicate"
+    states = [await pool.session_state(s) for s in ("s0", "s1")]
+    assert sum(int(s.get("n_server", 0)) for s in states) == 1
+    assert sum(int(s.get("n_success", 0)) for s in states) == 1
+    assert all(s.get("in_flight", "0") == "0" for s in states)
 
 
 async def test_late_release_counts_once(make_pool, make_sessions) -> None:

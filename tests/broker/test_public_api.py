@@ -19,6 +19,7 @@ def test_all_is_pinned() -> None:
         "Pool",
         "PoolKeys",
         "QueueFull",
+        "Release",
         "Released",
         "Session",
         "StoreError",

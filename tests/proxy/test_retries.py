@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import io
+import json
 import time
 from typing import TYPE_CHECKING
 
@@ -177,3 +179,20 @@ async def test_retry_count_bounds_attempts(
         sim.force(f"secret-{name}", 500)
     assert (await post(http, replica.proxy_url)).status == 500
     assert sum(sim.attempts(f"secret-{n}") for n in "abc") == 2
+
+
+@pytest.mark.parametrize("size", [100, 500_000], ids=["arrived-with-headers", "streamed"])
+async def test_body_sent_again_whole_on_a_retry(
+    start_replica: StartReplica, sim: SimulatedUpstream, http: aiohttp.ClientSession, size: int
+) -> None:
+    """The retry after a 429 carries the whole body again, whether it had all arrived before the
+    first attempt (sent as bytes) or streamed through during it."""
+    replica = await start_replica(session_selection_strategy=Strategy.ROUND_ROBIN)
+    sim.force("secret-a", 429, {"Retry-After": "30"})
+    body = {"model": "m", "messages": [{"role": "user", "content": "x" * size}]}
+    data = io.BytesIO(json.dumps(body).encode())  # a large bytes body makes aiohttp warn
+    headers = {"Content-Type": "application/json"}
+    async with http.post(replica.proxy_url + CHAT, data=data, headers=headers) as response:
+        assert response.status == 200  # the upstream parsed the resent body as JSON
+    assert sim.attempts("secret-a", 429) == 1
+    assert sim.attempts("secret-b", 200) == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -30,7 +31,9 @@ async def wait_ready(http: aiohttp.ClientSession, url: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])
 async def test_sigterm_lets_a_running_stream_finish(
+    event_loop: str,
     serve_app: StartUpstream,
     shared_redis: str,
     http: aiohttp.ClientSession,
@@ -38,7 +41,7 @@ async def test_sigterm_lets_a_running_stream_finish(
     free_port: Callable[[], int],
 ) -> None:
     """SIGTERM mid-stream: readiness false, new requests 503, the stream completes, the process
-    exits 0 and no lease is left in the store."""
+    exits 0 and no lease is left in the store; on either EVENT_LOOP, which the log names."""
     upstream_url = await serve_app(upstream.app())
     proxy_port, ops_port = free_port(), free_port()
     env = os.environ | {
@@ -49,6 +52,7 @@ async def test_sigterm_lets_a_running_stream_finish(
         "ADMIN_LISTEN": f"127.0.0.1:{ops_port}",
         "SHUTDOWN_GRACE": "20",
         "LOG_FORMAT": "json",
+        "EVENT_LOOP": event_loop,
     }
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "proxy", env=env, stderr=asyncio.subprocess.PIPE
@@ -74,6 +78,9 @@ async def test_sigterm_lets_a_running_stream_finish(
             await process.wait()
     stderr = (await process.stderr.read()).decode()  # type: ignore[union-attr]
     assert "Traceback" not in stderr
+    serving = [line for line in stderr.splitlines() if '"event": "serving"' in line]
+    assert len(serving) == 1
+    assert json.loads(serving[0])["event_loop"] == event_loop
     store = redis.asyncio.Redis.from_url(shared_redis, decode_responses=True)
     assert await store.zcard("sb:{default}:leases") == 0
     # The stopped replica has left the pool (its claim is dropped); the session's hash stays.

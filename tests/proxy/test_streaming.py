@@ -15,6 +15,11 @@ if TYPE_CHECKING:
 ONE = [Session(id="a", secret="secret-a")]
 
 
+def renewing_tasks() -> list[asyncio.Task[object]]:
+    """The lease-renewing tasks in this event loop (proxy.forward's ``_renew``)."""
+    return [t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "Forwarder._renew"]
+
+
 async def test_sse_arrives_incrementally(
     start_replica: StartReplica,
     serve_app: StartUpstream,
@@ -59,7 +64,8 @@ async def test_lease_renewed_during_a_long_stream(
     http: aiohttp.ClientSession,
     upstream: GatedStream,
 ) -> None:
-    """A stream longer than the lease TTL keeps its lease: it is renewed, not expired."""
+    """A stream longer than the lease TTL keeps its lease: it is renewed, not expired; the
+    renewing task starts with the first renewal and ends with the stream."""
     replica = await start_replica(
         sessions=ONE, upstream_url=await serve_app(upstream.app()), lease_ttl=1
     )
@@ -69,8 +75,27 @@ async def test_lease_renewed_during_a_long_stream(
         state = await replica.replica.pool.session_state("a")
         assert state["in_flight"] == "1"
         assert "leases_expired" not in state
+        assert len(renewing_tasks()) == 1
         upstream.gate.set()
         await response.read()
+    for _ in range(100):
+        if not renewing_tasks():
+            break
+        await asyncio.sleep(0.02)
+    assert not renewing_tasks()
+
+
+async def test_short_answer_starts_no_renewal(
+    start_replica: StartReplica, http: aiohttp.ClientSession
+) -> None:
+    """An answer that ends before the first renewal is due never starts a renewing task."""
+    replica = await start_replica(sessions=ONE)
+    for _ in range(3):
+        async with http.post(replica.proxy_url + "/echo", data=b"hello") as response:
+            assert response.status == 200
+            assert (await response.json())["body_bytes"] == 5
+        assert not renewing_tasks()
+    assert (await replica.replica.pool.session_state("a"))["n_success"] == "3"
 
 
 async def test_client_gone_while_sending_its_body_costs_the_session_nothing(
