@@ -158,11 +158,12 @@ if from_queue then redis.call('HDEL', tickets_key, ticket) end
 local key = session_prefix .. id
 local expiry = now + ttl_ms
 redis.call('ZADD', leases_key, expiry, lease_id)
+due(expiry)
 redis.call('HSET', owners_key, lease_id, id)
-redis.call('HINCRBY', key, 'in_flight', 1)
-redis.call('HINCRBY', key, 'leases', 1)
-redis.call('HSET', key, 'last_used', now)
-local s = redis.call('HMGET', key, 'breaker', 'rpm', 'tat', 'ordinal')
+local s = redis.call('HMGET', key, 'breaker', 'rpm', 'tat', 'ordinal', 'in_flight', 'leases')
+-- One read and one write of the session's counters (the script runs alone: no increment races).
+local updates = {'in_flight', (tonumber(s[5]) or 0) + 1, 'leases', (tonumber(s[6]) or 0) + 1,
+  'last_used', now}
 local probe = 0
 if s[1] == 'half_open' then
   probe = 1
@@ -173,8 +174,10 @@ local rpm = tonumber(s[2]) or 0
 if rpm > 0 then
   -- GCRA: this request takes the next slot of the session's rpm schedule (rounded up to whole
   -- ms, erring on the slow side of the upstream's limit).
-  redis.call('HSET', key, 'tat', math.ceil(math.max(tonumber(s[3]) or 0, now) + quota_interval(rpm)))
+  table.insert(updates, 'tat')
+  table.insert(updates, math.ceil(math.max(tonumber(s[3]) or 0, now) + quota_interval(rpm)))
 end
+redis.call('HSET', key, unpack(updates))
 if strategy == 'round-robin' then redis.call('HSET', pool_key, cursor_field(tier), s[4]) end
 if precharge > 0 then
   redis.call('HSET', charges_key, lease_id, precharge)

@@ -14,7 +14,7 @@ local attempts, errors = tonumber(ARGV[2]), tonumber(ARGV[3])
 local width, window, threshold = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local min_attempts, limit = tonumber(ARGV[7]), tonumber(ARGV[8])
 local now = now_ms()
-housekeeping(now)
+housekeeping(now, true)
 
 -- The fleet's error rate: per-bucket tallies; buckets older than the window are dropped.
 local bucket = math.floor(now / width)

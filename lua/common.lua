@@ -9,7 +9,8 @@
 -- hashes (derived from a prefix) always did. The derived keys, by their suffix:
 --   :pool       HASH  strategy, epoch_ms, next_ordinal, rr_cursor, and the pool-wide tunables
 --                     breaker_threshold, breaker_timeout_ms, breaker_timeout_max_ms,
---                     half_open_probes, streak_window_ms, quota_slack (written by sync)
+--                     half_open_probes, streak_window_ms, quota_slack (written by sync), and
+--                     due_at: no housekeeping is due before it (see housekeeping below)
 --   :members    ZSET  session id -> ordinal, every session the configuration names
 --   :avail      ZSET  session id -> selection score, the sessions eligible right now
 --   :cooling    ZSET  session id -> cooldown deadline (ms)
@@ -57,13 +58,19 @@ local tiers_key, tier_prefix, charges_key = base .. ':tiers', base .. ':avail:',
 local lease_memory_ms = tonumber(ARGV[1])
 -- How many due entries one call processes per housekeeping pass; the rest wait for the next call.
 local batch = 256
+-- The longest a pool goes without a full housekeeping pass even when its due_at says nothing is
+-- due: bounds the delay when a deadline was written without lowering due_at (a replica still
+-- running scripts from before due_at, during a rollout; an operator's redis-cli).
+local housekeeping_max_ms = 1000
 
 local pool_meta = redis.call('HMGET', pool_key, 'strategy', 'epoch_ms', 'half_open_probes',
-  'quota_slack')
+  'quota_slack', 'due_at', 'breaker_threshold')
 local strategy = pool_meta[1] or 'health'
 local epoch_ms = tonumber(pool_meta[2]) or 0
 local half_open_probes = tonumber(pool_meta[3]) or 1
 local quota_slack = tonumber(pool_meta[4]) or 1
+local due_at = tonumber(pool_meta[5]) or 0
+local breaker_threshold = pool_meta[6]
 local events = {}
 
 local function now_ms()
@@ -147,8 +154,23 @@ local function place_tier(key, id, f, available, score)
   end
 end
 
+-- Every deadline written to a set housekeeping works through (leases, open, cooling, quota,
+-- and the remembered lease ids' end of memory) passes here: due_at stays at or before the
+-- earliest of them, so housekeeping can skip its pass while nothing is due.
+local function due(deadline)
+  if deadline < due_at then
+    due_at = deadline
+    redis.call('HSET', pool_key, 'due_at', deadline)
+  end
+end
+
 local function place(key, member, yes, score)
   if yes then redis.call('ZADD', key, score, member) else redis.call('ZREM', key, member) end
+end
+
+local function place_due(key, member, yes, score)
+  place(key, member, yes, score)
+  if yes then due(score) end
 end
 
 -- Recompute one session's state and its membership of avail, cooling, open, quota and disabled.
@@ -183,15 +205,19 @@ local function refresh(id, now)
   elseif f.max_concurrency > 0 and f.in_flight >= f.max_concurrency then state = 'busy'
   else state = 'available' end
   local score = state == 'available' and selection_score(f) or 0
-  place(avail_key, id, state == 'available', score)
+  -- refresh alone writes these sets and `state`, together: a session whose state stays what it
+  -- was is in none of the other states' sets, so only its own state's entry is written again.
+  local moved = state ~= v[16]
+  if moved or state == 'available' then place(avail_key, id, state == 'available', score) end
   place_tier(key, id, f, state == 'available', score)
-  place(cooling_key, id, state == 'cooling', f.cooldown_until)
-  place(open_key, id, state == 'open', f.breaker_until)
-  place(quota_key, id, state == 'quota', admits_at)
-  if state == 'disabled' then redis.call('SADD', disabled_key, id) else redis.call('SREM', disabled_key, id) end
+  if moved or state == 'cooling' then place_due(cooling_key, id, state == 'cooling', f.cooldown_until) end
+  if moved or state == 'open' then place_due(open_key, id, state == 'open', f.breaker_until) end
+  if moved or state == 'quota' then place_due(quota_key, id, state == 'quota', admits_at) end
+  if state == 'disabled' then redis.call('SADD', disabled_key, id)
+  elseif moved then redis.call('SREM', disabled_key, id) end
   if f.breaker == 'half_open' and state ~= 'removed' then redis.call('SADD', half_open_key, id)
   else redis.call('SREM', half_open_key, id) end
-  if state ~= v[16] then
+  if moved then
     redis.call('HSET', key, 'state', state)
     table.insert(events, {id, 'state', v[16] or '', state})
     if state == 'available' then redis.call('PUBLISH', wake_channel, id) end
@@ -244,10 +270,30 @@ local function forget_ended(now)
   if stale > 0 then redis.call('ZREMRANGEBYRANK', released_key, 0, stale - 1) end
 end
 
-local function housekeeping(now)
+-- The score of a set's first entry plus `offset`, or `limit` if that is earlier or the set empty.
+local function first_due(key, offset, limit)
+  local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')[2]
+  if first then return math.min(limit, tonumber(first) + offset) end
+  return limit
+end
+
+-- Everything whose time has come: expired leases, ended breakers, cooldowns and quota waits,
+-- lease ids past their memory. Skipped while now is before due_at (nothing can be due), unless
+-- `always`; at most housekeeping_max_ms apart in any case. After a pass, due_at is the earliest
+-- deadline left (now itself when a batch limit left due entries for the next call).
+local function housekeeping(now, always)
+  if not always and now < due_at and due_at <= now + housekeeping_max_ms then return end
   expire_leases(now)
   end_due(open_key, now)
   end_due(cooling_key, now)
   end_due(quota_key, now)
   forget_ended(now)
+  local next_at = now + housekeeping_max_ms
+  for _, key in ipairs({leases_key, open_key, cooling_key, quota_key}) do
+    next_at = first_due(key, 0, next_at)
+  end
+  next_at = first_due(expired_key, lease_memory_ms, next_at)
+  next_at = first_due(released_key, lease_memory_ms, next_at)
+  due_at = math.max(now, next_at)
+  redis.call('HSET', pool_key, 'due_at', due_at)
 end

@@ -4,5 +4,5 @@
 -- KEYS: the pool's base name; every key is derived from it, see common.lua.
 -- ARGV: 1 lease memory (ms).
 -- Returns {events}: no reply of its own. Bounded like every housekeeping pass (see common.lua).
-housekeeping(now_ms())
+housekeeping(now_ms(), true)
 return {events}

@@ -34,10 +34,11 @@ else
 end
 redis.call('HDEL', owners_key, lease_id)
 redis.call('ZADD', released_key, now, lease_id)
+due(now + lease_memory_ms)
 local probe = end_probe(lease_id, key)
 -- Units are settled once: a replay is 'duplicate' above and never reaches this line.
-local precharged = tonumber(redis.call('HGET', charges_key, lease_id)) or 0
-redis.call('HDEL', charges_key, lease_id)
+local precharged = tonumber(redis.call('HGET', charges_key, lease_id))
+if precharged then redis.call('HDEL', charges_key, lease_id) else precharged = 0 end
 if units < 0 then units = outcome == 'unused' and 0 or precharged end
 charge_units(key, units - precharged, now)
 redis.call('HINCRBY', key, 'n_' .. outcome, 1)
@@ -50,10 +51,19 @@ if outcome ~= 'success' then
     'last_error_at', now)
 end
 
+-- The session's fields read below, in one read; what the steps below write goes out in one
+-- write (`updates`) before the breaker's, which reads back its own counters.
+local h = redis.call('HMGET', key, 'success_rate', 'latency_ms', 'health_at', 'cooldown_until',
+  'rl_streak', 'rl_last_at', 'breaker')
+local updates = {}
+local function update(field, value)
+  table.insert(updates, field)
+  table.insert(updates, value)
+end
+
 -- Health: a success-rate average that drifts back to 1 while no news arrives (half-life), and a
 -- latency average; a rate limit says nothing about health, its cooldown deals with it.
 if outcome ~= 'rate_limited' then
-  local h = redis.call('HMGET', key, 'success_rate', 'latency_ms', 'health_at')
   local rate, avg_latency = tonumber(h[1]) or 1, tonumber(h[2])
   local idle = math.max(0, now - (tonumber(h[3]) or now))
   rate = 1 - (1 - rate) * 0.5 ^ (idle / half_life)
@@ -63,21 +73,21 @@ if outcome ~= 'rate_limited' then
   end
   local speed = 1
   if avg_latency and avg_latency > latency_target then speed = math.max(0.5, latency_target / avg_latency) end
-  redis.call('HSET', key, 'success_rate', string.format('%.4f', rate),
-    'health', string.format('%.4f', math.max(floor, rate * speed)), 'health_at', now)
-  if avg_latency then redis.call('HSET', key, 'latency_ms', math.floor(avg_latency + 0.5)) end
+  update('success_rate', string.format('%.4f', rate))
+  update('health', string.format('%.4f', math.max(floor, rate * speed)))
+  update('health_at', now)
+  if avg_latency then update('latency_ms', math.floor(avg_latency + 0.5)) end
 end
 
 -- Cooldowns are absolute deadlines and only ever move later. Repeated 429s within the streak
 -- window double the wait each time; a 429 from a request sent while the session was already
 -- cooling says nothing new and does not escalate. A success ends the streak.
-local c = redis.call('HMGET', key, 'cooldown_until', 'rl_streak', 'rl_last_at', 'breaker')
-local deadline, old_deadline = 0, tonumber(c[1]) or 0
+local deadline, old_deadline = 0, tonumber(h[4]) or 0
 if outcome == 'rate_limited' then
-  local streak = tonumber(c[2]) or 0
+  local streak = tonumber(h[5]) or 0
   local window = tonumber(redis.call('HGET', pool_key, 'streak_window_ms')) or 600000
   if old_deadline <= now then
-    streak = (now - (tonumber(c[3]) or 0) > window) and 1 or streak + 1
+    streak = (now - (tonumber(h[6]) or 0) > window) and 1 or streak + 1
   end
   streak = math.max(streak, 1)
   local wait = math.min(cooldown_ms * 2 ^ (streak - 1), math.max(cooldown_max, cooldown_ms))
@@ -89,7 +99,7 @@ elseif cooldown_ms >= 0 then
   redis.call('HSET', key, 'cooldown_until', deadline)
   redis.call('HINCRBY', key, 'cooldowns', 1)
 end
-if outcome == 'success' then redis.call('HSET', key, 'rl_streak', 0) end
+if outcome == 'success' then update('rl_streak', 0) end
 
 if outcome == 'auth' then
   -- The credential was refused: out until an operator re-enables it.
@@ -99,8 +109,10 @@ end
 -- Circuit breaker: consecutive server/network/timeout failures open it; after its timeout
 -- (growing with each trip) it half-opens for a few probes; a probe's success closes it, its
 -- failure opens it again.
-local threshold = tonumber(redis.call('HGET', pool_key, 'breaker_threshold')) or 0
-local breaker = c[4] or 'closed'
+local breaker = h[7] or 'closed'
+if outcome == 'success' then update('breaker_failures', 0) end
+if #updates > 0 then redis.call('HSET', key, unpack(updates)) end
+local threshold = tonumber(breaker_threshold) or 0
 local failed = outcome == 'server' or outcome == 'network' or outcome == 'timeout'
 if failed then
   local failures = redis.call('HINCRBY', key, 'breaker_failures', 1)
@@ -113,7 +125,6 @@ if failed then
     table.insert(events, {id, 'breaker', breaker, 'open'})
   end
 elseif outcome == 'success' then
-  redis.call('HSET', key, 'breaker_failures', 0)
   if breaker == 'half_open' and probe then
     redis.call('HSET', key, 'breaker', 'closed', 'breaker_trips', 0)
     table.insert(events, {id, 'breaker', 'half_open', 'closed'})

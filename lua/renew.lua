@@ -10,4 +10,5 @@ housekeeping(now)
 if not redis.call('ZSCORE', leases_key, lease_id) then return {'gone', 0, events} end
 local expiry = now + ttl_ms
 redis.call('ZADD', leases_key, 'XX', expiry, lease_id)
+due(expiry)
 return {'ok', expiry, events}

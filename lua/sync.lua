@@ -105,5 +105,5 @@ drop_expired_claims()
 -- Sessions this configuration no longer names leave unless another claim holds them; every
 -- member is refreshed, since a strategy change rescores them all.
 for _, id in ipairs(redis.call('ZRANGE', members_key, 0, -1)) do leave_unless_claimed(id) end
-housekeeping(now)
+housekeeping(now, true)
 return reply()

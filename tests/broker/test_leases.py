@@ -14,6 +14,7 @@ import pytest
 from redis.asyncio import Redis
 
 from broker import Lease, LeaseError, NoSessionAvailable, Outcome, Pool, Release, Released
+from broker.keys import PoolKeys
 
 WORKER = Path(__file__).with_name("worker.py")
 REAL_REDIS_ONLY = pytest.mark.parametrize("backend", [pytest.param("redis", id="redis")])
@@ -101,6 +102,21 @@ async def test_late_release_keeps_the_next_holders_slot(make_pool, make_sessions
     assert (await long.release(current, Outcome.SUCCESS)).status == "released"
     state = await long.session_state("s0")
     assert (state["in_flight"], state["n_server"], state["n_success"]) == ("0", "1", "1")
+
+
+async def test_a_due_at_far_ahead_does_not_hold_housekeeping_off(
+    make_pool, make_sessions, redis: Redis, store_now_ms
+) -> None:
+    """A pool's due_at beyond the longest skip (stale, or written by hand) is not trusted: an
+    expired lease is still reaped by the next call."""
+    pool = await make_pool(make_sessions(1, max_concurrency=1), lease_ttl_ms=200)
+    expired = await pool.acquire()
+    pool_hash = f"{PoolKeys(pool.name).base}:pool"
+    await redis.hset(pool_hash, "due_at", await store_now_ms() + 3_600_000)
+    await asyncio.sleep(0.35)
+    assert (await pool.acquire()).session_id == "s0"
+    assert (await pool.session_state("s0"))["leases_expired"] == "1"
+    assert (await pool.release(expired, Outcome.SUCCESS)).status == "late"
 
 
 async def test_unknown_lease_is_rejected_cleanly(make_pool, make_sessions, redis: Redis) -> None:

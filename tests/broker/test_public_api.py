@@ -52,7 +52,7 @@ def test_script_source_is_prelude_then_script() -> None:
     script_at = text.index("-- acquire.lua:")
     assert prelude_at == 0
     assert prelude_at < script_at
-    assert "local function housekeeping(now)" in text[:script_at]
+    assert "local function housekeeping(now, always)" in text[:script_at]
     assert "local function choose()" in text[script_at:]
 
 
