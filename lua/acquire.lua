@@ -160,30 +160,33 @@ local expiry = now + ttl_ms
 redis.call('ZADD', leases_key, expiry, lease_id)
 due(expiry)
 redis.call('HSET', owners_key, lease_id, id)
-local s = redis.call('HMGET', key, 'breaker', 'rpm', 'tat', 'ordinal', 'in_flight', 'leases')
--- One read and one write of the session's counters (the script runs alone: no increment races).
-local updates = {'in_flight', (tonumber(s[5]) or 0) + 1, 'leases', (tonumber(s[6]) or 0) + 1,
-  'last_used', now}
+-- The session is read once: its counters are written back in one write (the script runs alone:
+-- no increment races), and its new state is settled from what was read and written.
+local f = read_session(key)
+f.in_flight, f.leases, f.last_used = f.in_flight + 1, f.leases + 1, now
+local updates = {'in_flight', f.in_flight, 'leases', f.leases, 'last_used', now}
 local probe = 0
-if s[1] == 'half_open' then
+if f.breaker == 'half_open' then
   probe = 1
-  redis.call('HINCRBY', key, 'probes', 1)
+  f.probes = redis.call('HINCRBY', key, 'probes', 1)
   redis.call('SADD', probes_key, lease_id)
 end
-local rpm = tonumber(s[2]) or 0
-if rpm > 0 then
+if f.rpm > 0 then
   -- GCRA: this request takes the next slot of the session's rpm schedule (rounded up to whole
   -- ms, erring on the slow side of the upstream's limit).
+  f.tat = math.ceil(math.max(f.tat, now) + quota_interval(f.rpm))
   table.insert(updates, 'tat')
-  table.insert(updates, math.ceil(math.max(tonumber(s[3]) or 0, now) + quota_interval(rpm)))
+  table.insert(updates, f.tat)
 end
 redis.call('HSET', key, unpack(updates))
-if strategy == 'round-robin' then redis.call('HSET', pool_key, cursor_field(tier), s[4]) end
+if strategy == 'round-robin' then redis.call('HSET', pool_key, cursor_field(tier), f.ordinal) end
 if precharge > 0 then
   redis.call('HSET', charges_key, lease_id, precharge)
   charge_units(key, precharge, now)
+  refresh(id, now)  -- the unit budget changed in the hash: judge from a fresh read
+else
+  settle(id, key, f, now)
 end
-refresh(id, now)
 -- The next in line may take what is left; with nothing left, waking it would be a wasted try.
 if from_queue and redis.call('ZCARD', avail_key) > 0 then redis.call('PUBLISH', wake_channel, '') end
 return {'ok', id, lease_id, expiry, probe, events}

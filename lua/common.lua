@@ -173,21 +173,27 @@ local function place_due(key, member, yes, score)
   if yes then due(score) end
 end
 
--- Recompute one session's state and its membership of avail, cooling, open, quota and disabled.
--- The first matching reason wins: removed, disabled, open, cooling, quota, probing, busy.
-local function refresh(id, now)
-  local key = session_prefix .. id
+-- The fields of the session hash at `key` that its state depends on, in one read (`state`: the
+-- one last recorded; `leases`: acquire's count, read here to spare acquire a read of its own).
+local function read_session(key)
   local v = redis.call('HMGET', key, 'enabled', 'disabled_reason', 'cooldown_until', 'in_flight',
     'max_concurrency', 'ordinal', 'last_used', 'weight', 'health', 'breaker', 'breaker_until',
     'probes', 'rpm', 'burst', 'tat', 'state', 'weight_override', 'priority', 'avail_tier', 'tpm',
-    'unit_tat')
+    'unit_tat', 'leases')
   -- An operator's weight (admin API, CLI) wins over the configured one until it is cleared.
-  local f = {enabled = v[1], disabled_reason = v[2], cooldown_until = tonumber(v[3]) or 0,
+  return {enabled = v[1], disabled_reason = v[2], cooldown_until = tonumber(v[3]) or 0,
     in_flight = tonumber(v[4]) or 0, max_concurrency = tonumber(v[5]) or 0, ordinal = v[6],
     last_used = v[7], weight = v[17] or v[8], health = v[9], breaker = v[10] or 'closed',
     breaker_until = tonumber(v[11]) or 0, probes = tonumber(v[12]) or 0, rpm = tonumber(v[13]) or 0,
-    burst = tonumber(v[14]) or 1, tat = tonumber(v[15]) or 0, priority = v[18] or '0',
-    avail_tier = v[19], tpm = tonumber(v[20]) or 0, unit_tat = tonumber(v[21]) or 0}
+    burst = tonumber(v[14]) or 1, tat = tonumber(v[15]) or 0, state = v[16], priority = v[18] or '0',
+    avail_tier = v[19], tpm = tonumber(v[20]) or 0, unit_tat = tonumber(v[21]) or 0,
+    leases = tonumber(v[22]) or 0}
+end
+
+-- Recompute one session's state and its membership of avail, cooling, open, quota and disabled,
+-- from `f`: its fields as read_session returned them, with what the caller wrote since.
+-- The first matching reason wins: removed, disabled, open, cooling, quota, probing, busy.
+local function settle(id, key, f, now)
   if f.breaker == 'open' and f.breaker_until <= now then
     f.breaker, f.probes = 'half_open', 0
     redis.call('HSET', key, 'breaker', 'half_open', 'probes', 0)
@@ -207,7 +213,7 @@ local function refresh(id, now)
   local score = state == 'available' and selection_score(f) or 0
   -- refresh alone writes these sets and `state`, together: a session whose state stays what it
   -- was is in none of the other states' sets, so only its own state's entry is written again.
-  local moved = state ~= v[16]
+  local moved = state ~= f.state
   if moved or state == 'available' then place(avail_key, id, state == 'available', score) end
   place_tier(key, id, f, state == 'available', score)
   if moved or state == 'cooling' then place_due(cooling_key, id, state == 'cooling', f.cooldown_until) end
@@ -219,10 +225,15 @@ local function refresh(id, now)
   else redis.call('SREM', half_open_key, id) end
   if moved then
     redis.call('HSET', key, 'state', state)
-    table.insert(events, {id, 'state', v[16] or '', state})
+    table.insert(events, {id, 'state', f.state or '', state})
     if state == 'available' then redis.call('PUBLISH', wake_channel, id) end
   end
   return state
+end
+
+local function refresh(id, now)
+  local key = session_prefix .. id
+  return settle(id, key, read_session(key), now)
 end
 
 -- A probe lease that ends (released or expired) gives its half-open slot back; true if it was one.
