@@ -172,11 +172,13 @@ if f.breaker == 'half_open' then
   redis.call('SADD', probes_key, lease_id)
 end
 if f.rpm > 0 then
-  -- GCRA: this request takes the next slot of the session's rpm schedule (rounded up to whole
-  -- ms, erring on the slow side of the upstream's limit).
-  f.tat = math.ceil(math.max(f.tat, now) + quota_interval(f.rpm))
+  -- GCRA: this request takes the next slot of the session's rpm schedule, kept to the
+  -- microsecond and rounded up (the slow side of the upstream's limit), like the unit schedule:
+  -- rounding each slot up to a whole ms would slow a fast session (rpm 10,000: 6.12 ms a slot)
+  -- by up to a sixth.
+  f.tat = math.ceil((math.max(f.tat, now) + quota_interval(f.rpm)) * 1000) / 1000
   table.insert(updates, 'tat')
-  table.insert(updates, f.tat)
+  table.insert(updates, string.format('%.3f', f.tat))
 end
 redis.call('HSET', key, unpack(updates))
 if strategy == 'round-robin' then redis.call('HSET', pool_key, cursor_field(tier), f.ordinal) end

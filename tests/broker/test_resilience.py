@@ -303,6 +303,18 @@ async def test_rpm_burst(make_pool) -> None:
     assert 0 < (error.retry_after_ms or 0) <= 1020
 
 
+async def test_a_fast_quota_keeps_its_full_rate(make_pool, store_now_ms) -> None:
+    """rpm=10,000 takes 6.12 ms a slot (with the 2% slack); 100 leases in a burst move the
+    schedule by 612 ms, not by 100 whole milliseconds more (no rounding up per slot)."""
+    pool = await make_pool([Session(id="a", secret="x", rpm=10_000, burst=1000)])
+    before = await store_now_ms()
+    for _ in range(100):
+        await pool.release(await pool.acquire(), Outcome.SUCCESS)
+    after = await store_now_ms()
+    tat = float((await pool.session_state("a"))["tat"])
+    assert before + 612 <= tat <= after + 612 + 1
+
+
 async def test_quota_composes_with_concurrency(make_pool) -> None:
     """A session within quota but at its concurrency limit is busy; one at quota is 'quota'."""
     pool = await make_pool([Session(id="a", secret="x", rpm=6000, burst=10, max_concurrency=1)])
