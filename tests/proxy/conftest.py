@@ -20,6 +20,12 @@ from proxy.settings import Settings
 from proxy.simulated_upstream import SimulatedUpstream
 
 SESSIONS = [Session(id=name, secret=f"secret-{name}") for name in ("a", "b", "c")]
+#: Two tiers and two unit budgets: a and b in tier 1 (a with a tpm), c in tier 0 with a tpm.
+TIERED = [
+    Session(id="a", secret="secret-a", priority=1, tpm=60_000),
+    Session(id="b", secret="secret-b", priority=1),
+    Session(id="c", secret="secret-c", tpm=30_000),
+]
 
 StartUpstream = Callable[[web.Application], Awaitable[str]]
 StartReplica = Callable[..., Awaitable[RunningReplica]]

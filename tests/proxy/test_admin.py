@@ -13,7 +13,7 @@ from openapi_spec_validator import validate
 from broker import Session, Strategy
 from proxy.admin import openapi_document
 from proxy.simulated_upstream import SimulatedUpstream
-from tests.proxy.conftest import SESSIONS, GatedStream
+from tests.proxy.conftest import SESSIONS, TIERED, GatedStream
 
 if TYPE_CHECKING:
     from proxy.serve import RunningReplica
@@ -140,13 +140,8 @@ async def test_sessions_and_summary_show_tiers_and_unit_budgets(
 ) -> None:
     """Each session carries its tier, tpm, units counted and units left; the summary counts
     each tier's sessions and available ones, best first, and adds the budgets up."""
-    sessions = [
-        Session(id="a", secret="secret-a", priority=1, tpm=60_000),
-        Session(id="b", secret="secret-b", priority=1),
-        Session(id="c", secret="secret-c", tpm=30_000),
-    ]
     replica = await start_replica(
-        sessions,
+        TIERED,
         admin_token=TOKEN,
         session_selection_strategy=Strategy.ROUND_ROBIN,
         usage_header="X-Usage-Tokens",

@@ -14,11 +14,11 @@ import aiohttp
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from broker import Session, StoreError, Strategy
+from broker import StoreError, Strategy
 from broker.admin import Census, TierCount, UnitBudget
 from proxy.metrics import ClusterCollector
 from proxy.simulated_upstream import SimulatedUpstream
-from tests.proxy.conftest import SESSIONS, store_now_ms
+from tests.proxy.conftest import SESSIONS, TIERED, store_now_ms
 
 if TYPE_CHECKING:
     from proxy.serve import RunningReplica
@@ -199,13 +199,8 @@ async def test_tier_and_unit_budget_gauges(
     """Two tiers, two sessions with a tpm: sessions per tier (available and total), each budget's
     tpm and units left, labelled by pool; the units an answer reported come off, and refill as
     the store's time passes."""
-    sessions = [
-        Session(id="a", secret="secret-a", priority=1, tpm=60_000),
-        Session(id="b", secret="secret-b", priority=1),
-        Session(id="c", secret="secret-c", tpm=30_000),
-    ]
     replica = await start_replica(
-        sessions,
+        TIERED,
         redis_url=shared_redis,
         session_selection_strategy=Strategy.ROUND_ROBIN,
         usage_header="X-Usage-Tokens",
