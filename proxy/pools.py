@@ -50,6 +50,8 @@ __all__ = [
     "single_pool",
 ]
 
+#: Longest pool name or model a 404 repeats back to the client.
+SHOWN_MAX = 100
 #: Most attempts per request when RETRY_COUNT is not set: the pool size, at most this.
 DEFAULT_MAX_ATTEMPTS = 10
 _POOL_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -171,7 +173,8 @@ class PoolTable:
         if named is not None:
             plan = self.pools.get(named)
             if plan is None:
-                raise NoRoute("unknown_pool", f"no pool named {named!r} (from {self.header})")
+                shown = _shown(named)
+                raise NoRoute("unknown_pool", f"no pool named {shown} (from {self.header})")
             return Routed(plan, _strip(plan.path_prefix, path_qs))
         matching = [
             plan
@@ -190,7 +193,7 @@ class PoolTable:
                 (p for p in plans if any(fnmatch.fnmatchcase(model, m) for m in p.models)), None
             )
             if found is None:
-                raise NoRoute("unknown_model", f"no pool serves model {model!r}")
+                raise NoRoute("unknown_model", f"no pool serves model {_shown(model)}")
             return Routed(found, _strip(found.path_prefix, path_qs))
         if self.default is None:
             raise NoRoute(
@@ -200,6 +203,11 @@ class PoolTable:
             )
         plan = self.pools[self.default]
         return Routed(plan, _strip(plan.path_prefix, path_qs))
+
+
+def _shown(asked: str) -> str:
+    """What a client asked for, quoted for an error message; a long one cut short."""
+    return repr(asked if len(asked) <= SHOWN_MAX else asked[:SHOWN_MAX] + "...")
 
 
 def _strip(prefix: str | None, path_qs: str) -> str:

@@ -504,3 +504,15 @@ async def test_a_reload_adds_and_drops_pools_and_refuses_a_loop(
         assert set(await client.hkeys("sb:pools")) == {"b"}
     finally:
         await client.aclose()
+
+
+def test_a_long_unknown_name_is_cut_short_in_the_error(tmp_path: Path) -> None:
+    """A 404 repeats what was asked for, but never more than SHOWN_MAX characters of it."""
+    table = _load(tmp_path, TWO_POOLS)
+    with pytest.raises(NoRoute) as caught:
+        table.route(named="x" * 5000, path_qs="/")
+    assert len(caught.value.message) < 200
+    with pytest.raises(NoRoute) as caught:
+        table.route_model("m" * 5000, path_qs="/")
+    assert "mmm..." in caught.value.message
+    assert len(caught.value.message) < 200
