@@ -72,9 +72,11 @@ class _PoolsDocument(msgspec.Struct, forbid_unknown_fields=True):
     default_pool: str | None = None
 
 
-@dataclass(eq=False, slots=True)
+@dataclass(slots=True)
 class PoolPlan:
-    """One pool as this replica serves it: its sessions (secrets included) and where they go."""
+    """One pool as this replica serves it: its sessions (secrets included) and where they go.
+    Two plans are equal when they serve the same sessions the same way (a reload that changes
+    nothing)."""
 
     name: str
     sessions: list[Session]
@@ -85,31 +87,18 @@ class PoolPlan:
     path_prefix: str | None = None
     models: tuple[str, ...] = ()
     fallback: str | None = None
-    secrets: dict[str, str] = field(init=False)
+    secrets: dict[str, str] = field(init=False, compare=False)
     #: Sessions with a unit budget (tpm): their answers are read for usage.
-    metered: frozenset[str] = field(init=False)
+    metered: frozenset[str] = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
         self.upstream_url = self.upstream_url.rstrip("/")
         self.secrets = {s.id: s.secret for s in self.sessions}
         self.metered = frozenset(s.id for s in self.sessions if s.tpm)
 
-    def same_as(self, other: PoolPlan) -> bool:
-        """Serves the same sessions the same way (a reload that changes nothing)."""
-        return all(getattr(self, name) == getattr(other, name) for name in _PLAN_FIELDS)
-
-
-_PLAN_FIELDS = (
-    "name",
-    "sessions",
-    "strategy",
-    "upstream_url",
-    "header",
-    "max_attempts",
-    "path_prefix",
-    "models",
-    "fallback",
-)
+    def routed(self, path_qs: str) -> Routed:
+        """A request for this pool: ``path_qs`` without the pool's path prefix."""
+        return Routed(self, _strip(self.path_prefix, path_qs))
 
 
 class _ModelAsked(msgspec.Struct):
@@ -144,7 +133,8 @@ class Routed:
 
 @dataclass(frozen=True, slots=True)
 class PoolTable:
-    """Every pool of this replica, its routes and fallback chains."""
+    """Every pool of this replica, its routes and fallback chains (equal tables route the same
+    requests to the same sessions)."""
 
     pools: dict[str, PoolPlan]
     default: str | None = None
@@ -175,14 +165,14 @@ class PoolTable:
             if plan is None:
                 shown = _shown(named)
                 raise NoRoute("unknown_pool", f"no pool named {shown} (from {self.header})")
-            return Routed(plan, _strip(plan.path_prefix, path_qs))
+            return plan.routed(path_qs)
         matching = [
             plan
             for plan in self.pools.values()
             if plan.path_prefix is not None and _strip(plan.path_prefix, path_qs) != path_qs
         ]
         best = max(matching, key=lambda plan: len(plan.path_prefix or ""), default=None)
-        return None if best is None else Routed(best, _strip(best.path_prefix, path_qs))
+        return None if best is None else best.routed(path_qs)
 
     def route_model(self, model: str | None, *, path_qs: str) -> Routed:
         """The pool serving ``model`` (exact names before patterns), else the default pool.
@@ -194,15 +184,14 @@ class PoolTable:
             )
             if found is None:
                 raise NoRoute("unknown_model", f"no pool serves model {_shown(model)}")
-            return Routed(found, _strip(found.path_prefix, path_qs))
+            return found.routed(path_qs)
         if self.default is None:
             raise NoRoute(
                 "no_pool_route",
                 f"the request names no pool (by {self.header or 'header'}, path prefix or model) "
                 "and there is no default pool",
             )
-        plan = self.pools[self.default]
-        return Routed(plan, _strip(plan.path_prefix, path_qs))
+        return self.pools[self.default].routed(path_qs)
 
 
 def _shown(asked: str) -> str:

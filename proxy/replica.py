@@ -240,7 +240,7 @@ class Replica:
         except ConfigError as exc:
             log.warning("sessions file rejected; keeping the sessions in use", error=str(exc))
             return
-        if _same_tables(table, self.table):
+        if table == self.table:
             return
         for name, plan in table.pools.items():
             old = self.plans[name].secrets if name in self.plans else {}
@@ -329,14 +329,6 @@ class Replica:
             self.leasing.mark_down(exc)
             return serving_locally
         return True
-
-
-def _same_tables(one: PoolTable, other: PoolTable) -> bool:
-    if (one.default, one.header) != (other.default, other.header):
-        return False
-    if one.pools.keys() != other.pools.keys():
-        return False
-    return all(plan.same_as(other.pools[name]) for name, plan in one.pools.items())
 
 
 class _InFlight:
