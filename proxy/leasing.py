@@ -90,8 +90,11 @@ class Leasing:
     def _settings_of(self, plan: PoolPlan) -> BrokerSettings:
         return replace(self.settings, pool=plan.name, strategy=plan.strategy)
 
-    def _served(self, store: Store, plan: PoolPlan, *, observed: bool) -> Served:
-        settings = self._settings_of(plan)
+    def _served(
+        self, store: Store, settings: BrokerSettings, sessions: list[Session], *, observed: bool
+    ) -> Served:
+        """A pool on ``store`` and its queue (listening for wake-ups once started, if waits are
+        on); ``observed``: its transitions go to the replica's listener."""
         pool = (
             ObservedPool(store, settings, listener=self._observe)
             if observed and self._observe is not None
@@ -100,7 +103,7 @@ class Leasing:
         queue = WaitQueue(pool, max_waiting=self._queue_max, observer=self._metrics)
         if self._started and self._waiting:
             queue.start()
-        return Served(pool, queue, plan.sessions)
+        return Served(pool, queue, sessions)
 
     def configure(self, table: PoolTable) -> list[Served]:
         """Serve these pools from now on; returns the ones no longer served, for ``retire``.
@@ -119,7 +122,8 @@ class Leasing:
         for name, plan in wanted.items():
             served = self.served.get(name)
             if served is None:
-                self.served[name] = self._served(self.store, plan, observed=True)
+                settings = self._settings_of(plan)
+                self.served[name] = self._served(self.store, settings, plan.sessions, observed=True)
             else:
                 served.sessions = plan.sessions
                 served.pool.settings = self._settings_of(plan)
@@ -176,7 +180,9 @@ class Leasing:
             await self._leave(served.pool)
 
     async def _leave(self, pool: Pool) -> None:
-        if await pool.leave() == 0:  # the last replica serving it: operators no longer see it
+        # The last replica serving a shared pool: operators no longer see it. (A local pool of
+        # an outage is this replica's alone, and says nothing of the fleet's.)
+        if await pool.leave() == 0 and pool.redis is self.store:
             await forget_pool(self.store, pool.name)
 
     async def close(self) -> None:
@@ -223,13 +229,11 @@ class Leasing:
                 )
                 self._local_store = open_store(embedded)
             shared = self.served[name]
-            plan_settings = shared.pool.settings
-            pool = Pool(self._local_store, plan_settings)
-            await pool.sync(shared.sessions)
-            queue = WaitQueue(pool, max_waiting=self._queue_max, observer=self._metrics)
-            if self._waiting:
-                queue.start()
-            local = self._local[name] = Served(pool, queue, shared.sessions)
+            local = self._served(
+                self._local_store, shared.pool.settings, shared.sessions, observed=False
+            )
+            await local.pool.sync(local.sessions)
+            self._local[name] = local
         return local
 
     def mark_down(self, exc: BaseException) -> None:

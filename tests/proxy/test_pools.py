@@ -15,7 +15,8 @@ import aiohttp
 import pytest
 import redis.asyncio
 
-from broker import ConfigError, Strategy
+from broker import ConfigError, Outcome, Strategy
+from proxy.leasing import Leasing
 from proxy.pools import NoRoute, PoolTable, load_pools, requested_model
 from proxy.settings import Settings
 from proxy.simulated_upstream import SimulatedUpstream
@@ -516,3 +517,32 @@ def test_a_long_unknown_name_is_cut_short_in_the_error(tmp_path: Path) -> None:
         table.route_model("m" * 5000, path_qs="/")
     assert "mmm..." in caught.value.message
     assert len(caught.value.message) < 200
+
+
+async def test_dropping_a_pool_served_locally_in_an_outage_keeps_the_fleets_record(
+    shared_redis: str,
+) -> None:
+    """A replica that served a pool from its local fallback (REDIS_FAILURE_MODE=open) and then
+    drops that pool leaves the fleet's record of it alone while another replica still serves it."""
+    settings = Settings(upstream_url=UPSTREAM, sessions="k1", pool="a", redis_url=shared_redis)
+    table = load_pools(settings)
+    one, two = (
+        Leasing(settings.broker(), table, queue_max=10, failure_mode="open") for _ in range(2)
+    )
+    try:
+        for leasing in (one, two):
+            await leasing.sync_all()
+        one.store_up = False  # as in an outage: the lease comes from one's local pool
+        lease, pool = await one.lease("a", exclude=(), timeout_s=0)
+        assert pool.redis is not one.store
+        await pool.release(lease, Outcome.SUCCESS)
+        one.store_up = True
+        await one.retire(one.configure(PoolTable({})))
+        client = redis.asyncio.Redis.from_url(shared_redis, decode_responses=True)
+        try:
+            assert set(await client.hkeys("sb:pools")) == {"a"}  # two still serves it
+        finally:
+            await client.aclose()
+    finally:
+        for leasing in (one, two):
+            await leasing.close()
