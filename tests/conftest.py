@@ -23,7 +23,8 @@ import redis
 REDIS_START_TIMEOUT_S = 10.0
 
 
-def _free_port() -> int:
+def any_free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -51,17 +52,10 @@ def running_redis(executable: str, workdir: Path) -> Iterator[str]:
     """A ``redis-server`` on a free port for the duration of the block; yields its URL."""
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "redis.log"
-    port = _free_port()
-    command = [
-        executable,
-        "--port", str(port),
-        "--bind", "127.0.0.1",
-        "--save", "",
-        "--appendonly", "no",
-        "--dir", str(workdir),
-        "--logfile", str(log),
-    ]  # fmt: skip
-    process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+    port = any_free_port()
+    process = subprocess.Popen(
+        redis_command(executable, port, workdir, log), stdin=subprocess.DEVNULL
+    )
     url = f"redis://127.0.0.1:{port}/0"
     try:
         _wait_until_ready(process, url, log)
@@ -75,20 +69,39 @@ def running_redis(executable: str, workdir: Path) -> Iterator[str]:
             process.wait()
 
 
-def _redis_executable() -> str:
-    executable = shutil.which("redis-server")
+def redis_command(executable: str, port: int, workdir: Path, log: Path, *options: str) -> list[str]:
+    """A ``redis-server`` on 127.0.0.1:``port`` that keeps nothing on disk, then ``options``."""
+    return [
+        executable,
+        "--port", str(port),
+        "--bind", "127.0.0.1",
+        "--save", "",
+        "--appendonly", "no",
+        "--dir", str(workdir),
+        "--logfile", str(log),
+        *options,
+    ]  # fmt: skip
+
+
+def required_executable(name: str, tests: str = "the real-Redis tests") -> str:
+    """The path of ``name``; skips the test when it is not on PATH, fails it under CI=true."""
+    executable = shutil.which(name)
     if executable is None:
-        reason = "redis-server is not on PATH"
+        reason = f"{name} is not on PATH"
         if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason}; CI=true requires the real-Redis tests to run")
+            pytest.fail(f"{reason}; CI=true requires {tests} to run")
         pytest.skip(reason)
     return executable
+
+
+def _redis_executable() -> str:
+    return required_executable("redis-server")
 
 
 @pytest.fixture
 def free_port() -> Callable[[], int]:
     """``free_port()``: a free TCP port on 127.0.0.1, for a process the test starts."""
-    return _free_port
+    return any_free_port
 
 
 @pytest.fixture(scope="session")

@@ -7,9 +7,6 @@ reason, except in CI (``CI=true``), where it fails them.
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -19,25 +16,14 @@ from pathlib import Path
 import pytest
 import redis
 
+from tests.conftest import any_free_port, redis_command, required_executable
+
 #: How long a server may take to answer, and how long a topology may take to settle.
 START_TIMEOUT_S = 10.0
 
 
 def _executable(name: str) -> str:
-    found = shutil.which(name)
-    if found is None:
-        reason = f"{name} is not on PATH"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason}; CI=true requires the topology tests to run")
-        pytest.skip(reason)
-    return found
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    return required_executable(name, "the topology tests")
 
 
 def wait_for(what: str, check: Callable[[], bool], timeout_s: float = START_TIMEOUT_S) -> None:
@@ -97,24 +83,15 @@ class Servers:
     ) -> Node:
         """Start ``redis-server`` with ``options`` (and a config file holding ``config``, which
         sentinels need: they rewrite it); returns once the server answers PING."""
-        port = free_port()
+        port = any_free_port()
         workdir = self.folder / name
         workdir.mkdir()
         log = workdir / "server.log"
-        command = [self.executable]
+        command = redis_command(self.executable, port, workdir, log, *options)
         if config is not None:
             conf = workdir / "server.conf"
             conf.write_text(config.replace("{port}", str(port)))
-            command.append(str(conf))
-        command += [
-            "--port", str(port),
-            "--bind", "127.0.0.1",
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", str(workdir),
-            "--logfile", str(log),
-            *options,
-        ]  # fmt: skip
+            command.insert(1, str(conf))  # a config file comes before the options
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
         node = Node(name, port, process, log, username, password)
         self.nodes.append(node)
@@ -128,7 +105,7 @@ class Servers:
         return node
 
     wait_for = staticmethod(wait_for)
-    free_port = staticmethod(free_port)
+    free_port = staticmethod(any_free_port)
 
     def stop_all(self) -> None:
         for node in self.nodes:
