@@ -31,7 +31,7 @@ import aiohttp
 from aiohttp import web
 
 from broker import Session, load_sessions
-from proxy.retry_after import retry_after_ms
+from proxy.request.retry_after import retry_after_ms
 
 Mode = Literal["naive", "local"]
 #: The checklist's cooldown for a 429 without a usable Retry-After.

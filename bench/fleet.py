@@ -89,7 +89,7 @@ def run_one(
     upstream_url = f"http://127.0.0.1:{upstream_port}"
     config = scope.workdir / f"{pool}-upstream.json"
     config.write_bytes(scenario.upstream_config(seed).to_json())
-    argv = [python(), "-m", "proxy.simulated_upstream", "--config", str(config)]
+    argv = [python(), "-m", "proxy.testing.upstream", "--config", str(config)]
     argv += ["--port", str(upstream_port)]
     upstream = scope.start(f"{pool}-upstream", argv, ready_url=f"{upstream_url}/_sim/stats")
     fleet = mode_lib.Fleet(

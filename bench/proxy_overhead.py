@@ -6,7 +6,7 @@ saturation, with a real Redis, and >= 1,500 requests/s per replica process.
 
 What runs, all on 127.0.0.1 and stopped at exit (also on Ctrl-C; they die with the benchmark):
 a private ``redis-server``, the simulated upstream with no latency and no limits
-(``python -m proxy.simulated_upstream``), and one replica (``python -m proxy``, env vars only,
+(``python -m proxy.testing.upstream``), and one replica (``python -m proxy``, env vars only,
 ``--sessions`` sessions, every other setting at its default but ``LOG_LEVEL=warning``).
 
 Two phases, each measured directly against the upstream, then through the replica:
@@ -242,7 +242,7 @@ def start_targets(scope: Processes, sessions: int) -> tuple[str, str, str, Child
     upstream_url = f"http://127.0.0.1:{upstream_port}"
     upstream = scope.start(
         "upstream",
-        [python(), "-m", "proxy.simulated_upstream", "--port", str(upstream_port)],
+        [python(), "-m", "proxy.testing.upstream", "--port", str(upstream_port)],
         env=env_for_children(),
         ready_url=f"{upstream_url}/_sim/stats",
     )

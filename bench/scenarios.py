@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field, replace
 
-from proxy.simulated_upstream import (
+from proxy.testing.upstream import (
     NO_FAULTS,
     CredentialConfig,
     Faults,

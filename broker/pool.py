@@ -6,7 +6,7 @@ import asyncio
 import random
 import secrets
 import uuid
-from collections.abc import Awaitable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -31,6 +31,9 @@ from broker.sessions import Session
 from broker.settings import BrokerSettings
 from broker.store import Store
 
+#: Hears the transitions a pool's script calls made (a session's state or breaker changing).
+TransitionListener = Callable[[list[Transition]], None]
+
 _COUNTS = ("available", "cooling", "busy", "disabled", "open", "quota")
 #: Values sync.lua takes per session (see its header).
 _SYNC_FIELDS = 8
@@ -46,8 +49,17 @@ async def _call(operation: str, pending: Awaitable[Any]) -> Any:
 class Pool:
     """One pool of sessions in the store, as seen by one replica."""
 
-    def __init__(self, redis: Store, settings: BrokerSettings, *, name: str | None = None) -> None:
+    def __init__(
+        self,
+        redis: Store,
+        settings: BrokerSettings,
+        *,
+        name: str | None = None,
+        listener: TransitionListener | None = None,
+    ) -> None:
         self.name = name or settings.pool
+        #: Hears every transition this replica's calls made (for alerting and metrics).
+        self._listener = listener
         self.keys = PoolKeys(self.name)
         self.redis = redis
         self.settings = settings
@@ -76,11 +88,9 @@ class Pool:
         *reply, events = raw
         transitions = parse(self.name, events)
         emit(transitions)
-        self.on_transitions(transitions)
+        if transitions and self._listener is not None:
+            self._listener(transitions)
         return list(reply)
-
-    def on_transitions(self, transitions: list[Transition]) -> None:
-        """Called with every transition this replica's calls made; for alerting and metrics."""
 
     async def sync(self, sessions: Sequence[Session]) -> int:
         """Claim ``sessions`` (ids and limits only; never secrets) for this replica.

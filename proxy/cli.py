@@ -2,7 +2,7 @@
 
 ``serve`` runs a replica (the default; also ``python -m proxy``); ``demo`` shows the whole thing
 working on this machine with no Redis and no upstream of your own; ``status``, ``sessions``,
-``export`` and ``import`` operate the pool in the fleet's Redis (see proxy/operator.py).
+``export`` and ``import`` operate the pool in the fleet's Redis (see proxy/ops/commands.py).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import sys
 from collections.abc import Sequence
 
 from broker import ConfigError
-from proxy.logs import REDACTOR, configure_logging
-from proxy.operator import COMMANDS, add_operator_commands, run_operator
+from proxy.ops.commands import COMMANDS, add_operator_commands, run_operator
+from proxy.ops.logs import REDACTOR, configure_logging
 from proxy.settings import STORE_SETTINGS, add_flags, load_settings
 
 
@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_operator(settings, args, pool_given=given)
         settings = load_settings(os.environ, args if args.command == "serve" else None)
         configure_logging(settings.log_level, settings.log_format)
-        from proxy.serve import serve_forever
+        from proxy.replica.serve import serve_forever
 
         serve_forever(settings)
     except ConfigError as exc:

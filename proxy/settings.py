@@ -18,7 +18,7 @@ import msgspec
 
 from broker import BrokerSettings, ConfigError, Strategy
 from broker.constants import DEFAULT_SENTINEL_MASTER
-from proxy.ratelimit_headers import FAMILIES
+from proxy.request.ratelimit_headers import FAMILIES
 
 __all__ = [
     "HELP",

@@ -13,11 +13,11 @@ import redis.asyncio
 from aiohttp import web
 
 from broker import Session
-from proxy.pools import load_pools
-from proxy.replica import Replica
-from proxy.serve import RunningReplica, start
+from proxy.replica.pools import load_pools
+from proxy.replica.replica import Replica
+from proxy.replica.serve import RunningReplica, start
 from proxy.settings import Settings
-from proxy.simulated_upstream import SimulatedUpstream
+from proxy.testing.upstream import SimulatedUpstream
 
 SESSIONS = [Session(id=name, secret=f"secret-{name}") for name in ("a", "b", "c")]
 #: Two tiers and two unit budgets: a and b in tier 1 (a with a tpm), c in tier 0 with a tpm.

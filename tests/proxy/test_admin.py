@@ -11,12 +11,12 @@ import pytest
 from openapi_spec_validator import validate
 
 from broker import Session, Strategy
-from proxy.admin import openapi_document
-from proxy.simulated_upstream import SimulatedUpstream
+from proxy.ops.admin import openapi_document
+from proxy.testing.upstream import SimulatedUpstream
 from tests.proxy.conftest import SESSIONS, TIERED, GatedStream
 
 if TYPE_CHECKING:
-    from proxy.serve import RunningReplica
+    from proxy.replica.serve import RunningReplica
     from tests.proxy.conftest import StartReplica, StartUpstream
 
 TOKEN = "admin-token-0123456789abcdef"

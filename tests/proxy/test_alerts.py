@@ -10,10 +10,10 @@ import aiohttp
 from aiohttp import web
 
 from broker import Session, Strategy
-from proxy.simulated_upstream import SimulatedUpstream
+from proxy.testing.upstream import SimulatedUpstream
 
 if TYPE_CHECKING:
-    from proxy.serve import RunningReplica
+    from proxy.replica.serve import RunningReplica
     from tests.proxy.conftest import StartReplica, StartUpstream
 
 CHAT = "/v1/chat/completions"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.estimate import estimate_units, prompt_units, requested_max_units
+from proxy.request.estimate import estimate_units, prompt_units, requested_max_units
 
 
 @pytest.mark.parametrize(

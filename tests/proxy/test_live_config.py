@@ -18,10 +18,10 @@ import pytest
 import redis.asyncio
 
 from broker import load_sessions
-from proxy.serve import RunningReplica
+from proxy.replica.serve import RunningReplica
 
 if TYPE_CHECKING:
-    from proxy.simulated_upstream import SimulatedUpstream
+    from proxy.testing.upstream import SimulatedUpstream
     from tests.proxy.conftest import StartReplica
 
 MEMBERS = "sb:{default}:members"

@@ -22,9 +22,9 @@ from aiohttp import web
 from structlog.testing import capture_logs
 
 from broker import Strategy
-from proxy.logs import REDACTED, Redactor, configure_logging
+from proxy.ops.logs import REDACTED, Redactor, configure_logging
 from proxy.settings import HELP
-from proxy.simulated_upstream import SimulatedUpstream
+from proxy.testing.upstream import SimulatedUpstream
 from tests.conftest import any_free_port
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ def test_configured_logging_redacts_structlog_and_stdlib_lines() -> None:
     """Through the configured processors, structlog and standard-library loggers alike."""
     import logging
 
-    from proxy.logs import REDACTOR
+    from proxy.ops.logs import REDACTOR
 
     REDACTOR.add(["tok-0000-unit-test"])
     out = io.StringIO()

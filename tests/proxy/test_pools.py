@@ -16,10 +16,10 @@ import pytest
 import redis.asyncio
 
 from broker import ConfigError, Outcome, Strategy
-from proxy.leasing import Leasing
-from proxy.pools import NoRoute, PoolTable, load_pools, requested_model
+from proxy.replica.leasing import Leasing
+from proxy.replica.pools import NoRoute, PoolTable, load_pools, requested_model
 from proxy.settings import Settings
-from proxy.simulated_upstream import SimulatedUpstream
+from proxy.testing.upstream import SimulatedUpstream
 
 from .conftest import StartReplica, StartUpstream
 from .test_operator_cli import cli

@@ -1,6 +1,6 @@
-"""Lease releases leave in the background, in batches (proxy/releases.py): the releases handed
-over in one turn of the event loop go out together, and every one of them lands, also when the
-replica stops right after."""
+"""Lease releases leave in the background, in batches (proxy/replica/releases.py): the releases
+handed over in one turn of the event loop go out together, and every one of them lands, also when
+the replica stops right after."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from broker import BrokerSettings, Lease, Outcome, Pool, Release, Session, StoreError, open_store
-from proxy.releases import Releases
+from proxy.replica.releases import Releases
 
 if TYPE_CHECKING:
     from tests.proxy.conftest import StartReplica

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.retry_after import parse_retry_after, retry_after_ms
+from proxy.request.retry_after import parse_retry_after, retry_after_ms
 
 VECTORS = json.loads(
     (Path(__file__).parent.parent / "data" / "rate-limit-headers.json").read_text()

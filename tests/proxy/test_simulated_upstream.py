@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 import aiohttp
 import pytest
 
-from proxy.simulated_upstream import (
+from proxy.request.usage import UsageMeter
+from proxy.testing.upstream import (
     CredentialConfig,
     Faults,
     Latency,
@@ -24,7 +25,6 @@ from proxy.simulated_upstream import (
     SimulatedUpstream,
     UpstreamConfig,
 )
-from proxy.usage import UsageMeter
 
 if TYPE_CHECKING:
     from tests.proxy.conftest import StartUpstream
@@ -144,11 +144,11 @@ def test_config_file_takes_a_tpm() -> None:
 async def test_runs_as_its_own_process(
     tmp_path: Path, http: aiohttp.ClientSession, free_port: Callable[[], int]
 ) -> None:
-    """``python -m proxy.simulated_upstream --config`` serves the file's limits and counts."""
+    """``python -m proxy.testing.upstream --config`` serves the file's limits and counts."""
     config = tmp_path / "sim.json"
     config.write_bytes(UpstreamConfig(credentials={"k": CredentialConfig(rpm=60)}).to_json())
     port = free_port()
-    argv = ["-m", "proxy.simulated_upstream", "--port", str(port), "--config", str(config)]
+    argv = ["-m", "proxy.testing.upstream", "--port", str(port), "--config", str(config)]
     process = await asyncio.create_subprocess_exec(
         sys.executable, *argv, stdout=asyncio.subprocess.DEVNULL
     )
@@ -178,7 +178,7 @@ def test_bad_config_exits_2(tmp_path: Path) -> None:
     config = tmp_path / "sim.json"
     config.write_text('{"credentials": {"k": {"rpm": "fast"}}}')
     done = subprocess.run(
-        [sys.executable, "-m", "proxy.simulated_upstream", "--config", str(config)],
+        [sys.executable, "-m", "proxy.testing.upstream", "--config", str(config)],
         capture_output=True,
         text=True,
         timeout=30,

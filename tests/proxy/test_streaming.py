@@ -16,7 +16,7 @@ ONE = [Session(id="a", secret="secret-a")]
 
 
 def renewing_tasks() -> list[asyncio.Task[object]]:
-    """The lease-renewing tasks in this event loop (proxy.forward's ``_renew``)."""
+    """The lease-renewing tasks in this event loop (proxy.request.forward's ``_renew``)."""
     return [t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "Forwarder._renew"]
 
 

@@ -13,12 +13,12 @@ import pytest
 from aiohttp import web
 
 from broker import Session
-from proxy.estimate import estimate_units
-from proxy.simulated_upstream import Limits, SimulatedUpstream
-from proxy.usage import SSE_TAIL_BYTES, UsageMeter
+from proxy.request.estimate import estimate_units
+from proxy.request.usage import SSE_TAIL_BYTES, UsageMeter
+from proxy.testing.upstream import Limits, SimulatedUpstream
 
 if TYPE_CHECKING:
-    from proxy.serve import RunningReplica
+    from proxy.replica.serve import RunningReplica
     from tests.proxy.conftest import StartReplica, StartUpstream
 
 JSON = {"Content-Type": "application/json"}

@@ -16,11 +16,11 @@ from redis.crc import key_slot
 
 from broker import BrokerSettings, NoSessionAvailable, Outcome, Pool, PoolKeys, Session, open_store
 from broker.store import Store
-from proxy.pools import load_pools
-from proxy.replica import Replica
-from proxy.serve import start as start_replica
+from proxy.replica.pools import load_pools
+from proxy.replica.replica import Replica
+from proxy.replica.serve import start as start_replica
 from proxy.settings import Settings
-from proxy.simulated_upstream import SimulatedUpstream
+from proxy.testing.upstream import SimulatedUpstream
 
 if TYPE_CHECKING:
     from conftest import Node, Servers

@@ -7,11 +7,11 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from proxy.admin import add_admin_routes
-from proxy.auth import api_key_middleware
-from proxy.forward import handle
-from proxy.ops import add_ops_routes
-from proxy.replica import REPLICA, Replica
+from proxy.ops.admin import add_admin_routes
+from proxy.ops.endpoints import add_ops_routes
+from proxy.replica.replica import REPLICA, Replica
+from proxy.request.auth import api_key_middleware
+from proxy.request.forward import handle
 
 
 def build_proxy_app(replica: Replica) -> web.Application:

@@ -2,7 +2,7 @@
 anywhere but the upstream), its pooled upstream client, and its lifecycle (synced, draining,
 requests in flight).
 
-A replica serves one pool or several (see proxy.pools), all on one store client.
+A replica serves one pool or several (see proxy.replica.pools), all on one store client.
 
 Live configuration: every SESSIONS_RELOAD_INTERVAL seconds, and on SIGHUP, the replica re-reads
 SESSIONS_FILE. It compares content, not modification times: Kubernetes updates a mounted Secret by
@@ -30,13 +30,13 @@ from redis.exceptions import RedisError
 from broker import ConfigError, Pool, Session, StoreError
 from broker.admin import PoolAdmin
 from broker.constants import OPS_SET_LIMIT
-from proxy.leasing import Leasing, Served
-from proxy.logs import REDACTOR
-from proxy.metrics import Metrics
-from proxy.pools import PoolPlan, PoolTable, load_pools, single_pool
-from proxy.releases import Releases
+from proxy.ops.logs import REDACTOR
+from proxy.ops.metrics import Metrics
+from proxy.replica.leasing import Leasing, Served
+from proxy.replica.pools import PoolPlan, PoolTable, load_pools, single_pool
+from proxy.replica.releases import Releases
+from proxy.replica.watch import Watch, replica_id
 from proxy.settings import Settings
-from proxy.watch import Watch, replica_id
 
 log = structlog.get_logger(__name__)
 
@@ -51,7 +51,7 @@ class Replica:
     """State and resources of one proxy process, shared by its proxy and ops apps."""
 
     def __init__(self, settings: Settings, pools: PoolTable | list[Session]) -> None:
-        """``pools``: what ``proxy.pools.load_pools`` read, or one pool's sessions."""
+        """``pools``: what ``proxy.replica.pools.load_pools`` read, or one pool's sessions."""
         self.settings = settings
         if not isinstance(pools, PoolTable):
             pools = single_pool(settings, pools)
@@ -178,7 +178,7 @@ class Replica:
 
     async def _sync_at_start(self) -> None:
         """Write this replica's sessions into the store; if it is unreachable, the outage
-        handling takes over and syncs them once it answers (see proxy.leasing)."""
+        handling takes over and syncs them once it answers (see proxy.replica.leasing)."""
         async with self._reloading:
             await self.leasing.sync()
             self._unsynced = False

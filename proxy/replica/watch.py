@@ -14,23 +14,22 @@ import contextlib
 import os
 import secrets
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import structlog
 
-from broker import BrokerSettings, Pool, StoreError
+from broker import StoreError
 from broker.admin import PoolAdmin
 from broker.alerts import AlertRules, check_alerts
 from broker.events import Transition
-from broker.store import Store
-from proxy.alerts import Webhook, notice
+from proxy.ops.webhook import Webhook, notice
 
 if TYPE_CHECKING:
-    from proxy.replica import Replica
+    from proxy.replica.replica import Replica
 
-__all__ = ["HEALTH_SUMMARY_REQUESTS", "ObservedPool", "Watch", "replica_id"]
+__all__ = ["HEALTH_SUMMARY_REQUESTS", "Watch", "replica_id"]
 
 log = structlog.get_logger(__name__)
 
@@ -44,24 +43,6 @@ HEALTH_SUMMARY_MIN_GAP_MS = 10_000
 def replica_id() -> str:
     """A name for this replica in logs: host, process, and a random part for restarts."""
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
-
-
-class ObservedPool(Pool):
-    """A Pool that hands the transitions its script calls made to a listener."""
-
-    def __init__(
-        self,
-        redis: Store,
-        settings: BrokerSettings,
-        *,
-        listener: Callable[[list[Transition]], None],
-    ) -> None:
-        super().__init__(redis, settings)
-        self._listener = listener
-
-    def on_transitions(self, transitions: list[Transition]) -> None:
-        if transitions:
-            self._listener(transitions)
 
 
 def _may_change_alerts(t: Transition) -> bool:

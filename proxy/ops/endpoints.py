@@ -1,5 +1,5 @@
 """Ops endpoints on ADMIN_LISTEN, a port of their own so they never shadow an upstream path:
-/healthz, /readyz, /version, /metrics (ENABLE_METRICS); the admin API is in proxy/admin.py."""
+/healthz, /readyz, /version, /metrics (ENABLE_METRICS); the admin API is in proxy/ops/admin.py."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from importlib.metadata import PackageNotFoundError, version
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from proxy.replica import REPLICA
+from proxy.replica.replica import REPLICA
 
 
 def package_version() -> str:
@@ -37,7 +37,7 @@ async def version_info(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus text format (see proxy/metrics.py)."""
+    """Prometheus text format (see proxy/ops/metrics.py)."""
     body = await request.app[REPLICA].metrics.exposition()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -11,10 +11,10 @@ bursts, connection resets, a revoked credential (401), a slow one.
 
 The tpm budget is the broker's GCRA on units (``lua/common.lua``), without its slack: each unit
 takes 60/tpm s of the credential's unit schedule, and a request is admitted while the schedule is
-at most 60 s ahead of now. It is then charged its estimate at once (``proxy.estimate``: the body's
-bytes / 4 plus its ``max_tokens``, as OpenAI counts at admission), and when its answer is complete
-the charge is settled to the usage the answer reports (an answer that reports none keeps the
-estimate). A refund never takes the schedule before now: an unused budget is not banked.
+at most 60 s ahead of now. It is then charged its estimate at once (``proxy.request.estimate``: the
+body's bytes / 4 plus its ``max_tokens``, as OpenAI counts at admission), and when its answer is
+complete the charge is settled to the usage the answer reports (an answer that reports none keeps
+the estimate). A refund never takes the schedule before now: an unused budget is not banked.
 
 Routes: ``POST /v1/chat/completions`` (OpenAI-shaped JSON, or server-sent events with
 ``"stream": true``, the last event before ``[DONE]`` carrying the usage), ``GET /sse``
@@ -25,7 +25,7 @@ fewer, ``completion_units``) as completion tokens. Every attempt is counted per 
 status (a reset as ``"reset"``), every 429 by the limit that answered it, and the units consumed,
 so waste and budget use are measured where they happen, not guessed at the proxy.
 
-Runs as its own process too: ``python -m proxy.simulated_upstream --port 8000 --config sim.json``
+Runs as its own process too: ``python -m proxy.testing.upstream --port 8000 --config sim.json``
 (the file is an ``UpstreamConfig`` in JSON; see its docstring).
 """
 
@@ -52,7 +52,7 @@ import msgspec
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from proxy.estimate import estimate_units, prompt_units, requested_max_units
+from proxy.request.estimate import estimate_units, prompt_units, requested_max_units
 
 #: The status an attempt is counted under when its connection was reset instead of answered.
 RESET = 0
@@ -561,7 +561,7 @@ class CredentialConfig:
 
 @dataclass(frozen=True, slots=True)
 class UpstreamConfig:
-    """A simulated upstream in a file, for ``python -m proxy.simulated_upstream --config``::
+    """A simulated upstream in a file, for ``python -m proxy.testing.upstream --config``::
 
     {"credentials": {"sk-1": {"rpm": 120, "burst": 2, "tpm": 40000},
                      "sk-2": {"rpm": 60, "faults": {"burst_every_s": 10, "burst_for_s": 2}}},
@@ -618,7 +618,7 @@ async def serve(upstream: SimulatedUpstream, host: str, port: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m proxy.simulated_upstream",
+        prog="python -m proxy.testing.upstream",
         description="A simulated upstream API enforcing per-credential limits, with faults.",
     )
     parser.add_argument("--host", default="127.0.0.1")

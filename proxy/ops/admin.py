@@ -25,8 +25,8 @@ from aiohttp.typedefs import Handler
 
 from broker import StoreError, UnknownSession
 from broker.admin import RESERVED_REASONS, PoolAdmin, PoolSummary, SessionView
-from proxy.ops import package_version
-from proxy.replica import REPLICA, Replica
+from proxy.ops.endpoints import package_version
+from proxy.replica.replica import REPLICA, Replica
 
 __all__ = ["add_admin_routes", "openapi_document"]
 

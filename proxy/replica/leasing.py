@@ -9,8 +9,8 @@ probe (with backoff) finds it answering again and has re-synced the sessions -- 
 * ``open``: the replica serves from a local pool of its own sessions, the same scripts on the
   embedded store; limits then hold per replica only. Back online it re-joins the shared state.
 
-Several pools (see proxy.pools) share the one store client, and in an outage the one embedded
-store. Leases remember the pool that granted them; their release and renewal go back there.
+Several pools (see proxy.replica.pools) share the one store client, and in an outage the one
+embedded store. Leases remember the pool that granted them; their release and renewal go back there.
 """
 
 from __future__ import annotations
@@ -37,8 +37,7 @@ from broker.events import Transition
 from broker.queue import QueueObserver
 from broker.registry import PoolEntry, forget_pool, record_pools
 from broker.store import Store
-from proxy.pools import PoolPlan, PoolTable
-from proxy.watch import ObservedPool
+from proxy.replica.pools import PoolPlan, PoolTable
 
 log = structlog.get_logger(__name__)
 
@@ -95,11 +94,7 @@ class Leasing:
     ) -> Served:
         """A pool on ``store`` and its queue (listening for wake-ups once started, if waits are
         on); ``observed``: its transitions go to the replica's listener."""
-        pool = (
-            ObservedPool(store, settings, listener=self._observe)
-            if observed and self._observe is not None
-            else Pool(store, settings)
-        )
+        pool = Pool(store, settings, listener=self._observe if observed else None)
         queue = WaitQueue(pool, max_waiting=self._queue_max, observer=self._metrics)
         if self._started and self._waiting:
             queue.start()

@@ -309,7 +309,7 @@ class Metrics:
         if overhead_s is not None:
             self.overhead.observe(max(0.0, overhead_s))
 
-    # The wait queue (proxy/forward.py's, when a request waits for a session).
+    # The wait queue (proxy/request/forward.py's, when a request waits for a session).
 
     def queue_entered(self) -> None:
         self.queue_depth.inc()

@@ -1,6 +1,6 @@
 """Forwarding: one client request, up to RETRY_COUNT upstream attempts, each on its own lease.
 
-route to a pool (proxy.pools) -> for each attempt:
+route to a pool (proxy.replica.pools) -> for each attempt:
 acquire from the pool, else from its fallbacks in turn, else wait on the pool (never a session this
 request already tried)
   -> send with the session's secret -> classify the answer -> release with the outcome
@@ -25,14 +25,14 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from broker import Lease, LeaseError, NoSessionAvailable, Outcome, Pool, Release, StoreError
-from proxy.body import BodyTooLarge, ReplayableBody
-from proxy.estimate import estimate_units
-from proxy.pools import NoRoute, PoolPlan, Routed, requested_model
-from proxy.ratelimit_headers import exhausted_ms, nonnegative_number
-from proxy.replica import REPLICA, Replica
-from proxy.responses import error_response
-from proxy.retry_after import retry_after_ms
-from proxy.usage import UsageMeter
+from proxy.replica.pools import NoRoute, PoolPlan, Routed, requested_model
+from proxy.replica.replica import REPLICA, Replica
+from proxy.request.body import BodyTooLarge, ReplayableBody
+from proxy.request.estimate import estimate_units
+from proxy.request.ratelimit_headers import exhausted_ms, nonnegative_number
+from proxy.request.responses import error_response
+from proxy.request.retry_after import retry_after_ms
+from proxy.request.usage import UsageMeter
 
 log = structlog.get_logger(__name__)
 

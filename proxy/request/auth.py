@@ -8,7 +8,7 @@ import hmac
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from proxy.responses import error_response
+from proxy.request.responses import error_response
 
 
 def presented_key(request: web.Request) -> str:
