@@ -1,4 +1,4 @@
-"""The pools a replica serves, and which pool a request goes to.
+"""The pools a replica serves, as the configuration declares them.
 
 ``SESSIONS`` (or a sessions file with a plain ``sessions`` list) makes one pool, named ``POOL``.
 A sessions file may instead declare several pools, each with its own sessions and, optionally,
@@ -17,17 +17,14 @@ its own strategy, upstream, session header, routes and fallback::
     session_header = "x-api-key: {secret}"
     sessions = [{id = "c1", secret = "..."}]
 
-A request goes to the pool its ``POOL_HEADER`` names; else to the pool whose ``path_prefix``
-starts its path (the longest); else, when pools list ``models``, to the pool serving the model its
-JSON body asks for; else to the default pool (``default_pool``; a lone pool is its own default).
-A name, or a model, that no pool serves gets 404 naming it: never a silent default. Each pool has
+A request goes to the pool its ``POOL_HEADER`` names, its path prefix, its model, else the default
+pool (``default_pool``; a lone pool is its own default): see proxy.request.routing. Each pool has
 its own keys (hash tag ``{name}``), so on Redis Cluster pools spread over the shards. Fallback
 chains are checked when the file is read: a loop is refused, naming it.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,18 +37,8 @@ from broker import ConfigError, Session, Strategy, load_sessions
 from broker.sessions import read_file, sessions_from
 from proxy.settings import SessionHeader, Settings, parse_session_header
 
-__all__ = [
-    "NoRoute",
-    "PoolPlan",
-    "PoolTable",
-    "Routed",
-    "load_pools",
-    "requested_model",
-    "single_pool",
-]
+__all__ = ["PoolPlan", "PoolTable", "load_pools", "single_pool"]
 
-#: Longest pool name or model a 404 repeats back to the client.
-SHOWN_MAX = 100
 #: Most attempts per request when RETRY_COUNT is not set: the pool size, at most this.
 DEFAULT_MAX_ATTEMPTS = 10
 _POOL_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -96,40 +83,6 @@ class PoolPlan:
         self.secrets = {s.id: s.secret for s in self.sessions}
         self.metered = frozenset(s.id for s in self.sessions if s.tpm)
 
-    def routed(self, path_qs: str) -> Routed:
-        """A request for this pool: ``path_qs`` without the pool's path prefix."""
-        return Routed(self, _strip(self.path_prefix, path_qs))
-
-
-class _ModelAsked(msgspec.Struct):
-    model: Any = None
-
-
-def requested_model(body: bytes) -> str | None:
-    """The ``model`` a JSON request body asks for; None for any other body."""
-    try:
-        asked = msgspec.json.decode(body, type=_ModelAsked)
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return None
-    return asked.model if isinstance(asked.model, str) else None
-
-
-class NoRoute(Exception):
-    """A request names a pool, or asks for a model, that no pool serves."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-@dataclass(frozen=True, slots=True)
-class Routed:
-    """Where a request goes: its pool, and the path and query to send the upstream."""
-
-    plan: PoolPlan
-    path_qs: str
-
 
 @dataclass(frozen=True, slots=True)
 class PoolTable:
@@ -156,61 +109,6 @@ class PoolTable:
         while plans[-1].fallback is not None:
             plans.append(self.pools[plans[-1].fallback])
         return plans
-
-    def route(self, *, named: str | None, path_qs: str) -> Routed | None:
-        """The pool a request names in the pool header, or whose path prefix starts its path;
-        None when it does neither. Raises NoRoute for a name no pool has."""
-        if named is not None:
-            plan = self.pools.get(named)
-            if plan is None:
-                shown = _shown(named)
-                raise NoRoute("unknown_pool", f"no pool named {shown} (from {self.header})")
-            return plan.routed(path_qs)
-        matching = [
-            plan
-            for plan in self.pools.values()
-            if plan.path_prefix is not None and _strip(plan.path_prefix, path_qs) != path_qs
-        ]
-        best = max(matching, key=lambda plan: len(plan.path_prefix or ""), default=None)
-        return None if best is None else best.routed(path_qs)
-
-    def route_model(self, model: str | None, *, path_qs: str) -> Routed:
-        """The pool serving ``model`` (exact names before patterns), else the default pool.
-        Raises NoRoute when a model no pool serves is asked for, or there is no default."""
-        if model is not None and self.routes_by_model:
-            plans = self.pools.values()
-            found = next((p for p in plans if model in p.models), None) or next(
-                (p for p in plans if any(fnmatch.fnmatchcase(model, m) for m in p.models)), None
-            )
-            if found is None:
-                raise NoRoute("unknown_model", f"no pool serves model {_shown(model)}")
-            return found.routed(path_qs)
-        if self.default is None:
-            raise NoRoute(
-                "no_pool_route",
-                f"the request names no pool (by {self.header or 'header'}, path prefix or model) "
-                "and there is no default pool",
-            )
-        return self.pools[self.default].routed(path_qs)
-
-
-def _shown(asked: str) -> str:
-    """What a client asked for, quoted for an error message; a long one cut short."""
-    return repr(asked if len(asked) <= SHOWN_MAX else asked[:SHOWN_MAX] + "...")
-
-
-def _strip(prefix: str | None, path_qs: str) -> str:
-    """``path_qs`` without ``prefix`` when it starts with it (on a segment boundary)."""
-    if prefix is None or not path_qs.startswith(prefix):
-        return path_qs
-    rest = path_qs[len(prefix) :]
-    if rest == "":
-        return "/"
-    if rest[0] == "/":
-        return rest
-    if rest[0] == "?":
-        return "/" + rest
-    return path_qs
 
 
 def _header_setting(settings: Settings) -> str | None:

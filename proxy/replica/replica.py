@@ -1,40 +1,40 @@
-"""A replica: what one proxy process holds. Its store client, its pool, its secrets (never sent
-anywhere but the upstream), its pooled upstream client, and its lifecycle (synced, draining,
-requests in flight).
+"""A replica: what one proxy process holds. Its leasing (the store client and its pools), its
+pools' plans and secrets (never sent anywhere but the upstream), the releases on their way, its
+operator surfaces' state (metrics, pool admins, the fleet watch) and its lifecycle (synced,
+admission: draining and requests in flight). The request path gets a narrow part of it
+(proxy.request.services), never the whole.
 
 A replica serves one pool or several (see proxy.replica.pools), all on one store client.
 
 Live configuration: every SESSIONS_RELOAD_INTERVAL seconds, and on SIGHUP, the replica re-reads
-SESSIONS_FILE. It compares content, not modification times: Kubernetes updates a mounted Secret by
-swapping a symlink, which leaves the file's own mtime meaningless. A changed, valid file replaces
-the pools and sessions at once (requests in flight keep the secret they started with) and is
-synced to the store as this replica's claim (see ``broker.Pool.sync``); a pool the file no longer
-declares loses this replica's claim and stops being served; an unreadable or invalid one is logged
-and ignored, so a half-written edit never takes a replica down.
+SESSIONS_FILE (proxy.replica.reload). A changed, valid file replaces the pools and sessions at once
+(requests in flight keep the secret they started with) and is synced to the store as this
+replica's claim (see ``broker.Pool.sync``); a pool the file no longer declares loses this
+replica's claim and stops being served.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections.abc import Coroutine
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import structlog
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from broker import ConfigError, Pool, Session, StoreError
+from broker import Pool, Session, StoreError
 from broker.admin import PoolAdmin
 from broker.constants import OPS_SET_LIMIT
 from proxy.ops.logs import REDACTOR
 from proxy.ops.metrics import Metrics
+from proxy.replica.admission import Admission
 from proxy.replica.leasing import Leasing, Served
-from proxy.replica.pools import PoolPlan, PoolTable, load_pools, single_pool
+from proxy.replica.pools import PoolPlan, PoolTable, single_pool
 from proxy.replica.releases import Releases
+from proxy.replica.reload import SessionsFile
 from proxy.replica.watch import Watch, replica_id
 from proxy.settings import Settings
 
@@ -60,26 +60,21 @@ class Replica:
         REDACTOR.add(settings.secret_values)
         self.id = replica_id()
         self.metrics = Metrics(settings.metrics_prefix)  # its pools: see _admins_follow
-        self.watch = Watch(self)
+        self.synced = asyncio.Event()
+        self.watch = Watch(settings, self.metrics, self, replica_id=self.id, synced=self.synced)
         self.admins: dict[str, PoolAdmin] = {}
         self._use(pools)
-        #: Digest of the sessions file's content as last read (loaded or rejected).
-        self._file_digest: str | None = None
+        path = settings.sessions_file
+        self._file = SessionsFile(settings, Path(path)) if path is not None else None
         #: The sessions in use differ from those last written to the store.
         self._unsynced = True
         self._reloading = asyncio.Lock()
         #: Pools dropped by a reload whose claims are still to be dropped.
         self._retiring: list[Served] = []
-        self.header_families = settings.header_families
-        self.draining = False
-        self.synced = asyncio.Event()
-        self._in_flight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self.admission = Admission()
         self._background: set[asyncio.Task[Any]] = set()
         #: Lease releases on their way to the store (sent in batches by background work).
         self.releases = Releases(spawn=self.spawn, store_failed=self._store_failed)
-        self._client: aiohttp.ClientSession | None = None
         self._maintenance: asyncio.Task[None] | None = None
 
     @property
@@ -106,9 +101,8 @@ class Replica:
         return self.table.pools[name or self.main_pool]
 
     @property
-    def client(self) -> aiohttp.ClientSession:
-        assert self._client is not None, "replica not started"
-        return self._client
+    def draining(self) -> bool:
+        return self.admission.draining
 
     async def start(self) -> None:
         self._leasing = Leasing(
@@ -122,20 +116,6 @@ class Replica:
         self._leasing.start(waiting=self.settings.queue_timeout > 0)
         self._admins_follow()
         self.watch.start()
-        timeout = aiohttp.ClientTimeout(
-            total=None,
-            sock_connect=self.settings.upstream_connect_timeout,
-            sock_read=self.settings.upstream_read_timeout,
-        )
-        self._client = aiohttp.ClientSession(
-            timeout=timeout,
-            auto_decompress=False,  # bytes pass through as the upstream encoded them
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
-            cookie_jar=aiohttp.DummyCookieJar(),  # never keep one client's cookies for another
-            # Send what the client sent: an Accept-Encoding added here would get the client a
-            # compressed body it never asked for.
-            skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent"),
-        )
         self._maintenance = asyncio.create_task(self._maintain())
 
     def _use(self, table: PoolTable) -> list[Served]:
@@ -211,8 +191,7 @@ class Replica:
         the second retried on the next call.
         """
         async with self._reloading:
-            if self.settings.sessions_file is not None:
-                self._read_file(Path(self.settings.sessions_file), force=force)
+            self._read_file(force=force)
             if not (self._unsynced or force):
                 return
             if self._retiring:
@@ -226,38 +205,13 @@ class Replica:
             self._unsynced = False
             log.info("sessions synced", pools=list(self.plans), sessions=size)
 
-    def _read_file(self, path: Path, *, force: bool) -> None:
-        try:
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        except OSError as exc:
-            log.warning("sessions file unreadable; keeping the sessions in use", error=exc.strerror)
+    def _read_file(self, *, force: bool) -> None:
+        if self._file is None:
             return
-        if digest == self._file_digest and not force:
-            return
-        self._file_digest = digest
-        try:
-            table = load_pools(self.settings)
-        except ConfigError as exc:
-            log.warning("sessions file rejected; keeping the sessions in use", error=str(exc))
-            return
-        if table == self.table:
-            return
-        for name, plan in table.pools.items():
-            old = self.plans[name].secrets if name in self.plans else {}
-            new = plan.secrets
-            if old != new:
-                log.info(
-                    "sessions file changed",
-                    pool=name,
-                    added=sorted(new.keys() - old.keys()),
-                    removed=sorted(old.keys() - new.keys()),
-                    rotated=sorted(i for i in new.keys() & old.keys() if new[i] != old[i]),
-                )
-        dropped = sorted(self.plans.keys() - table.pools.keys())
-        if dropped:
-            log.info("pools no longer served", pools=dropped)
-        self._retiring += self._use(table)
-        self._unsynced = True
+        table = self._file.changed(self.table, force=force)
+        if table is not None:
+            self._retiring += self._use(table)
+            self._unsynced = True
 
     @property
     def admin(self) -> PoolAdmin:
@@ -272,8 +226,6 @@ class Replica:
             await asyncio.gather(self._maintenance, return_exceptions=True)
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
-        if self._client is not None:
-            await self._client.close()
         if self.synced.is_set() and self.leasing.store_up:
             try:
                 await asyncio.wait_for(self.leasing.leave(), LEAVE_TIMEOUT_S)
@@ -292,27 +244,6 @@ class Replica:
         task.add_done_callback(self._background.discard)
         return task
 
-    def tracking(self) -> _InFlight:
-        """Count a request in flight for the duration of an ``async with`` block."""
-        return _InFlight(self)
-
-    def _begin(self) -> None:
-        self._in_flight += 1
-        self._idle.clear()
-
-    def _end(self) -> None:
-        self._in_flight -= 1
-        if self._in_flight == 0:
-            self._idle.set()
-
-    async def wait_idle(self, timeout_s: float) -> bool:
-        """Wait until no request is in flight; False when ``timeout_s`` passed first."""
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout_s)
-        except TimeoutError:
-            return False
-        return True
-
     async def ready(self) -> bool:
         """Serving: not draining, and the store answering with the sessions synced -- or, with
         REDIS_FAILURE_MODE=open, serving from the local pool while it does not."""
@@ -329,21 +260,6 @@ class Replica:
             self.leasing.mark_down(exc)
             return serving_locally
         return True
-
-
-class _InFlight:
-    """``Replica.tracking``'s block: a class, not a generator (it is entered for every request)."""
-
-    __slots__ = ("_replica",)
-
-    def __init__(self, replica: Replica) -> None:
-        self._replica = replica
-
-    async def __aenter__(self) -> None:
-        self._replica._begin()
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self._replica._end()
 
 
 REPLICA = web.AppKey("replica", Replica)

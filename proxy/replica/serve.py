@@ -48,9 +48,10 @@ class RunningReplica:
     async def stop(self) -> None:
         """Drain, then close: new requests 503 at once, in-flight ones get SHUTDOWN_GRACE."""
         grace = self.replica.settings.shutdown_grace
-        self.replica.draining = True
+        admission = self.replica.admission
+        admission.draining = True
         log.info("draining", in_flight_grace_s=grace)
-        if not await self.replica.wait_idle(grace):
+        if not await admission.wait_idle(grace):
             log.warning("shutdown grace over; cancelling the requests still running")
         await self.proxy_runner.cleanup()
         await self.ops_runner.cleanup()

@@ -16,7 +16,7 @@ import secrets
 import socket
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import structlog
 
@@ -24,12 +24,11 @@ from broker import StoreError
 from broker.admin import PoolAdmin
 from broker.alerts import AlertRules, check_alerts
 from broker.events import Transition
+from proxy.ops.metrics import Metrics
 from proxy.ops.webhook import Webhook, notice
+from proxy.settings import Settings
 
-if TYPE_CHECKING:
-    from proxy.replica.replica import Replica
-
-__all__ = ["HEALTH_SUMMARY_REQUESTS", "Watch", "replica_id"]
+__all__ = ["HEALTH_SUMMARY_REQUESTS", "Watch", "WatchedPools", "replica_id"]
 
 log = structlog.get_logger(__name__)
 
@@ -53,13 +52,33 @@ def _iso(ms: int | None) -> str | None:
     return None if not ms else datetime.fromtimestamp(ms / 1000, UTC).isoformat()
 
 
+class WatchedPools(Protocol):
+    """The pools a replica serves now (a reload changes them), each with its admin."""
+
+    @property
+    def main_pool(self) -> str: ...
+
+    @property
+    def admins(self) -> dict[str, PoolAdmin]: ...
+
+
 class Watch:
     """The background task of one replica; started once its sessions are synced."""
 
-    def __init__(self, replica: Replica) -> None:
-        self.replica = replica
-        self.settings = replica.settings
-        self.metrics = replica.metrics
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        pools: WatchedPools,
+        *,
+        replica_id: str,
+        synced: asyncio.Event,
+    ) -> None:
+        self.pools = pools
+        self.replica_id = replica_id
+        self.synced = synced
+        self.settings = settings
+        self.metrics = metrics
         url = self.settings.alert_webhook_url
         self.webhook = Webhook(url, self.metrics) if url else None
         self.rules = AlertRules(
@@ -90,7 +109,7 @@ class Watch:
             await self.webhook.close()
 
     async def _run(self) -> None:
-        await self.replica.synced.wait()
+        await self.synced.wait()
         while True:
             try:
                 await self.check()
@@ -104,10 +123,10 @@ class Watch:
         """One beat, for each pool: alerts (when a webhook is configured), then the summary
         turn. This replica's attempts and requests are reported to its default pool (the
         error-rate alert and the summary's request count are per replica, not per pool)."""
-        main = self.replica.main_pool
+        main = self.pools.main_pool
         attempts, errors = self.metrics.attempts_total, self.metrics.errors_total
         requests = self.metrics.requests_total
-        for name, admin in list(self.replica.admins.items()):
+        for name, admin in list(self.pools.admins.items()):
             mine = name == main
             await self._check_pool(
                 admin,
@@ -147,7 +166,7 @@ class Watch:
         census = await admin.census()
         views = await admin.sessions()
         now = census.now_ms
-        common = {"pool": admin.pool.name, "replica": self.replica.id, "turn_at_ms": turn_at_ms}
+        common = {"pool": admin.pool.name, "replica": self.replica_id, "turn_at_ms": turn_at_ms}
         log.info("health summary", **common, sessions=census.sessions, leases=census.leases)
         for v in views:
             log.info(

@@ -25,3 +25,8 @@ def error_response(
     if retry_after_ms is not None:
         headers["Retry-After"] = str(max(1, math.ceil(retry_after_ms / 1000)))
     return web.json_response(body, status=status, headers=headers)
+
+
+def too_large(limit_bytes: int) -> web.Response:
+    """413 for a body over MAX_BODY_BYTES."""
+    return error_response(413, "request_too_large", f"request body over {limit_bytes} bytes")

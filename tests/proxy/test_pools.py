@@ -17,7 +17,8 @@ import redis.asyncio
 
 from broker import ConfigError, Outcome, Strategy
 from proxy.replica.leasing import Leasing
-from proxy.replica.pools import NoRoute, PoolTable, load_pools, requested_model
+from proxy.replica.pools import PoolTable, load_pools
+from proxy.request.routing import NoRoute, requested_model, route, route_model
 from proxy.settings import Settings
 from proxy.testing.upstream import SimulatedUpstream
 
@@ -83,7 +84,7 @@ def test_toml_pools_and_a_lone_pool_is_the_default(tmp_path: Path) -> None:
     table = load_pools(Settings(upstream_url=UPSTREAM, sessions_file=str(path)))
     assert list(table.pools) == ["only"]
     assert table.default == "only"
-    assert table.route_model(None, path_qs="/x").plan.name == "only"
+    assert route_model(table, None, path_qs="/x").plan.name == "only"
 
 
 def test_plain_sessions_make_one_pool_named_by_pool(tmp_path: Path) -> None:
@@ -202,7 +203,7 @@ def test_routing_table(tmp_path: Path) -> None:
     table = _load(tmp_path, document)
 
     def explicit(named: str | None, path: str) -> tuple[str, str] | None:
-        routed = table.route(named=named, path_qs=path)
+        routed = route(table, named=named, path_qs=path)
         return None if routed is None else (routed.plan.name, routed.path_qs)
 
     assert explicit("mini", "/v1/x?a=1") == ("mini", "/v1/x?a=1")
@@ -214,17 +215,18 @@ def test_routing_table(tmp_path: Path) -> None:
     assert explicit(None, "/cheapest/v1") is None
     assert explicit(None, "/v1/chat") is None
     with pytest.raises(NoRoute, match="no pool named 'gold' \\(from X-Pool\\)"):
-        table.route(named="gold", path_qs="/")
-    assert table.route_model("gpt-4o-mini", path_qs="/").plan.name == "mini"
-    assert table.route_model("gpt-4o", path_qs="/").plan.name == "chat"
-    assert table.route_model("gpt-3.5", path_qs="/").plan.name == "chat"
-    assert table.route_model(None, path_qs="/").plan.name == "chat"
+        route(table, named="gold", path_qs="/")
+    assert route_model(table, "gpt-4o-mini", path_qs="/").plan.name == "mini"
+    assert route_model(table, "gpt-4o", path_qs="/").plan.name == "chat"
+    assert route_model(table, "gpt-3.5", path_qs="/").plan.name == "chat"
+    assert route_model(table, None, path_qs="/").plan.name == "chat"
     with pytest.raises(NoRoute, match="no pool serves model 'claude-3'"):
-        table.route_model("claude-3", path_qs="/")
+        route_model(table, "claude-3", path_qs="/")
     assert [plan.name for plan in table.chain("chat")] == ["chat"]
 
 
 def test_requested_model_reads_only_a_json_objects_model() -> None:
+    """Only a JSON object's string ``model`` routes; any other body routes as if it had none."""
     assert requested_model(b'{"model": "m", "messages": [{"x": 1}]}') == "m"
     assert requested_model(b'{"model": 3}') is None
     assert requested_model(b"[1, 2]") is None
@@ -511,10 +513,10 @@ def test_a_long_unknown_name_is_cut_short_in_the_error(tmp_path: Path) -> None:
     """A 404 repeats what was asked for, but never more than SHOWN_MAX characters of it."""
     table = _load(tmp_path, TWO_POOLS)
     with pytest.raises(NoRoute) as caught:
-        table.route(named="x" * 5000, path_qs="/")
+        route(table, named="x" * 5000, path_qs="/")
     assert len(caught.value.message) < 200
     with pytest.raises(NoRoute) as caught:
-        table.route_model("m" * 5000, path_qs="/")
+        route_model(table, "m" * 5000, path_qs="/")
     assert "mmm..." in caught.value.message
     assert len(caught.value.message) < 200
 

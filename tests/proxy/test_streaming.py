@@ -16,8 +16,8 @@ ONE = [Session(id="a", secret="secret-a")]
 
 
 def renewing_tasks() -> list[asyncio.Task[object]]:
-    """The lease-renewing tasks in this event loop (proxy.request.forward's ``_renew``)."""
-    return [t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "Forwarder._renew"]
+    """The lease-renewing tasks in this event loop (proxy.request.lease's ``HeldLease._renew``)."""
+    return [t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "HeldLease._renew"]
 
 
 async def test_sse_arrives_incrementally(

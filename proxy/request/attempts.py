@@ -1,0 +1,279 @@
+"""The attempt loop of one request: lease -> send -> classify -> release -> retry or answer.
+
+Each attempt leases from the routed pool, else from each of its fallbacks in turn, else waits on
+the routed pool up to the queue timeout -- never a session this request already tried. It sends
+with the session's secret, classifies the answer, and releases with that outcome. It retries on
+429 (at once, on another session), 401/403, 5xx and network errors (after a backoff), only while
+nothing has been sent to the client; the last attempt's answer goes back as it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass
+
+import aiohttp
+import structlog
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from broker import NoSessionAvailable, Outcome, StoreError
+from proxy.replica.pools import PoolPlan
+from proxy.request.body import BodyTooLarge, ReplayableBody
+from proxy.request.lease import HeldLease, Waits
+from proxy.request.ratelimit_headers import exhausted_ms
+from proxy.request.responses import error_response, too_large
+from proxy.request.retry_after import retry_after_ms
+from proxy.request.routing import Routed
+from proxy.request.services import Services
+from proxy.request.streaming import Answer, Failure, Streaming, keep_failed, stream_answer
+from proxy.request.timing import Timing
+
+__all__ = ["UNAVAILABLE", "Attempts", "Plan", "outcome_of"]
+
+log = structlog.get_logger(__name__)
+
+#: How the proxy answers when no session can serve, by NoSessionAvailable.reason.
+UNAVAILABLE = {
+    "cooling": (
+        429,
+        "all_sessions_cooling",
+        "every upstream session is cooling down after a rate limit; retry later",
+    ),
+    "quota": (
+        429,
+        "all_sessions_at_quota",
+        "every upstream session has used its request quota for now; retry later",
+    ),
+    "open": (
+        503,
+        "all_sessions_failing",
+        "the upstream is failing for every session (circuit breakers open); retry later",
+    ),
+    "busy": (
+        503,
+        "all_sessions_busy",
+        "every upstream session is at its concurrency limit; retry later",
+    ),
+    "tried": (503, "no_session_left", "every available session was tried for this request"),
+    "queued": (503, "requests_queued", "older requests are waiting for a session; retry later"),
+    "disabled": (503, "no_session_enabled", "no upstream session is enabled"),
+}
+
+
+def outcome_of(status: int) -> Outcome:
+    """What an upstream status says about the session (other 4xx are the client's own fault)."""
+    if status == 429:
+        return Outcome.RATE_LIMITED
+    if status in (401, 403):
+        return Outcome.AUTH
+    if status >= 500:
+        return Outcome.SERVER
+    return Outcome.SUCCESS
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What every attempt of one request sends, and until when it may wait for a session."""
+
+    routed: Routed
+    #: The routed pool, then its fallbacks.
+    chain: list[PoolPlan]
+    headers: CIMultiDict[str]
+    body: ReplayableBody | None
+    #: Units pre-charged to a metered session (0: none).
+    estimate: int
+    wait_until: float
+
+
+class Attempts:
+    """The attempts of one client request."""
+
+    def __init__(
+        self,
+        services: Services,
+        request: web.Request,
+        plan: Plan,
+        *,
+        timing: Timing,
+        streaming: Streaming,
+    ) -> None:
+        self.services = services
+        self.request = request
+        self.plan = plan
+        self.timing = timing
+        self.streaming = streaming
+        #: Session ids this request tried, per pool.
+        self.tried: dict[str, set[str]] = {}
+        self.made = 0
+
+    async def run(self) -> web.StreamResponse:
+        last: Failure | None = None
+        attempts = self.plan.routed.plan.max_attempts
+        for attempt in range(attempts):
+            if last is not None and last.backoff:
+                await self._backoff(attempt)
+            try:
+                held, secret = await self._lease()
+            except NoSessionAvailable as exc:
+                if last is not None and exc.reason == "tried":
+                    return last.response
+                return _unavailable(exc)
+            except StoreError:
+                return error_response(
+                    503, "store_unavailable", "the session store is unreachable; retry later"
+                )
+            result = await self._attempt(held, secret, final=attempt == attempts - 1)
+            if isinstance(result, web.StreamResponse):
+                return result
+            last = result
+        assert last is not None  # max_attempts >= 1
+        return last.response
+
+    async def _lease(self) -> tuple[HeldLease, str]:
+        """A lease on a session this replica holds the secret of; raises NoSessionAvailable."""
+        while True:
+            held = await self._lease_in_chain()
+            lease = held.lease
+            self.services.metrics.lease_taken()
+            tried = self.tried.setdefault(held.plan.name, set())
+            log.debug(
+                "session selected",
+                pool=held.plan.name,
+                session=lease.session_id,
+                probe=lease.probe,
+                skipped_as_tried=sorted(tried),
+            )
+            tried.add(lease.session_id)
+            secret = held.plan.secrets.get(lease.session_id)
+            if secret is not None:
+                return held, secret
+            # The store lists a session this replica's configuration does not have (replicas
+            # disagree for a moment during a rollout): hand it back untouched, lease another.
+            log.info("session unknown to this replica; skipped", session=lease.session_id)
+            held.release(Outcome.UNUSED, latency_ms=-1)
+
+    async def _lease_in_chain(self) -> HeldLease:
+        """From the routed pool; when it has nothing, from each fallback in turn; when none
+        has, wait on the routed pool (up to the queue timeout)."""
+        chain = self.plan.chain
+        wait_s = max(0.0, self.plan.wait_until - time.monotonic())
+        primary = chain[0]
+        if len(chain) == 1:
+            return await self._lease_from(primary, wait_s)
+        refused: NoSessionAvailable | None = None
+        for pool_plan in chain:
+            try:
+                held = await self._lease_from(pool_plan, 0.0)
+            except NoSessionAvailable as exc:
+                refused = refused or exc
+                continue
+            if pool_plan is not primary:
+                log.debug("served by a fallback pool", pool=pool_plan.name, routed=primary.name)
+                self.services.metrics.fallback_taken(primary.name, pool_plan.name)
+            return held
+        assert refused is not None
+        if wait_s <= 0 or refused.reason in ("tried", "disabled"):
+            raise refused
+        return await self._lease_from(primary, wait_s)
+
+    async def _lease_from(self, pool_plan: PoolPlan, wait_s: float) -> HeldLease:
+        lease, pool = await self.services.leasing.lease(
+            pool_plan.name,
+            exclude=self.tried.get(pool_plan.name, ()),
+            timeout_s=wait_s,
+            precharge=self.plan.estimate if pool_plan.metered else 0,
+        )
+        return HeldLease(lease, pool, pool_plan, self.services)
+
+    async def _backoff(self, attempt: int) -> None:
+        settings = self.services.settings
+        if not settings.backoff:
+            return
+        ceiling = min(settings.backoff_max_s, settings.backoff_base_s * 2 ** (attempt - 1))
+        pause = random.uniform(0, ceiling)  # full jitter
+        self.timing.waited_s += pause
+        await asyncio.sleep(pause)
+
+    async def _attempt(
+        self, held: HeldLease, secret: str, *, final: bool
+    ) -> web.StreamResponse | Failure:
+        sent = await self._send(held, secret)
+        if not isinstance(sent, aiohttp.ClientResponse):
+            return sent
+        answered_s = held.since_sent_s()
+        self.timing.waited_s += answered_s
+        self.services.metrics.upstream_answered(answered_s)
+        answer = Answer(sent, outcome_of(sent.status), self._waits(sent))
+        if answer.outcome is not Outcome.SUCCESS and not final:
+            return await keep_failed(held, answer)
+        return await stream_answer(held, answer, self.streaming)
+
+    async def _send(
+        self, held: HeldLease, secret: str
+    ) -> aiohttp.ClientResponse | web.Response | Failure:
+        """The attempt sent upstream; on failure, released and what the client may get."""
+        pool_plan = held.plan
+        headers = self.plan.headers.copy()
+        headers[pool_plan.header.name] = pool_plan.header.value(secret)
+        # Only the pool's upstream: the client's path and query, never its Host or an absolute
+        # URI; encoded=True keeps the path byte for byte.
+        url = URL(pool_plan.upstream_url + self.plan.routed.path_qs, encoded=True)
+        body = self.plan.body
+        self.made += 1
+        held.sending()
+        try:
+            return await self.services.client.request(
+                self.request.method,
+                url,
+                headers=headers,
+                data=body.payload() if body is not None else None,
+                allow_redirects=False,
+            )
+        except BodyTooLarge:
+            held.release(Outcome.SUCCESS, latency_ms=-1)
+            return too_large(self.services.settings.max_body_bytes)
+        except TimeoutError:
+            held.release(Outcome.TIMEOUT, detail="connect/read timeout")
+            return Failure(error_response(504, "upstream_timeout", "upstream timed out"), True)
+        except aiohttp.ClientError as exc:
+            if self._client_gone():
+                # Sending failed because the client's own body stopped coming: not the session's
+                # fault, and counting it would trip a healthy session's breaker.
+                held.release(Outcome.UNUSED)
+                raise asyncio.CancelledError from exc
+            held.release(Outcome.NETWORK, detail=type(exc).__name__)
+            return Failure(
+                error_response(502, "upstream_unreachable", "upstream unreachable"), True
+            )
+        except asyncio.CancelledError:
+            # The client left before the upstream answered: nothing is known of the session.
+            held.release(Outcome.UNUSED)
+            raise
+
+    def _waits(self, upstream: aiohttp.ClientResponse) -> Waits:
+        families = self.services.settings.header_families
+        now_s = time.time()
+        return Waits(
+            retry_after_ms(upstream.headers, now_s),
+            exhausted_ms(upstream.headers, now_s, families) if families else None,
+        )
+
+    def _client_gone(self) -> bool:
+        transport = self.request.transport
+        return transport is None or transport.is_closing()
+
+
+def _unavailable(exc: NoSessionAvailable) -> web.Response:
+    log.debug(  # one per refused request: too many for info under overload
+        "no session available",
+        reason=exc.reason,
+        retry_after_ms=exc.retry_after_ms,
+        sessions=exc.counts,
+    )
+    status, code, message = UNAVAILABLE.get(exc.reason, UNAVAILABLE["disabled"])
+    retry_after = exc.retry_after_ms if exc.reason != "disabled" else None
+    return error_response(status, code, message, retry_after_ms=retry_after)

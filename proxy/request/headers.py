@@ -1,0 +1,105 @@
+"""The header policy: what of a client's request reaches the upstream, what of the upstream's
+answer reaches the client, and the request id both carry.
+
+Never passed on: hop-by-hop headers (and those ``Connection`` names), the client's credentials
+(for this proxy or nobody), the headers the sessions' secrets go in, the pool header. Never
+returned: an upstream's ``Set-Cookie``, which with web-session credentials is a secret.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable
+from functools import cache
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+__all__ = [
+    "CLIENT_CREDENTIALS",
+    "HOP_BY_HOP",
+    "REQUEST_ID_MAX",
+    "UPSTREAM_ONLY",
+    "answer_headers",
+    "outgoing_headers",
+    "replay_headers",
+    "request_id_of",
+]
+
+#: Hop-by-hop headers (RFC 9110 section 7.6.1) and Host: they describe one connection, not the
+#: message, so they are never passed on.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+    }
+)
+#: Credentials a client may send: they are for this proxy (PROXY_API_KEYS) or nobody, never for
+#: the upstream, which only ever sees the leased session's secret.
+CLIENT_CREDENTIALS = frozenset(
+    {"authorization", "proxy-authorization", "proxy-authenticate", "cookie", "x-api-key", "api-key"}
+)
+#: Headers of an upstream answer kept from the client: with web-session credentials an upstream
+#: may rotate the session's cookie, which is a secret.
+UPSTREAM_ONLY = frozenset({"set-cookie", "set-cookie2"})
+#: The longest X-Request-ID passed through; longer or unprintable ones are replaced.
+REQUEST_ID_MAX = 128
+
+
+def request_id_of(headers: CIMultiDictProxy[str]) -> str:
+    given = headers.get("X-Request-ID", "")
+    if 0 < len(given) <= REQUEST_ID_MAX and given.isascii() and given.isprintable():
+        return given
+    return secrets.token_hex(16)  # the shape of a uuid4().hex, for a fraction of its cost
+
+
+def outgoing_headers(
+    headers: CIMultiDictProxy[str], secret_headers: tuple[str, ...], request_id: str
+) -> CIMultiDict[str]:
+    """What every attempt of a request sends before its session's secret is added:
+    ``secret_headers`` are the headers the secrets go in, and the pool header."""
+    outgoing = _drop(headers.items(), _never_forwarded(secret_headers))
+    outgoing["X-Request-ID"] = request_id
+    return outgoing
+
+
+def answer_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    """An upstream answer's headers as the client gets them, streamed."""
+    return _drop(headers.items(), UPSTREAM_ONLY)
+
+
+def replay_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    """A failed attempt's headers as the client gets them if it is replayed: its body is kept
+    as received (Content-Encoding kept), its length recomputed."""
+    return _drop(headers.items(), _REPLAY_DROPPED)
+
+
+_REPLAY_DROPPED = UPSTREAM_ONLY | {"content-length"}
+
+
+@cache
+def _never_forwarded(names: tuple[str, ...]) -> frozenset[str]:
+    """Client headers never passed on: its credentials, and whatever it sent under ``names``:
+    those the sessions' secrets go in, and the pool header (which is for this proxy)."""
+    return CLIENT_CREDENTIALS | {name.lower() for name in names}
+
+
+def _drop(headers: Iterable[tuple[str, str]], extra: frozenset[str]) -> CIMultiDict[str]:
+    kept: CIMultiDict[str] = CIMultiDict()
+    items = list(headers)
+    named = {
+        token.strip().lower()
+        for name, value in items
+        if name.lower() == "connection"
+        for token in value.split(",")
+    }
+    for name, value in items:
+        lowered = name.lower()
+        if lowered not in HOP_BY_HOP and lowered not in extra and lowered not in named:
+            kept.add(name, value)
+    return kept

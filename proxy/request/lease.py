@@ -1,0 +1,118 @@
+"""One attempt's lease: who granted it, the one place it is released, and its renewal while a
+long answer streams.
+
+Every way an attempt ends -- a failure kept for a replay, an answer streamed, the client leaving,
+a session this replica holds no secret for -- goes through ``HeldLease.release``, which hands the
+release to the background so it lands even when the request is being cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import structlog
+
+from broker import Lease, LeaseError, Outcome, Pool, Release, StoreError
+from proxy.replica.pools import PoolPlan
+from proxy.request.services import Services
+
+__all__ = ["NO_WAITS", "HeldLease", "Renewal", "Waits"]
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Waits:
+    """What an answer says about waiting: its Retry-After, and how long until its rate-limit
+    headers say the session has quota again (when they say none is left)."""
+
+    retry_after_ms: int | None
+    exhausted_ms: int | None
+
+
+NO_WAITS = Waits(None, None)
+
+
+class HeldLease:
+    """A lease with the pool object that granted it (a shared one, or the local fallback in an
+    outage) and the pool's plan (upstream, header, secrets)."""
+
+    __slots__ = ("_services", "lease", "plan", "pool", "sent_at")
+
+    def __init__(self, lease: Lease, pool: Pool, plan: PoolPlan, services: Services) -> None:
+        self.lease = lease
+        self.pool = pool
+        self.plan = plan
+        self._services = services
+        #: When the attempt went upstream (time.monotonic()); None: not yet.
+        self.sent_at: float | None = None
+
+    def sending(self) -> None:
+        self.sent_at = time.monotonic()
+
+    def since_sent_s(self) -> float:
+        assert self.sent_at is not None, "not sent"
+        return time.monotonic() - self.sent_at
+
+    def ms_since_sent(self) -> int:
+        return -1 if self.sent_at is None else round(self.since_sent_s() * 1000)
+
+    def release(
+        self,
+        outcome: Outcome,
+        *,
+        latency_ms: int | None = None,
+        waits: Waits = NO_WAITS,
+        detail: str = "",
+        units: int | None = None,
+    ) -> None:
+        """Release in the background: it must land even when this request is being cancelled.
+        ``latency_ms`` defaults to the time since the attempt was sent (-1: never sent)."""
+        lease = self.lease
+        self._services.metrics.lease_released(
+            lease.pool, lease.session_id, outcome, exhausted=waits.exhausted_ms is not None
+        )
+        if units is None and lease.session_id not in self.plan.metered:
+            units = 0  # a pre-charge stands only against a unit budget
+        if latency_ms is None:
+            latency_ms = self.ms_since_sent()
+        release = Release(
+            lease, outcome, latency_ms, waits.retry_after_ms, waits.exhausted_ms, detail, units
+        )
+        self._services.releases.submit(self.pool, release)
+
+    async def _renew(self, period_s: float) -> None:
+        lease = self.lease
+        while True:
+            try:
+                lease = await self.pool.renew(lease)
+            except LeaseError:
+                log.warning("lease lost during a long response", session=lease.session_id)
+                return
+            except StoreError as exc:
+                self._services.leasing.mark_down(exc)
+            await asyncio.sleep(period_s)
+
+
+class Renewal:
+    """Renews a lease every LEASE_TTL/3 while its answer streams. Most answers end sooner: for
+    them only a timer was set, no task made; the renewing task starts when the first renewal is
+    due."""
+
+    __slots__ = ("_held", "_period_s", "_task", "_timer")
+
+    def __init__(self, held: HeldLease, lease_ttl_s: float) -> None:
+        self._held = held
+        self._period_s = lease_ttl_s / 3
+        self._task: asyncio.Task[None] | None = None
+        self._timer = asyncio.get_running_loop().call_later(self._period_s, self._start)
+
+    def _start(self) -> None:
+        self._task = asyncio.create_task(self._held._renew(self._period_s))
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+        if self._task is not None:
+            self._task.cancel()
