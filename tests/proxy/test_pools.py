@@ -19,7 +19,7 @@ from broker import ConfigError, Outcome, Strategy
 from proxy.replica.leasing import Leasing
 from proxy.replica.pools import NoRoute, PoolTable, load_pools, requested_model
 from proxy.settings import Settings
-from proxy.testing.upstream import SimulatedUpstream
+from proxy.testing import SimulatedUpstream
 
 from .conftest import StartReplica, StartUpstream
 from .test_operator_cli import cli
