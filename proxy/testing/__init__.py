@@ -62,22 +62,9 @@ __all__ = [
     "wait_until",
 ]
 
-_FROM_UPSTREAM = frozenset(
-    {
-        "CANCELLED",
-        "NO_FAULTS",
-        "RESET",
-        "CredentialConfig",
-        "Faults",
-        "Latency",
-        "Limits",
-        "SimulatedUpstream",
-        "UpstreamConfig",
-    }
-)
-
 
 def __getattr__(name: str) -> object:
-    if name in _FROM_UPSTREAM:
+    # Called only for names not bound above: the simulated upstream's.
+    if name in __all__:
         return getattr(import_module("proxy.testing.upstream"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
