@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from proxy.testing import ExecutableNotFound, free_port, running_redis
-from proxy.testing.redis import die_with_parent
+from proxy.testing.server import die_with_parent
 
 #: free_port is the launcher's, named here too: a benchmark takes its process helpers from here.
 __all__ = ["Child", "Processes", "free_port", "private_redis", "processes", "python", "start_redis"]

@@ -14,15 +14,17 @@ from typing import TYPE_CHECKING
 
 from proxy.testing.redis import (
     ClusterGroup,
-    ExecutableNotFound,
-    LaunchError,
-    RedisNode,
     SentinelGroup,
-    find_executable,
-    free_port,
     running_cluster,
     running_redis,
     running_sentinel,
+)
+from proxy.testing.server import (
+    ExecutableNotFound,
+    LaunchError,
+    RedisNode,
+    find_executable,
+    free_port,
     wait_until,
 )
 
