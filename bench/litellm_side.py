@@ -29,7 +29,7 @@ from bench import fleet, modes
 from bench.figures import RunFigures, table
 from bench.processes import processes, start_redis
 from bench.scenarios import Load, Scenario, pool
-from proxy.testing.upstream import Latency
+from proxy.testing import Latency
 
 #: The overhead run: an upstream that answers at once, without limits, at this many requests/s.
 #: One LiteLLM process saturates a core at about 30 requests/s here; 10 keeps it below.

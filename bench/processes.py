@@ -4,11 +4,7 @@ stopped, also on Ctrl-C or when the benchmark itself dies (``PR_SET_PDEATHSIG`` 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,25 +15,17 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
+from proxy.testing import ExecutableNotFound, free_port, running_redis
+from proxy.testing.server import die_with_parent
+
+#: free_port is the launcher's, named here too: a benchmark takes its process helpers from here.
+__all__ = ["Child", "Processes", "free_port", "private_redis", "processes", "python", "start_redis"]
+
 #: How long a process may take to become ready (LiteLLM imports for several seconds).
 READY_TIMEOUT_S = 60.0
 #: How long a process gets to exit after SIGTERM before SIGKILL.
 STOP_TIMEOUT_S = 10.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def die_with_parent() -> None:
-    """Runs in the child before exec: SIGTERM it if the benchmark dies, even by SIGKILL."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @dataclass
@@ -85,10 +73,12 @@ class Child:
 
 @dataclass
 class Processes:
-    """Every child started for one benchmark; ``stop_all`` ends them in reverse order."""
+    """Every child started for one benchmark; ``stop_all`` ends them in reverse order, then
+    closes ``resources`` (servers started before the children, such as Redis)."""
 
     workdir: Path
     children: list[Child] = field(default_factory=list)
+    resources: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
     def start(
         self,
@@ -139,6 +129,7 @@ class Processes:
 
     def stop_all(self) -> None:
         self.stop(list(self.children))
+        self.resources.close()
 
 
 def _answers(url: str) -> bool:
@@ -169,25 +160,22 @@ def processes(keep: Path | None = None) -> Iterator[Processes]:
             scope.stop_all()
 
 
+@contextlib.contextmanager
+def private_redis(executable: str = "redis-server", directory: Path | None = None) -> Iterator[str]:
+    """A private redis-server (no persistence) on a free port for the duration of the block, in
+    its own session and dying with the benchmark (``proxy.testing.running_redis``); its URL."""
+    with contextlib.ExitStack() as stack:
+        try:
+            server = running_redis(executable=executable, directory=directory, detached=True)
+            node = stack.enter_context(server)
+        except ExecutableNotFound as exc:
+            raise ExecutableNotFound(f"{exc}; install Redis or pass --redis-url") from exc
+        yield node.url
+
+
 def start_redis(scope: Processes) -> str:
-    """A private redis-server (no persistence) on a free port; returns its URL."""
-    executable = shutil.which("redis-server")
-    if executable is None:
-        raise RuntimeError("redis-server not found on PATH; install Redis or pass --redis-url")
-    port = free_port()
-    argv = [executable, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-    argv += ["--appendonly", "no", "--dir", str(scope.workdir)]
-    child = scope.start("redis", argv)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if not child.alive():
-            raise RuntimeError(f"redis-server exited: {child.log_tail()}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5) as s:
-            s.sendall(b"PING\r\n")
-            if s.recv(64).startswith(b"+PONG"):
-                return f"redis://127.0.0.1:{port}/0"
-        time.sleep(0.05)
-    raise RuntimeError("redis-server did not answer PING within 10 s")
+    """A private redis-server stopped with ``scope``, after its children; returns its URL."""
+    return scope.resources.enter_context(private_redis(directory=scope.workdir))
 
 
 def python() -> str:

@@ -18,7 +18,7 @@ from broker import Session
 from proxy.replica.replica import Replica
 from proxy.replica.serve import start
 from proxy.settings import Settings
-from proxy.testing.upstream import Limits, SimulatedUpstream
+from proxy.testing import Limits, SimulatedUpstream
 
 DEMO_LIMITS = Limits(rpm=60, burst=3)
 #: The broker knows the quota of the first two sessions; it learns the others' from 429s.

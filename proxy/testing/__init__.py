@@ -1,2 +1,72 @@
-"""Parts for testing a deployment of session-broker: a simulated upstream that enforces
-per-credential limits exactly, used by the project's own tests, benchmarks and ``demo``."""
+"""Parts for testing a deployment of session-broker, as the project's own tests, benchmarks and
+``demo`` do: a simulated upstream that enforces per-credential limits exactly
+(``SimulatedUpstream``, also ``python -m proxy.testing.upstream``) and private ``redis-server``
+processes on free ports (``running_redis``, ``running_sentinel``, ``running_cluster``).
+
+The simulated upstream's names are imported on first use, so that ``python -m
+proxy.testing.upstream`` does not find its own module already imported by this package.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING
+
+from proxy.testing.redis import (
+    ClusterGroup,
+    SentinelGroup,
+    running_cluster,
+    running_redis,
+    running_sentinel,
+)
+from proxy.testing.server import (
+    ExecutableNotFound,
+    LaunchError,
+    RedisNode,
+    find_executable,
+    free_port,
+    wait_until,
+)
+
+if TYPE_CHECKING:
+    from proxy.testing.upstream import (
+        CANCELLED,
+        NO_FAULTS,
+        RESET,
+        CredentialConfig,
+        Faults,
+        Latency,
+        Limits,
+        SimulatedUpstream,
+        UpstreamConfig,
+    )
+
+__all__ = [
+    "CANCELLED",
+    "NO_FAULTS",
+    "RESET",
+    "ClusterGroup",
+    "CredentialConfig",
+    "ExecutableNotFound",
+    "Faults",
+    "Latency",
+    "LaunchError",
+    "Limits",
+    "RedisNode",
+    "SentinelGroup",
+    "SimulatedUpstream",
+    "UpstreamConfig",
+    "find_executable",
+    "free_port",
+    "running_cluster",
+    "running_redis",
+    "running_sentinel",
+    "wait_until",
+]
+
+
+def __getattr__(name: str) -> object:
+    # Called only for names not bound above: the simulated upstream's.
+    if name in __all__:
+        return getattr(import_module("proxy.testing.upstream"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

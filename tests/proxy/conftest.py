@@ -17,7 +17,7 @@ from proxy.replica.pools import load_pools
 from proxy.replica.replica import Replica
 from proxy.replica.serve import RunningReplica, start
 from proxy.settings import Settings
-from proxy.testing.upstream import SimulatedUpstream
+from proxy.testing import SimulatedUpstream
 
 SESSIONS = [Session(id=name, secret=f"secret-{name}") for name in ("a", "b", "c")]
 #: Two tiers and two unit budgets: a and b in tier 1 (a with a tpm), c in tier 0 with a tpm.

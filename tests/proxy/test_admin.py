@@ -12,7 +12,7 @@ from openapi_spec_validator import validate
 
 from broker import Session, Strategy
 from proxy.ops.admin import openapi_document
-from proxy.testing.upstream import SimulatedUpstream
+from proxy.testing import SimulatedUpstream
 from tests.proxy.conftest import SESSIONS, TIERED, GatedStream
 
 if TYPE_CHECKING:

@@ -10,7 +10,7 @@ import aiohttp
 from aiohttp import web
 
 from broker import Session, Strategy
-from proxy.testing.upstream import SimulatedUpstream
+from proxy.testing import SimulatedUpstream
 
 if TYPE_CHECKING:
     from proxy.replica.serve import RunningReplica

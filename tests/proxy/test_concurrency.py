@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 
 from broker import Session
-from proxy.testing.upstream import SimulatedUpstream
+from proxy.testing import SimulatedUpstream
 
 if TYPE_CHECKING:
     from tests.proxy.conftest import StartReplica, StartUpstream

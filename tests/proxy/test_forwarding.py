@@ -10,7 +10,7 @@ import aiohttp
 from yarl import URL
 
 from broker import Strategy
-from proxy.testing.upstream import SimulatedUpstream
+from proxy.testing import SimulatedUpstream
 
 if TYPE_CHECKING:
     from tests.proxy.conftest import StartReplica, StartUpstream

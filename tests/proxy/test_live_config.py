@@ -21,7 +21,7 @@ from broker import load_sessions
 from proxy.replica.serve import RunningReplica
 
 if TYPE_CHECKING:
-    from proxy.testing.upstream import SimulatedUpstream
+    from proxy.testing import SimulatedUpstream
     from tests.proxy.conftest import StartReplica
 
 MEMBERS = "sb:{default}:members"

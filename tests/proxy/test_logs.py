@@ -24,8 +24,7 @@ from structlog.testing import capture_logs
 from broker import Strategy
 from proxy.ops.logs import REDACTED, Redactor, configure_logging
 from proxy.settings import HELP
-from proxy.testing.upstream import SimulatedUpstream
-from tests.conftest import any_free_port
+from proxy.testing import SimulatedUpstream, free_port
 
 if TYPE_CHECKING:
     from tests.proxy.conftest import StartReplica, StartUpstream
@@ -140,7 +139,7 @@ async def test_a_replica_at_debug_writes_no_secret(
     sessions.write_text(
         json.dumps({"sessions": [{"id": k, "secret": v} for k, v in SECRETS.items()]})
     )
-    listen, ops = any_free_port(), any_free_port()
+    listen, ops = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if k not in HELP} | {
         "UPSTREAM_URL": upstream,
         "SESSIONS_FILE": str(sessions),

@@ -16,7 +16,7 @@ import aiohttp
 
 from broker import Session, Strategy
 from proxy.settings import HELP
-from proxy.testing.upstream import SimulatedUpstream
+from proxy.testing import SimulatedUpstream
 from tests.proxy.conftest import SESSIONS, store_now_ms
 
 if TYPE_CHECKING:

@@ -20,7 +20,7 @@ from proxy.replica.leasing import Leasing
 from proxy.replica.pools import PoolTable, load_pools
 from proxy.request.routing import NoRoute, requested_model, route, route_model
 from proxy.settings import Settings
-from proxy.testing.upstream import SimulatedUpstream
+from proxy.testing import SimulatedUpstream
 
 from .conftest import StartReplica, StartUpstream
 from .test_operator_cli import cli

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from broker import Session, Strategy
-from proxy.testing.upstream import Limits, SimulatedUpstream
+from proxy.testing import Limits, SimulatedUpstream
 
 if TYPE_CHECKING:
     from tests.proxy.conftest import StartReplica, StartUpstream

@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from broker import Session, Strategy
-from proxy.testing.upstream import SimulatedUpstream
+from proxy.testing import SimulatedUpstream
 
 if TYPE_CHECKING:
     from tests.proxy.conftest import StartReplica

@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 
 from proxy.request.usage import UsageMeter
-from proxy.testing.upstream import (
+from proxy.testing import (
     CredentialConfig,
     Faults,
     Latency,

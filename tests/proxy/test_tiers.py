@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 
 from broker import Pool, Session
-from proxy.testing.upstream import SimulatedUpstream
+from proxy.testing import SimulatedUpstream
 
 from .conftest import StartReplica
 

@@ -15,7 +15,7 @@ from aiohttp import web
 from broker import Session
 from proxy.request.estimate import estimate_units
 from proxy.request.usage import SSE_TAIL_BYTES, UsageMeter
-from proxy.testing.upstream import Limits, SimulatedUpstream
+from proxy.testing import Limits, SimulatedUpstream
 
 if TYPE_CHECKING:
     from proxy.replica.serve import RunningReplica

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import aiohttp
 import pytest
@@ -20,49 +19,19 @@ from proxy.replica.pools import load_pools
 from proxy.replica.replica import Replica
 from proxy.replica.serve import start as start_replica
 from proxy.settings import Settings
-from proxy.testing.upstream import SimulatedUpstream
-
-if TYPE_CHECKING:
-    from conftest import Node, Servers
-
-NODES = 3
-CLUSTER_OPTIONS = ("--cluster-enabled", "yes", "--cluster-node-timeout", "2000")
+from proxy.testing import RedisNode, SimulatedUpstream, running_cluster
 
 
-def start_node(servers: Servers, n: int) -> Node:
-    # The bus defaults to port + 10000, which may be taken (or above 65535).
-    bus = ("--cluster-port", str(servers.free_port()))
-    config = ("--cluster-config-file", f"nodes-{n}.conf")
-    return servers.start(f"node{n}", *CLUSTER_OPTIONS, *config, *bus)
+@pytest.fixture
+def nodes(redis_executable: str, redis_cli: str, tmp_path: Path) -> Iterator[list[RedisNode]]:
+    """The nodes of a three-master cluster, every slot served."""
+    with running_cluster(
+        masters=3, executable=redis_executable, cli=redis_cli, directory=tmp_path / "cluster"
+    ) as cluster:
+        yield cluster.nodes
 
 
-def start_cluster(servers: Servers, redis_cli: str) -> list[Node]:
-    nodes = [start_node(servers, n) for n in range(NODES)]
-    subprocess.run(
-        [
-            redis_cli,
-            "--cluster", "create",
-            *(f"127.0.0.1:{node.port}" for node in nodes),
-            "--cluster-replicas", "0",
-            "--cluster-yes",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )  # fmt: skip
-
-    def healthy() -> bool:
-        for node in nodes:
-            with node.client() as client:
-                if client.cluster("INFO")["cluster_state"] != "ok":
-                    return False
-        return True
-
-    servers.wait_for("the cluster to be ok on every node", healthy, 30.0)
-    return nodes
-
-
-def owner_of(slot: int, nodes: list[Node]) -> Node:
+def owner_of(slot: int, nodes: list[RedisNode]) -> RedisNode:
     with nodes[0].client() as client:
         ranges = client.execute_command("CLUSTER SLOTS")
     for start, end, primary, *_ in ranges:
@@ -71,7 +40,7 @@ def owner_of(slot: int, nodes: list[Node]) -> Node:
     raise AssertionError(f"slot {slot} has no owner")
 
 
-def pools_on_two_nodes(nodes: list[Node]) -> tuple[str, str]:
+def pools_on_two_nodes(nodes: list[RedisNode]) -> tuple[str, str]:
     """Two pool names whose hash tags fall on different nodes (the first such pair of
     tenant-0, tenant-1, ...: deterministic, since slots are a hash of the name)."""
     first = "tenant-0"
@@ -101,12 +70,9 @@ async def exercise(pool: Pool, sessions: list[Session]) -> None:
         await pool.acquire(exclude=[s.id for s in sessions])
 
 
-async def test_every_script_runs_on_a_cluster_and_pools_spread(
-    servers: Servers, redis_cli: str
-) -> None:
+async def test_every_script_runs_on_a_cluster_and_pools_spread(nodes: list[RedisNode]) -> None:
     """Through a cluster client seeded with one node: all scripts work; every key of a pool
     sits in one slot on one node; two pools live on two different nodes."""
-    nodes = start_cluster(servers, redis_cli)
     names = pools_on_two_nodes(nodes)
     settings = BrokerSettings(redis_url=f"redis://127.0.0.1:{nodes[0].port}/0", redis_cluster=True)
     store: Store = open_store(settings)
@@ -131,10 +97,9 @@ async def test_every_script_runs_on_a_cluster_and_pools_spread(
     assert holders[names[0]] != holders[names[1]]
 
 
-async def test_scripts_reload_after_a_flush_on_every_node(servers: Servers, redis_cli: str) -> None:
+async def test_scripts_reload_after_a_flush_on_every_node(nodes: list[RedisNode]) -> None:
     """A node that has lost its scripts (a restart or a failed-over replica) answers NOSCRIPT;
     the cluster client loads the script and the call succeeds."""
-    nodes = start_cluster(servers, redis_cli)
     settings = BrokerSettings(redis_url=f"redis://127.0.0.1:{nodes[1].port}/0", redis_cluster=True)
     store: Store = open_store(settings)
     try:
@@ -154,12 +119,9 @@ async def test_scripts_reload_after_a_flush_on_every_node(servers: Servers, redi
         await store.aclose()
 
 
-async def test_a_replica_serves_pools_on_two_nodes(
-    servers: Servers, redis_cli: str, tmp_path: Path
-) -> None:
+async def test_a_replica_serves_pools_on_two_nodes(nodes: list[RedisNode], tmp_path: Path) -> None:
     """One replica with two pools whose hash tags fall on different nodes: requests routed to
     either pool are served, each pool's keys on its own node (pools spread over the shards)."""
-    nodes = start_cluster(servers, redis_cli)
     names = pools_on_two_nodes(nodes)
     sim = SimulatedUpstream()
     runner = web.AppRunner(sim.app(), access_log=None)

@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from functools import partial
+from pathlib import Path
 
 import pytest
 
@@ -29,23 +31,9 @@ from broker import (
 )
 from broker.scripts import source
 from broker.store import Store
-
-if TYPE_CHECKING:
-    from conftest import Node, Servers
+from proxy.testing import SentinelGroup, running_sentinel, wait_until
 
 USER, PASSWORD, SENTINEL_PASSWORD = "broker", "broker-pw", "sentinel-pw"
-#: The broker's account on every data node (ACLs are not replicated, so each node has it) and the
-#: credentials one node uses to follow another.
-ACCOUNT = ("--user", USER, "on", f">{PASSWORD}", "~*", "&*", "+@all", "--user", "default", "off")
-FOLLOWER = ("--masteruser", USER, "--masterauth", PASSWORD, "--repl-diskless-sync-delay", "0")
-SENTINEL_CONF = f"""\
-sentinel monitor mymaster 127.0.0.1 {{master_port}} 1
-sentinel auth-user mymaster {USER}
-sentinel auth-pass mymaster {PASSWORD}
-sentinel down-after-milliseconds mymaster 2000
-sentinel failover-timeout mymaster 10000
-requirepass {SENTINEL_PASSWORD}
-"""
 #: After the old master has become a replica: time for every client to notice, reconnect through
 #: the sentinel and finish its retries (redis-py's backoff tops out at 1 s per retry).
 SETTLE_S = 3.0
@@ -75,40 +63,23 @@ async def drive(pool: Pool, traffic: Traffic, stop: asyncio.Event) -> None:
             traffic.successes.append(time.monotonic())
 
 
-def start_topology(servers: Servers) -> tuple[Node, Node, Node]:
-    master = servers.start("master", *ACCOUNT, *FOLLOWER, username=USER, password=PASSWORD)
-    replica = servers.start(
-        "replica",
-        *ACCOUNT,
-        *FOLLOWER,
-        "--replicaof", "127.0.0.1", str(master.port),
+@pytest.fixture
+def group(redis_executable: str, tmp_path: Path) -> Iterator[SentinelGroup]:
+    """A master, its replica and a sentinel, with the broker's ACL user on the data nodes (ACLs
+    are not replicated, so each node has it) and a password on the sentinel."""
+    with running_sentinel(
         username=USER,
         password=PASSWORD,
-    )  # fmt: skip
-    sentinel = servers.start(
-        "sentinel",
-        "--sentinel",
-        config=SENTINEL_CONF.format(master_port=master.port),
-        password=SENTINEL_PASSWORD,
-    )
-
-    def replica_known() -> bool:
-        with sentinel.client() as client:
-            known = client.sentinel_slaves("mymaster")
-        return any(r["port"] == replica.port and not r["is_sdown"] for r in known)
-
-    def replica_in_sync() -> bool:
-        with replica.client() as client:
-            return client.info("replication")["master_link_status"] == "up"
-
-    servers.wait_for("the replica to follow the master", replica_in_sync)
-    servers.wait_for("the sentinel to see the replica", replica_known)
-    with sentinel.client() as client:
-        # A failed-over master that is still alive keeps taking writes until the sentinel
-        # turns it into a replica: after four publish periods of it reporting the wrong role,
-        # read by INFO every info period (8 s and 10 s by default; about 2 s here, for speed).
-        client.execute_command("SENTINEL DEBUG", "info-period", 500, "publish-period", 500)
-    return master, replica, sentinel
+        sentinel_password=SENTINEL_PASSWORD,
+        executable=redis_executable,
+        directory=tmp_path,
+    ) as started:
+        with started.sentinels[0].client() as client:
+            # A failed-over master that is still alive keeps taking writes until the sentinel
+            # turns it into a replica: after four publish periods of it reporting the wrong role,
+            # read by INFO every info period (8 s and 10 s by default; about 2 s here, for speed).
+            client.execute_command("SENTINEL DEBUG", "info-period", 500, "publish-period", 500)
+        yield started
 
 
 #: The operations the traffic below runs, each loaded on the new master after a NOSCRIPT.
@@ -119,14 +90,14 @@ def shas() -> list[str]:
     return [hashlib.sha1(source(name).encode()).hexdigest() for name in EXERCISED]
 
 
-async def test_traffic_continues_across_a_forced_failover(servers: Servers) -> None:
+async def test_traffic_continues_across_a_forced_failover(group: SentinelGroup) -> None:
     """Two clients lease and release through SENTINEL FAILOVER: errors only inside the window,
     every operation works on the new master afterwards, and its scripts were loaded there."""
-    master, replica, sentinel = start_topology(servers)
+    master, (replica,), (sentinel,) = group.master, group.replicas, group.sentinels
     settings = BrokerSettings(
         redis_url=f"redis://{USER}:{PASSWORD}@/0",
-        redis_sentinels=(("127.0.0.1", sentinel.port),),
-        redis_sentinel_master="mymaster",
+        redis_sentinels=(sentinel.address,),
+        redis_sentinel_master=group.master_name,
         redis_sentinel_password=SENTINEL_PASSWORD,
         lease_ttl_ms=10_000,
     )
@@ -150,16 +121,17 @@ async def test_traffic_continues_across_a_forced_failover(servers: Servers) -> N
 
         ordered = time.monotonic()
         with sentinel.client() as client:
-            assert client.sentinel_failover("mymaster")
+            assert client.sentinel_failover(group.master_name)
 
         def switched() -> bool:
             with sentinel.client() as client:
-                address = client.sentinel_get_master_addr_by_name("mymaster")
+                address = client.sentinel_get_master_addr_by_name(group.master_name)
             with master.client() as client:
                 stepped_down = client.info("replication")["role"] == "slave"
             return int(address[1]) == replica.port and stepped_down
 
-        await asyncio.to_thread(servers.wait_for, "the failover to complete", switched, 30.0)
+        complete = partial(wait_until, "the failover to complete", switched, timeout_s=30.0)
+        await asyncio.to_thread(complete)
         window_end = time.monotonic() + SETTLE_S
         await asyncio.sleep(SETTLE_S + AFTER_S)
         stop.set()
@@ -185,13 +157,12 @@ async def test_traffic_continues_across_a_forced_failover(servers: Servers) -> N
 
 
 @pytest.mark.parametrize("password", [None, "wrong"], ids=["no-password", "wrong-password"])
-async def test_sentinel_password_is_used(servers: Servers, password: str | None) -> None:
+async def test_sentinel_password_is_used(group: SentinelGroup, password: str | None) -> None:
     """A sentinel that requires a password refuses a client without the right one: the store
     reports it as a StoreError rather than hanging or reaching some other server."""
-    _, _, sentinel = start_topology(servers)
     settings = BrokerSettings(
         redis_url=f"redis://{USER}:{PASSWORD}@/0",
-        redis_sentinels=(("127.0.0.1", sentinel.port),),
+        redis_sentinels=tuple(group.sentinel_addresses),
         redis_sentinel_password=password,
     )
     store = open_store(settings)
