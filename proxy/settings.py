@@ -41,7 +41,8 @@ GROUPS: dict[str, dict[str, str]] = {
     "Upstream": {
         "UPSTREAM_URL": "the upstream base URL, http:// or https://; the client's path and query "
         "are appended (required for serve, unless every pool has its own upstream_url)",
-        "SESSION_HEADER": "'Header-Name: template' where the template contains {secret}",
+        "SESSION_HEADER": "'Header-Name: template' where the template contains {secret}, e.g. "
+        "'Cookie: session-token={secret}' or 'x-api-key: {secret}'",
         "UPSTREAM_CONNECT_TIMEOUT": "seconds to connect to the upstream, more than 0",
         "UPSTREAM_READ_TIMEOUT": "seconds the upstream may stay silent while answering (per "
         "read, so long streams are fine), more than 0",
@@ -73,18 +74,20 @@ GROUPS: dict[str, dict[str, str]] = {
         "ADMIN_LISTEN": "host:port of the ops endpoints (/healthz, /readyz, /version, /metrics, "
         "/admin)",
         "PROXY_API_KEYS": "comma-separated keys clients must present as 'Authorization: Bearer "
-        "<key>' or 'X-Api-Key: <key>'; unset: no client auth",
-        "EVENT_LOOP": "uvloop (where it is installed; else asyncio's own loop, said in the log) "
-        "or asyncio",
+        "<key>' or 'X-Api-Key: <key>' (compared in constant time); unset: no client auth",
+        "EVENT_LOOP": "uvloop (libuv's loop, less CPU per request; where it is not installed, "
+        "asyncio's own loop, said in the log) or asyncio",
         "SHUTDOWN_GRACE": "seconds in-flight requests get to finish after SIGTERM",
     },
     "Selection, retries and waiting": {
         "SESSION_SELECTION_STRATEGY": "one of health, round-robin, random, lru, least-busy",
         "RETRY_COUNT": "attempts per request, 1-100 (default: the pool size, at most 10)",
-        "LEASE_TTL": "seconds a lease lives unless renewed, at least 1",
+        "LEASE_TTL": "seconds a lease lives unless renewed (a dead replica's leases free up "
+        "after it), at least 1",
         "EXPONENTIAL_BACKOFF_ENABLED": "true or false: back off (full jitter) after "
         "5xx/network errors",
-        "BACKOFF_BASE": "seconds of the first backoff ceiling (doubles per attempt)",
+        "BACKOFF_BASE": "seconds of the first backoff ceiling (doubles per attempt; each wait "
+        "is uniform below its ceiling)",
         "BACKOFF_MAX": "largest backoff ceiling in seconds",
         "QUEUE_TIMEOUT": "seconds a request may wait for a free session (0: answer at once)",
         "QUEUE_MAX": "most requests waiting per replica, at least 1; beyond it: answer at once",
