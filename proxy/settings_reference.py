@@ -23,9 +23,9 @@ __all__ = ["render"]
 _HEADER = """\
 # Configuration reference
 
-<!-- Generated from proxy/settings.py by `python -m proxy.settings_reference \
-docs/configuration.md`: edit the declarations there and regenerate; a test fails while this \
-file is stale. -->
+*Generated from the declarations in proxy/settings.py (the same ones `--help` and validation
+read): edit them there, then run `python -m proxy.settings_reference docs/configuration.md`. A
+test fails while this file is stale.*
 
 Every setting is an environment variable and a flag of the same name (`LEASE_TTL=30` or
 `--lease-ttl 30`); a flag wins over the variable. `session-broker serve --help` lists the same.
