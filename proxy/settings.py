@@ -21,87 +21,123 @@ from broker.constants import DEFAULT_SENTINEL_MASTER
 from proxy.request.ratelimit_headers import FAMILIES
 
 __all__ = [
+    "GROUPS",
     "HELP",
+    "SECRET_SETTINGS",
     "STORE_SETTINGS",
     "Listen",
     "SessionHeader",
     "Settings",
+    "flag_name",
     "load_settings",
     "parse_session_header",
 ]
 
 Seconds = Annotated[float, msgspec.Meta(ge=0, le=86_400 * 7)]
 
-#: What each setting accepts: shown by ``--help`` and in every error about the setting.
-HELP: dict[str, str] = {
-    "UPSTREAM_URL": "the upstream base URL, http:// or https:// (required for serve)",
-    "SESSIONS": "comma-separated session secrets (or use SESSIONS_FILE)",
-    "SESSIONS_FILE": "path of a JSON or TOML sessions file (.toml for TOML)",
-    "SESSIONS_RELOAD_INTERVAL": "seconds between checks of SESSIONS_FILE for changes; 0 turns "
-    "the checks off (SIGHUP still reloads)",
-    "REDIS_URL": "redis://, rediss:// or unix:// URL with optional user:password; "
-    "unset runs the embedded in-process store",
-    "REDIS_SENTINELS": "comma-separated host:port of Redis Sentinels; they name the master "
-    "(REDIS_URL then only gives user, password, database and TLS)",
-    "REDIS_SENTINEL_MASTER": "the master's name as the sentinels know it",
-    "REDIS_SENTINEL_PASSWORD": "password of the sentinels themselves, if they require one",
-    "REDIS_CLUSTER": "true or false: REDIS_URL is one node of a Redis Cluster",
-    "POOL": "pool name: letters, digits, '.', '_' or '-', up to 64 (the pool of SESSIONS or of "
-    "a sessions file without pools; the operator commands' pool)",
-    "POOL_HEADER": "request header that names the pool to use when SESSIONS_FILE declares "
-    "several; removed before forwarding; none: pools are not chosen by header",
-    "LISTEN": "host:port the proxy listens on",
-    "ADMIN_LISTEN": "host:port of the ops endpoints (/healthz, /readyz, /version)",
-    "SESSION_HEADER": "'Header-Name: template' where the template contains {secret}",
-    "SESSION_SELECTION_STRATEGY": "one of health, round-robin, random, lru, least-busy",
-    "RETRY_COUNT": "attempts per request, 1-100 (default: the pool size, at most 10)",
-    "RATE_LIMIT_COOLDOWN": "seconds a session cools after a 429 without usable Retry-After",
-    "RATE_LIMIT_COOLDOWN_MAX": "largest cooldown in seconds; longer Retry-After values are cut",
-    "RATE_LIMIT_HEADER_FAMILIES": "comma-separated rate-limit header families to learn from: "
-    "openai, anthropic, github, ietf; or none",
-    "UNIT_PRECHARGE": "estimate (charge a tpm session, at lease time, the request's JSON "
-    "max_tokens plus its size in bytes / 4, settled by the usage reported) or off",
-    "USAGE_HEADER": "response header holding the units (tokens) an answer consumed, for tpm "
-    "budgets; empty: read usage.total_tokens from JSON and event-stream bodies",
-    "CIRCUIT_BREAKER_ENABLED": "true or false: open a session's breaker after repeated failures",
-    "CIRCUIT_BREAKER_THRESHOLD": "consecutive 5xx/network/timeout failures that open it, 1-1000",
-    "CIRCUIT_BREAKER_TIMEOUT": "seconds a breaker stays open at first (doubles per repeated trip)",
-    "CIRCUIT_BREAKER_TIMEOUT_MAX": "longest time a breaker stays open, in seconds",
-    "CIRCUIT_BREAKER_HALF_OPEN_PROBES": "requests a half-open breaker admits, fleet-wide, 1-1000",
-    "LEASE_TTL": "seconds a lease lives unless renewed, at least 1",
-    "EXPONENTIAL_BACKOFF_ENABLED": "true or false: back off (full jitter) after 5xx/network errors",
-    "BACKOFF_BASE": "seconds of the first backoff ceiling (doubles per attempt)",
-    "BACKOFF_MAX": "largest backoff ceiling in seconds",
-    "UPSTREAM_CONNECT_TIMEOUT": "seconds to connect to the upstream, more than 0",
-    "UPSTREAM_READ_TIMEOUT": "seconds the upstream may stay silent while answering, more than 0",
-    "MAX_BODY_BYTES": "largest request body in bytes (413 beyond), at least 0",
-    "PROXY_API_KEYS": "comma-separated keys clients must present; unset: no client auth",
-    "QUEUE_TIMEOUT": "seconds a request may wait for a free session (0: answer at once)",
-    "QUEUE_MAX": "most requests waiting per replica, at least 1; beyond it: answer at once",
-    "REDIS_FAILURE_MODE": "closed (503 while the store is unreachable) or open (serve from a "
-    "local pool)",
-    "SHUTDOWN_GRACE": "seconds in-flight requests get to finish after SIGTERM",
-    "EVENT_LOOP": "uvloop (where it is installed; else asyncio's own loop, said in the log) "
-    "or asyncio",
-    "LOG_LEVEL": "one of debug, info, warning, error",
-    "LOG_FORMAT": "json (one object per line) or console (for a terminal)",
-    "ENABLE_METRICS": "true or false: serve Prometheus metrics at /metrics on ADMIN_LISTEN",
-    "METRICS_PREFIX": "prefix of every metric name: letters, digits and '_', not starting "
-    "with a digit",
-    "HEALTH_CHECK_INTERVAL": "seconds between health summaries in the log (one replica of the "
-    "fleet writes each; also after every 100 requests), at least 1",
-    "ADMIN_TOKEN": "bearer token of the admin API under /admin on ADMIN_LISTEN, at least 16 "
-    "characters; unset: no admin API",
-    "ALERT_WEBHOOK_URL": "http(s) URL that alerts are POSTed to as JSON with a Slack-compatible "
-    "'text'; unset: no alerts",
-    "ALERT_ERROR_RATE": "fleet-wide share of failed upstream attempts (5xx, network, timeout, "
-    "401/403) over ALERT_ERROR_WINDOW that raises an alert, 0-1",
-    "ALERT_ERROR_WINDOW": "seconds over which ALERT_ERROR_RATE is measured, 10-86400",
-    "ALERT_CHECK_INTERVAL": "seconds between a replica's checks of the fleet's alerts and its "
-    "turn at the health summary, more than 0",
+#: What each setting accepts, declared once by group: ``--help``, every error about a setting
+#: and the reference docs/configuration.md (``python -m proxy.settings_reference``) read it.
+GROUPS: dict[str, dict[str, str]] = {
+    "Upstream": {
+        "UPSTREAM_URL": "the upstream base URL, http:// or https://; the client's path and query "
+        "are appended (required for serve, unless every pool has its own upstream_url)",
+        "SESSION_HEADER": "'Header-Name: template' where the template contains {secret}, e.g. "
+        "'Cookie: session-token={secret}' or 'x-api-key: {secret}'",
+        "UPSTREAM_CONNECT_TIMEOUT": "seconds to connect to the upstream, more than 0",
+        "UPSTREAM_READ_TIMEOUT": "seconds the upstream may stay silent while answering (per "
+        "read, so long streams are fine), more than 0",
+        "MAX_BODY_BYTES": "largest request body in bytes (413 beyond), at least 0",
+    },
+    "Sessions and pools": {
+        "SESSIONS": "comma-separated session secrets (or use SESSIONS_FILE)",
+        "SESSIONS_FILE": "path of a JSON or TOML sessions file (.toml for TOML)",
+        "SESSIONS_RELOAD_INTERVAL": "seconds between checks of SESSIONS_FILE for changes; 0 turns "
+        "the checks off (SIGHUP still reloads)",
+        "POOL": "pool name: letters, digits, '.', '_' or '-', up to 64 (the pool of SESSIONS or of "
+        "a sessions file without pools; the operator commands' pool)",
+        "POOL_HEADER": "request header that names the pool to use when SESSIONS_FILE declares "
+        "several; removed before forwarding; none: pools are not chosen by header",
+    },
+    "Redis": {
+        "REDIS_URL": "redis://, rediss:// or unix:// URL with optional user:password; "
+        "unset runs the embedded in-process store",
+        "REDIS_SENTINELS": "comma-separated host:port of Redis Sentinels; they name the master "
+        "(REDIS_URL then only gives user, password, database and TLS)",
+        "REDIS_SENTINEL_MASTER": "the master's name as the sentinels know it",
+        "REDIS_SENTINEL_PASSWORD": "password of the sentinels themselves, if they require one",
+        "REDIS_CLUSTER": "true or false: REDIS_URL is one node of a Redis Cluster",
+        "REDIS_FAILURE_MODE": "closed (503 while the store is unreachable) or open (serve from a "
+        "local pool)",
+    },
+    "Serving": {
+        "LISTEN": "host:port the proxy listens on",
+        "ADMIN_LISTEN": "host:port of the ops endpoints (/healthz, /readyz, /version, /metrics, "
+        "/admin)",
+        "PROXY_API_KEYS": "comma-separated keys clients must present as 'Authorization: Bearer "
+        "<key>' or 'X-Api-Key: <key>' (compared in constant time); unset: no client auth",
+        "EVENT_LOOP": "uvloop (libuv's loop, less CPU per request; where it is not installed, "
+        "asyncio's own loop, said in the log) or asyncio",
+        "SHUTDOWN_GRACE": "seconds in-flight requests get to finish after SIGTERM",
+    },
+    "Selection, retries and waiting": {
+        "SESSION_SELECTION_STRATEGY": "one of health, round-robin, random, lru, least-busy",
+        "RETRY_COUNT": "attempts per request, 1-100 (default: the pool size, at most 10)",
+        "LEASE_TTL": "seconds a lease lives unless renewed (a dead replica's leases free up "
+        "after it), at least 1",
+        "EXPONENTIAL_BACKOFF_ENABLED": "true or false: back off (full jitter) after "
+        "5xx/network errors",
+        "BACKOFF_BASE": "seconds of the first backoff ceiling (doubles per attempt; each wait "
+        "is uniform below its ceiling)",
+        "BACKOFF_MAX": "largest backoff ceiling in seconds",
+        "QUEUE_TIMEOUT": "seconds a request may wait for a free session (0: answer at once)",
+        "QUEUE_MAX": "most requests waiting per replica, at least 1; beyond it: answer at once",
+    },
+    "Rate limits and unit budgets": {
+        "RATE_LIMIT_COOLDOWN": "seconds a session cools after a 429 without usable Retry-After",
+        "RATE_LIMIT_COOLDOWN_MAX": "largest cooldown in seconds; longer Retry-After values are cut",
+        "RATE_LIMIT_HEADER_FAMILIES": "comma-separated rate-limit header families to learn from: "
+        "openai, anthropic, github, ietf; or none",
+        "UNIT_PRECHARGE": "estimate (charge a tpm session, at lease time, the request's JSON "
+        "max_tokens plus its size in bytes / 4, settled by the usage reported) or off",
+        "USAGE_HEADER": "response header holding the units (tokens) an answer consumed, for tpm "
+        "budgets; empty: read usage.total_tokens from JSON and event-stream bodies",
+    },
+    "Circuit breaker": {
+        "CIRCUIT_BREAKER_ENABLED": "true or false: open a session's breaker after repeated "
+        "failures",
+        "CIRCUIT_BREAKER_THRESHOLD": "consecutive 5xx/network/timeout failures that open it, "
+        "1-1000",
+        "CIRCUIT_BREAKER_TIMEOUT": "seconds a breaker stays open at first (doubles per repeated "
+        "trip)",
+        "CIRCUIT_BREAKER_TIMEOUT_MAX": "longest time a breaker stays open, in seconds",
+        "CIRCUIT_BREAKER_HALF_OPEN_PROBES": "requests a half-open breaker admits, fleet-wide, "
+        "1-1000",
+    },
+    "Logs, metrics and alerts": {
+        "LOG_LEVEL": "one of debug, info, warning, error",
+        "LOG_FORMAT": "json (one object per line) or console (for a terminal)",
+        "ENABLE_METRICS": "true or false: serve Prometheus metrics at /metrics on ADMIN_LISTEN",
+        "METRICS_PREFIX": "prefix of every metric name: letters, digits and '_', not starting "
+        "with a digit",
+        "HEALTH_CHECK_INTERVAL": "seconds between health summaries in the log (one replica of the "
+        "fleet writes each; also after every 100 requests, at most every 10 s), at least 1",
+        "ADMIN_TOKEN": "bearer token of the admin API under /admin on ADMIN_LISTEN, at least 16 "
+        "characters; unset: no admin API",
+        "ALERT_WEBHOOK_URL": "http(s) URL that alerts are POSTed to as JSON with a "
+        "Slack-compatible 'text'; unset: no alerts",
+        "ALERT_ERROR_RATE": "fleet-wide share of failed upstream attempts (5xx, network, timeout, "
+        "401/403) over ALERT_ERROR_WINDOW that raises an alert (with at least 20 attempts in "
+        "the window), 0-1",
+        "ALERT_ERROR_WINDOW": "seconds over which ALERT_ERROR_RATE is measured (10 s "
+        "resolution), 10-86400",
+        "ALERT_CHECK_INTERVAL": "seconds between a replica's checks of the fleet's alerts and its "
+        "turn at the health summary, more than 0",
+    },
 }
-#: Values never echoed back in an error message.
-_SECRET_SETTINGS = frozenset(
+#: What each setting accepts, by name.
+HELP: dict[str, str] = {name: text for group in GROUPS.values() for name, text in group.items()}
+#: Values never echoed back in an error message (and marked secret in the reference).
+SECRET_SETTINGS = frozenset(
     {
         "SESSIONS",
         "PROXY_API_KEYS",
@@ -275,7 +311,7 @@ def parse_session_header(value: str) -> SessionHeader | None:
 
 
 def _bad(name: str, value: object, reason: str) -> ConfigError:
-    shown = "(hidden)" if name in _SECRET_SETTINGS else repr(value)
+    shown = "(hidden)" if name in SECRET_SETTINGS else repr(value)
     return ConfigError(f"invalid setting {name}={shown}: {reason}; accepts {HELP[name]}")
 
 
@@ -347,7 +383,8 @@ def _check_redis(settings: Settings) -> None:
             raise _bad("REDIS_URL", settings.redis_url, "Redis Cluster has only database 0")
 
 
-def _flag(name: str) -> str:
+def flag_name(name: str) -> str:
+    """The flag of a setting: ``LEASE_TTL`` is ``--lease-ttl``."""
     return "--" + name.lower().replace("_", "-")
 
 
@@ -355,7 +392,7 @@ def add_flags(parser: argparse.ArgumentParser, *, only: Collection[str] | None =
     """One flag per setting (of ``only``, when given), named after its variable."""
     for name, text in HELP.items():
         if only is None or name in only:
-            parser.add_argument(_flag(name), dest=name, metavar="VALUE", help=f"{name}: {text}")
+            parser.add_argument(flag_name(name), dest=name, metavar="VALUE", help=f"{name}: {text}")
 
 
 def load_settings(

@@ -9,13 +9,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import msgspec
+import msgspec.inspect
 import pytest
 
 from broker import ConfigError, Strategy
-from proxy.settings import HELP, load_settings
+from proxy.settings import GROUPS, HELP, Settings, load_settings
+from proxy.settings_reference import render
 
 BASE = {"UPSTREAM_URL": "http://127.0.0.1:1", "SESSIONS": "k1,k2"}
-README = Path(__file__).parent.parent.parent / "README.md"
+CONFIGURATION = Path(__file__).parent.parent.parent / "docs" / "configuration.md"
 
 BAD = [
     ("LEASE_TTL", "abc"),
@@ -88,7 +91,21 @@ def test_durations_become_milliseconds() -> None:
     assert broker.rate_limit_cooldown_ms == 2000
 
 
-def test_readme_documents_every_setting() -> None:
-    """The README's configuration table has a row for every setting, and no stale ones."""
-    rows = set(re.findall(r"^\| `([A-Z_]+)` \|", README.read_text(), flags=re.MULTILINE))
+def test_every_setting_is_declared_in_one_group() -> None:
+    """Each field of Settings has exactly one help text, in exactly one group."""
+    declared = [name for group in GROUPS.values() for name in group]
+    fields = [field.encode_name for field in msgspec.inspect.type_info(Settings).fields]
+    assert sorted(declared) == sorted(fields)
+
+
+def test_configuration_reference_documents_every_setting() -> None:
+    """docs/configuration.md has a row for every setting, and no stale ones."""
+    rows = set(re.findall(r"^\| `([A-Z_]+)` \|", CONFIGURATION.read_text(), flags=re.MULTILINE))
     assert rows == set(HELP)
+
+
+def test_configuration_reference_is_current() -> None:
+    """docs/configuration.md is what the declarations render to (regenerate it if not)."""
+    assert CONFIGURATION.read_text() == render(), (
+        "stale: run python -m proxy.settings_reference docs/configuration.md"
+    )
