@@ -68,7 +68,7 @@ from redis.asyncio import Redis
 
 import broker
 from bench.processes import die_with_parent, free_port
-from broker.scripts import OPERATIONS, source
+from broker.preamble import OPERATIONS, source
 
 DEFAULT_SIZES = (10, 1_000, 10_000)
 #: The bar: throughput at the largest size over that at the smallest, per strategy.

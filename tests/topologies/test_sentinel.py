@@ -27,7 +27,7 @@ from broker import (
     StoreError,
     open_store,
 )
-from broker.scripts import source
+from broker.preamble import source
 from broker.store import Store
 
 if TYPE_CHECKING:
