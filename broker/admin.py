@@ -1,23 +1,28 @@
 """Operating a pool: what an operator reads (its sessions, a summary) and what they do (enable,
 disable, drain, reset, weight). The admin API and the operator CLI both stand on this.
 
-Reads are plain commands; every change is a Lua script (``lua/``) that recomputes the session's
-state with the shared ``refresh``, so it is atomic and holds for the whole fleet at once.
+Reads are plain commands; every change is a Lua script (``lua/``, through the pool's gateway)
+that recomputes the session's state with the shared ``refresh``, so it is atomic and holds for the
+whole fleet at once.
 
-What a unit (tpm) budget has left is computed here from the session's schedule (``unit_tat``)
-and the store's clock, with the same per-unit interval as the scripts' (``lua/common.lua``).
+What a unit (tpm) budget has left is asked of the store (``lua/units.lua``): the scripts' own GCRA
+arithmetic (``units_left`` in ``lua/common.lua``) answers, at the store's clock, so an operator
+never sees a figure the scripts would not decide by. It costs a round trip only when some session
+read has a tpm.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Awaitable
 from typing import Any
 
 import msgspec
 
-from broker.constants import OPS_SET_LIMIT, QUOTA_SLACK, UNIT_WINDOW_MS
+from broker.constants import OPS_SET_LIMIT
 from broker.errors import UnknownSession
-from broker.pool import Pool, _call
+from broker.gateway import store_call
+from broker.pool import Pool
+from broker.states import BreakerState, DisableReason, SessionState
 
 __all__ = [
     "OUTCOMES",
@@ -28,13 +33,12 @@ __all__ = [
     "TierCount",
     "UnitBudget",
     "UnitTotals",
-    "units_available",
 ]
 
 #: Outcomes counted per session (``n_<outcome>`` in its hash).
 OUTCOMES = ("success", "rate_limited", "auth", "server", "network", "timeout", "other", "unused")
 #: Disable reasons that mean something else: set by a 401/403, or by a drain.
-RESERVED_REASONS = frozenset({"auth", "drain"})
+RESERVED_REASONS = frozenset({DisableReason.AUTH, DisableReason.DRAIN})
 
 
 class SessionView(msgspec.Struct, kw_only=True):
@@ -140,6 +144,10 @@ def _int(value: str | None, default: int = 0) -> int:
     return default if value in (None, "") else int(float(value))
 
 
+async def _read(pending: Awaitable[Any]) -> Any:
+    return await store_call("read", pending)
+
+
 def _ms(seconds: Any, microseconds: Any) -> int:
     """A TIME reply in ms."""
     return int(seconds) * 1000 + int(microseconds) // 1000
@@ -153,31 +161,13 @@ def _opt_float(value: str | None) -> float | None:
     return None if value in (None, "") else float(value)
 
 
-def units_available(
-    tpm: int | None, unit_tat: float, now_ms: int, quota_slack: float = QUOTA_SLACK
-) -> int | None:
-    """Units a ``tpm`` budget has left at ``now_ms`` (store ms); None without a tpm.
-
-    Each unit takes ``60000/tpm * quota_slack`` ms of the schedule, which may run up to
-    UNIT_WINDOW_MS ahead of now (lua/common.lua): what is left is the room before that edge, in
-    whole units; 0 while the budget is overdrawn.
-    """
-    if not tpm:
-        return None
-    interval_ms = 60_000 / tpm * quota_slack
-    room_ms = now_ms + UNIT_WINDOW_MS - max(unit_tat, now_ms)
-    return max(0, math.floor(room_ms / interval_ms))
-
-
-def view(
-    session_id: str, h: dict[str, str], *, now_ms: int, quota_slack: float = QUOTA_SLACK
-) -> SessionView:
-    """A session's view from its hash (as ``HGETALL`` returns it), at the store's ``now_ms``;
-    ``quota_slack`` as the pool hash holds it (what the scripts space units by)."""
+def view(session_id: str, h: dict[str, str], *, units_left: int | None) -> SessionView:
+    """A session's view from its hash (as ``HGETALL`` returns it) and what its unit budget has
+    left (``lua/units.lua``; None without a tpm)."""
     state = h.get("state", "unknown")
     reason = h.get("disabled_reason") or None
     in_flight = _int(h.get("in_flight"))
-    if state == "disabled" and reason == "drain":
+    if state == SessionState.DISABLED and reason == DisableReason.DRAIN:
         state = "draining" if in_flight > 0 else "drained"
     max_concurrency = _int(h.get("max_concurrency"))
     rpm = _opt_float(h.get("rpm"))
@@ -188,7 +178,7 @@ def view(
         disabled_reason=reason,
         disabled_at_ms=_opt_int(h.get("disabled_at")),
         cooldown_until_ms=_int(h.get("cooldown_until")),
-        breaker=h.get("breaker", "closed"),
+        breaker=h.get("breaker", BreakerState.CLOSED),
         breaker_until_ms=_int(h.get("breaker_until")),
         in_flight=in_flight,
         max_concurrency=max_concurrency or None,
@@ -198,7 +188,7 @@ def view(
         priority=_int(h.get("priority")),
         tpm=tpm,
         units=_int(h.get("units")),
-        units_available=units_available(tpm, float(h.get("unit_tat") or 0), now_ms, quota_slack),
+        units_available=units_left,
         health=float(h.get("health") or 1),
         success_rate=float(h.get("success_rate") or 1),
         latency_ms=_opt_int(h.get("latency_ms")),
@@ -219,34 +209,20 @@ class PoolAdmin:
         self.pool = pool
         self.redis = pool.redis
         self.keys = pool.keys
-        base = self.keys.base
-        self._pool_hash, self._members = f"{base}:pool", f"{base}:members"
-        self._avail, self._cooling, self._leases = (
-            f"{base}:avail",
-            f"{base}:cooling",
-            f"{base}:leases",
-        )
-        self._disabled, self._open, self._quota = (
-            f"{base}:disabled",
-            f"{base}:open",
-            f"{base}:quota",
-        )
-        self._half_open, self._alerts = f"{base}:half_open", f"{base}:alerts"
-        self._tiers = f"{base}:tiers"
-        assert {self._members, self._half_open, self._alerts, self._tiers} <= set(self.keys.all)
+        self.gateway = pool.gateway
 
     async def now_ms(self) -> int:
-        seconds, microseconds = await _call("read", self.redis.time())
+        seconds, microseconds = await _read(self.redis.time())
         return _ms(seconds, microseconds)
 
     async def tidy(self) -> None:
         """Bring the pool up to date before reading it (lua/housekeeping.lua): in a quiet pool
         nothing else ends the cooldowns and breaker timeouts that have run out."""
-        await self.pool._run("housekeeping")
+        await self.gateway.housekeeping()
 
     async def session_ids(self) -> list[str]:
         """Every session of the pool, in configuration order."""
-        ids: list[str] = await _call("read", self.redis.zrange(self._members, 0, -1))
+        ids: list[str] = await _read(self.redis.zrange(self.keys.members, 0, -1))
         return ids
 
     async def sessions(self) -> list[SessionView]:
@@ -256,23 +232,29 @@ class PoolAdmin:
         return await self._views(ids)
 
     async def _views(self, ids: list[str]) -> list[SessionView]:
-        """Views of ``ids`` as of the store's clock, read with it in one round trip."""
+        """Views of ``ids``: their hashes in one round trip, then what the unit budgets of those
+        with a tpm have left, in another (only when there are such)."""
         pipe = self.redis.pipeline(transaction=False)
-        pipe.time()
-        pipe.hget(self._pool_hash, "quota_slack")
         for session_id in ids:
             pipe.hgetall(self.keys.session(session_id))
-        (seconds, micro), slack, *hashes = await _call("read", pipe.execute())
-        now, quota_slack = _ms(seconds, micro), float(slack or QUOTA_SLACK)
+        hashes: list[dict[str, str]] = await _read(pipe.execute()) if ids else []
+        budgets = [sid for sid, h in zip(ids, hashes, strict=True) if _int(h.get("tpm"))]
+        left = await self._units_left(budgets, 0)
         return [
-            view(session_id, h, now_ms=now, quota_slack=quota_slack)
+            view(session_id, h, units_left=left.get(session_id))
             for session_id, h in zip(ids, hashes, strict=True)
         ]
+
+    async def _units_left(self, ids: list[str], at_ms: int) -> dict[str, int | None]:
+        """What the unit budgets of ``ids`` have left at ``at_ms`` (0: the store's now)."""
+        if not ids:
+            return {}
+        return (await self.gateway.units(session_ids=ids, at_ms=at_ms)).left
 
     async def session(self, session_id: str) -> SessionView:
         """One session's view; UnknownSession when the pool has no such member."""
         await self.tidy()
-        if await _call("read", self.redis.zscore(self._members, session_id)) is None:
+        if await _read(self.redis.zscore(self.keys.members, session_id)) is None:
             raise UnknownSession(f"pool {self.pool.name!r} has no session {session_id!r}")
         (found,) = await self._views([session_id])
         return found
@@ -280,24 +262,24 @@ class PoolAdmin:
     async def census(self, *, limit: int = OPS_SET_LIMIT) -> Census:
         """Counts by state and by tier, the non-closed breakers (at most ``limit`` of each
         kind) and the unit budgets (of the first ``limit`` sessions), after a housekeeping
-        pass. Two round trips; see Census for what each reads."""
+        pass. Two round trips, and a third when some session has a tpm; see Census."""
         await self.tidy()
         pipe = self.redis.pipeline(transaction=False)
         pipe.time()
-        for key in (self._members, self._avail, self._cooling, self._open, self._quota):
+        keys = self.keys
+        for key in (keys.members, keys.avail, keys.cooling, keys.open, keys.quota):
             pipe.zcard(key)
-        pipe.scard(self._disabled)
-        pipe.scard(self._half_open)
-        pipe.zcard(self._leases)
-        pipe.zrange(self._open, 0, limit - 1)
+        pipe.scard(self.keys.disabled)
+        pipe.scard(self.keys.half_open)
+        pipe.zcard(self.keys.leases)
+        pipe.zrange(self.keys.open, 0, limit - 1)
         # SRANDMEMBER with a positive count: the whole set when it is smaller than the count.
-        pipe.srandmember(self._half_open, limit)
-        pipe.zrange(self._tiers, 0, limit - 1)
-        pipe.zrange(self._members, 0, limit - 1)
-        pipe.hget(self._pool_hash, "quota_slack")
-        replies: list[Any] = await _call("read", pipe.execute())
+        pipe.srandmember(self.keys.half_open, limit)
+        pipe.zrange(self.keys.tiers, 0, limit - 1)
+        pipe.zrange(self.keys.members, 0, limit - 1)
+        replies: list[Any] = await _read(pipe.execute())
         (seconds, micro), total, available, cooling, open_, quota, disabled, half_open = replies[:8]
-        leases, open_ids, half_open_ids, eligible_tiers, ids, slack = replies[8:]
+        leases, open_ids, half_open_ids, eligible_tiers, ids = replies[8:]
         counts = {
             "total": total,
             "available": available,
@@ -308,15 +290,13 @@ class PoolAdmin:
             "disabled": disabled,
             "busy": max(0, total - available - cooling - open_ - quota - disabled),
         }
-        breakers = dict.fromkeys(sorted(half_open_ids or []), "half_open")
-        breakers |= dict.fromkeys(open_ids, "open")
+        breakers: dict[str, str] = dict.fromkeys(
+            sorted(half_open_ids or []), BreakerState.HALF_OPEN
+        )
+        breakers |= dict.fromkeys(open_ids, BreakerState.OPEN)
         now = _ms(seconds, micro)
         tiers, units = await self._tiers_and_units(
-            [int(t) for t in eligible_tiers],
-            ids,
-            now,
-            float(slack or QUOTA_SLACK),
-            complete=len(ids) == total,
+            [int(t) for t in eligible_tiers], ids, now, complete=len(ids) == total
         )
         return Census(
             now_ms=now,
@@ -329,26 +309,27 @@ class PoolAdmin:
         )
 
     async def _tiers_and_units(
-        self, eligible: list[int], ids: list[str], now: int, quota_slack: float, *, complete: bool
+        self, eligible: list[int], ids: list[str], now: int, *, complete: bool
     ) -> tuple[list[TierCount], dict[str, UnitBudget]]:
-        """The census's second round trip: each eligible tier's size, and the priority and unit
-        budget of each session in ``ids``."""
+        """The census's second round trip: each eligible tier's size, and the priority and tpm
+        of each session in ``ids``; then what the unit budgets of those with a tpm have left."""
         pipe = self.redis.pipeline(transaction=False)
         for priority in eligible:
             pipe.zcard(self.keys.tier(priority))
         for session_id in ids:
-            pipe.hmget(self.keys.session(session_id), "priority", "tpm", "unit_tat")
-        replies: list[Any] = await _call("read", pipe.execute()) if eligible or ids else []
+            pipe.hmget(self.keys.session(session_id), "priority", "tpm")
+        replies: list[Any] = await _read(pipe.execute()) if eligible or ids else []
         available = dict(zip(eligible, replies[: len(eligible)], strict=True))
         members: dict[int, int] = {}
-        units: dict[str, UnitBudget] = {}
-        for session_id, (priority, tpm, unit_tat) in zip(
-            ids, replies[len(eligible) :], strict=True
-        ):
+        tpms: dict[str, int] = {}
+        for session_id, (priority, tpm) in zip(ids, replies[len(eligible) :], strict=True):
             members[_int(priority)] = members.get(_int(priority), 0) + 1
-            left = units_available(_int(tpm), float(unit_tat or 0), now, quota_slack)
-            if left is not None:
-                units[session_id] = UnitBudget(tpm=_int(tpm), available=left)
+            if _int(tpm):
+                tpms[session_id] = _int(tpm)
+        left = await self._units_left(list(tpms), now)
+        units = {
+            sid: UnitBudget(tpm=tpm, available=left.get(sid) or 0) for sid, tpm in tpms.items()
+        }
         tiers = [
             TierCount(
                 priority=priority,
@@ -361,8 +342,8 @@ class PoolAdmin:
 
     async def summary(self) -> PoolSummary:
         census = await self.census()
-        strategy: str | None = await _call("read", self.redis.hget(self._pool_hash, "strategy"))
-        alerts: dict[str, str] = await _call("read", self.redis.hgetall(self._alerts))
+        strategy: str | None = await _read(self.redis.hget(self.keys.pool, "strategy"))
+        alerts: dict[str, str] = await _read(self.redis.hgetall(self.keys.alerts))
         budgets = list(census.units.values())
         units = None
         if budgets:
@@ -384,43 +365,50 @@ class PoolAdmin:
             alerts={name: int(since) for name, since in sorted(alerts.items())},
         )
 
-    async def _change(self, operation: str, session_id: str, *args: object) -> SessionView:
-        # Pool._run: the same KEYS, the same event handling (logs, transitions) as the lease path.
-        (state,) = await self.pool._run(operation, session_id, *args)
-        if state == "unknown":
+    async def _changed(self, session_id: str, state: SessionState | None) -> SessionView:
+        if state is None:
             raise UnknownSession(f"pool {self.pool.name!r} has no session {session_id!r}")
         return await self.session(session_id)
 
     async def enable(self, session_id: str) -> SessionView:
         """Back into use: clears any disable (an operator's, a drain, or a 401/403's)."""
-        return await self._change("set_disabled", session_id, "")
+        return await self._set_disabled(session_id, "")
 
     async def disable(self, session_id: str, reason: str = "operator") -> SessionView:
         """Out of use for the whole fleet until enabled; leases already out finish."""
         if not reason or reason in RESERVED_REASONS:
             raise ValueError(f"disable reason {reason!r} is empty or reserved")
-        return await self._change("set_disabled", session_id, reason)
+        return await self._set_disabled(session_id, reason)
 
     async def drain(self, session_id: str) -> SessionView:
         """No new leases; those out finish. Shown as ``draining``, then ``drained``."""
-        return await self._change("set_disabled", session_id, "drain")
+        return await self._set_disabled(session_id, DisableReason.DRAIN)
+
+    async def _set_disabled(self, session_id: str, reason: str) -> SessionView:
+        state = await self.gateway.set_disabled(session_id=session_id, reason=reason)
+        return await self._changed(session_id, state)
 
     async def reset(self, session_id: str) -> SessionView:
         """Clear the cooldown, the breaker and the counters (see lua/reset_session.lua)."""
-        return await self._change("reset_session", session_id)
+        state = await self.gateway.reset_session(session_id=session_id)
+        return await self._changed(session_id, state)
 
     async def set_weight(self, session_id: str, weight: float | None) -> SessionView:
         """Override the configured weight (None: back to it); rescored in avail at once."""
         if weight is not None and not 0 < weight <= 1_000_000:
             raise ValueError(f"weight {weight!r} is not in (0, 1000000]")
-        return await self._change("set_weight", session_id, "" if weight is None else repr(weight))
+        state = await self.gateway.set_weight(session_id=session_id, weight=weight)
+        return await self._changed(session_id, state)
 
     async def summary_turn(
         self, requests: int, *, interval_ms: int, every_requests: int, min_gap_ms: int
     ) -> tuple[bool, int]:
         """Whether this replica logs the health summary now (one replica at a time, fleet-wide),
         and the store's time; see lua/summary_turn.lua."""
-        turn, now = await self.pool._run(
-            "summary_turn", requests, interval_ms, every_requests, min_gap_ms
+        turn = await self.gateway.summary_turn(
+            requests=requests,
+            interval_ms=interval_ms,
+            every_requests=every_requests,
+            min_gap_ms=min_gap_ms,
         )
-        return bool(int(turn)), int(now)
+        return turn.turn, turn.now_ms

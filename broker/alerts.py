@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from broker.constants import ALERT_BUCKET_MS, ALERT_MIN_ATTEMPTS, OPS_SET_LIMIT
 from broker.pool import Pool
+from broker.replies import AlertChange
 
 __all__ = ["AlertChange", "AlertRules", "check_alerts"]
 
@@ -26,43 +27,17 @@ class AlertRules:
     set_limit: int = OPS_SET_LIMIT
 
 
-@dataclass(frozen=True, slots=True)
-class AlertChange:
-    """Alert ``name`` started (``firing``) or ended (``resolved``); it fired since ``since_ms``.
-
-    Names: ``breaker:<session>``, ``auth:<session>``, ``all_rate_limited``, ``error_rate``.
-    """
-
-    name: str
-    status: str
-    since_ms: int
-    detail: str
-
-    @property
-    def kind(self) -> str:
-        return self.name.partition(":")[0]
-
-    @property
-    def session_id(self) -> str | None:
-        return self.name.partition(":")[2] or None
-
-
 async def check_alerts(
     pool: Pool, rules: AlertRules, *, attempts: int, errors: int
 ) -> list[AlertChange]:
     """Report ``attempts`` and ``errors`` (since this replica's last check), and get the alerts
     that started or ended with this check: only this replica sees these changes."""
-    (changes,) = await pool._run(
-        "alerts",
-        attempts,
-        errors,
-        rules.bucket_ms,
-        max(rules.window_ms, rules.bucket_ms),
-        rules.error_rate,
-        rules.min_attempts,
-        rules.set_limit,
+    return await pool.gateway.alerts(
+        attempts=attempts,
+        errors=errors,
+        bucket_ms=rules.bucket_ms,
+        window_ms=max(rules.window_ms, rules.bucket_ms),
+        error_rate=rules.error_rate,
+        min_attempts=rules.min_attempts,
+        set_limit=rules.set_limit,
     )
-    return [
-        AlertChange(str(name), str(status), int(since), str(detail))
-        for name, status, since, detail in changes
-    ]

@@ -27,6 +27,9 @@ DEFAULT_RATE_LIMIT_COOLDOWN_MS: Final = 60_000
 #: Upper bound for any cooldown, so an absurd Retry-After cannot take a session away for days.
 DEFAULT_RATE_LIMIT_COOLDOWN_MAX_MS: Final = 3_600_000
 
+#: The scripts read these code constants from the Lua preamble the loader generates from this
+#: module (broker/preamble.py): each is written here only.
+
 #: Health: the success rate drifts halfway back to 1 every half-life without news, so a session
 #: that failed an hour ago is not punished forever.
 HEALTH_HALF_LIFE_MS: Final = 300_000
@@ -65,9 +68,20 @@ RATE_LIMIT_STREAK_WINDOW_MS: Final = 600_000
 #: that enforces the very same rpm into a 429. Costs at most 2% of the quota.
 QUOTA_SLACK: Final = 1.02
 
-#: A unit (tpm) budget may run this far ahead of now: a full budget is one minute's worth of units
-#: (``unit_window_ms`` in lua/common.lua; the admin reads compute what is left with it).
+#: A unit (tpm) budget may run this far ahead of now: a full budget is one minute's worth of units.
 UNIT_WINDOW_MS: Final = 60_000
+
+#: What an rpm or a tpm is per: a request or unit takes MINUTE_MS / rpm (or tpm) ms of its schedule.
+MINUTE_MS: Final = 60_000
+
+#: How many due entries one script call processes per housekeeping pass (expired leases, ended
+#: cooldowns...); the rest wait for the next call, so no single call runs long.
+HOUSEKEEPING_BATCH: Final = 256
+
+#: The longest a pool goes without a full housekeeping pass even when its ``due_at`` says nothing
+#: is due: bounds the delay when a deadline was written without lowering ``due_at`` (a replica
+#: still running scripts from before ``due_at``, during a rollout; an operator's redis-cli).
+HOUSEKEEPING_MAX_MS: Final = 1_000
 
 #: A waiting replica renews its ticket in the fleet-wide queue at least every FALLBACK_WAIT_S; a
 #: ticket not renewed for TICKET_TTL_MS (its replica died) lapses, so it blocks nobody for long.

@@ -12,15 +12,22 @@ from dataclasses import dataclass
 
 import structlog
 
+from broker.states import BreakerState, SessionState
+
 log = structlog.get_logger("broker.events")
 
 #: Transitions that happen on every lease of a session with a concurrency limit: debug only.
-_ROUTINE = frozenset({"available", "busy", "probing"})
+_ROUTINE = frozenset({SessionState.AVAILABLE, SessionState.BUSY, SessionState.PROBING})
+#: Moves among these (and a first state) are debug lines: they come and go with the traffic.
+_QUIET = _ROUTINE | {SessionState.QUOTA}
+#: States a session recovers from (worth an info line when it leaves them).
+_SETBACKS = frozenset({SessionState.COOLING, SessionState.OPEN, SessionState.DISABLED})
 
 
 @dataclass(frozen=True, slots=True)
 class Transition:
-    """Session ``session_id``'s ``kind`` ('state' or 'breaker') went from ``old`` to ``new``."""
+    """Session ``session_id``'s ``kind`` ('state' or 'breaker') went from ``old`` to ``new``
+    (a SessionState's or a BreakerState's value; ``old`` is '' for a session's first state)."""
 
     pool: str
     session_id: str
@@ -38,17 +45,17 @@ def emit(transitions: Iterable[Transition]) -> None:
     for t in transitions:
         fields = {"pool": t.pool, "session": t.session_id, "from_state": t.old or None}
         if t.kind == "breaker":
-            level = log.warning if t.new == "open" else log.info
+            level = log.warning if t.new == BreakerState.OPEN else log.info
             level(f"circuit breaker {t.new.replace('_', '-')}", **fields)
-        elif t.new == "disabled":
+        elif t.new == SessionState.DISABLED:
             log.warning("session disabled", **fields)
-        elif t.new == "cooling":
+        elif t.new == SessionState.COOLING:
             log.info("session cooling down", **fields)
-        elif t.new == "quota":
+        elif t.new == SessionState.QUOTA:
             log.debug("session out of rpm quota", **fields)
-        elif t.old in ("cooling", "open", "disabled") and t.new in _ROUTINE:
+        elif t.old in _SETBACKS and t.new in _ROUTINE:
             log.info("session recovered", **fields, to_state=t.new)
-        elif t.old == "" or (t.old in _ROUTINE | {"quota"} and t.new in _ROUTINE | {"quota"}):
+        elif t.old == "" or (t.old in _QUIET and t.new in _QUIET):
             log.debug("session state", **fields, to_state=t.new)
         else:
             log.info("session state", **fields, to_state=t.new)

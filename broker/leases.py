@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from broker.states import LeaseStatus
+
 
 class Outcome(StrEnum):
     """What one upstream attempt came to; the predecessor's error categories."""
@@ -54,7 +56,7 @@ class Released:
     session's cooldown deadline after a ``rate_limited`` outcome, else 0.
     """
 
-    status: str
+    status: LeaseStatus
     session_id: str
     cooldown_until_ms: int
 

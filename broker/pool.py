@@ -1,49 +1,25 @@
-"""A pool of sessions in the store: sync, acquire, release and renew, one script call each."""
+"""A pool of sessions in the store: sync, acquire, release and renew, one script call each
+(through the pool's Gateway, broker/gateway.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import random
 import secrets
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Sequence
-from typing import Any
+from collections.abc import Collection, Sequence
 
-from redis.exceptions import RedisError
-
-from broker.constants import (
-    HEALTH_ALPHA,
-    HEALTH_FLOOR,
-    HEALTH_HALF_LIFE_MS,
-    HEALTH_LATENCY_TARGET_MS,
-    LEASE_MEMORY_MS,
-    QUOTA_SLACK,
-    RATE_LIMIT_STREAK_WINDOW_MS,
-    SYNC_CHUNK,
-)
-from broker.errors import BrokerError, LeaseError, NoSessionAvailable, StoreError, UnknownSession
-from broker.events import Transition, emit, parse
+from broker.constants import SYNC_CHUNK
+from broker.errors import BrokerError, LeaseError, NoSessionAvailable, UnknownSession
+from broker.gateway import Gateway, TransitionListener, store_call
 from broker.keys import PoolKeys
-from broker.lane import Lane
 from broker.leases import Lease, Outcome, Release, Released, Ticket
-from broker.scripts import Scripts
+from broker.replies import Ended, ReleaseCall, SyncReply, SyncStep
 from broker.sessions import Session
 from broker.settings import BrokerSettings
+from broker.states import DisableReason, LeaseStatus, SessionState
 from broker.store import Store
 
-#: Hears the transitions a pool's script calls made (a session's state or breaker changing).
-TransitionListener = Callable[[list[Transition]], None]
-
-_COUNTS = ("available", "cooling", "busy", "disabled", "open", "quota")
-#: Values sync.lua takes per session (see its header).
-_SYNC_FIELDS = 8
-
-
-async def _call(operation: str, pending: Awaitable[Any]) -> Any:
-    try:
-        return await pending
-    except RedisError as exc:
-        raise StoreError(f"{operation} failed: {type(exc).__name__}: {exc}") from exc
+__all__ = ["Pool", "TransitionListener"]
 
 
 class Pool:
@@ -58,39 +34,15 @@ class Pool:
         listener: TransitionListener | None = None,
     ) -> None:
         self.name = name or settings.pool
-        #: Hears every transition this replica's calls made (for alerting and metrics).
-        self._listener = listener
         self.keys = PoolKeys(self.name)
         self.redis = redis
         self.settings = settings
-        #: The scripts' one KEY: they derive every other key of the pool from it.
-        self._script_keys = (self.keys.base,)
-        self._scripts = Scripts.register(redis)
-        #: A lighter call path on a standalone Redis (see broker/lane.py); None: redis-py's Script.
-        self._lane = Lane.of(redis)
+        #: Every script call of this pool; ``listener`` hears every transition this replica's
+        #: calls made (for alerting and metrics).
+        self.gateway = Gateway(redis, self.keys, listener=listener)
         #: Who claims the sessions this object syncs: one replica, one id (see ``sync``).
         self.claimant = uuid.uuid4().hex
-        self._claimed: list[object] | None = None
-
-    async def _run(self, operation: str, *args: object) -> list[Any]:
-        """Run one script; log the transitions it made; return its reply without them."""
-        script = getattr(self._scripts, operation)
-        keys, args = self._script_keys, (LEASE_MEMORY_MS, *args)
-        pending = (
-            script(keys=keys, args=args, client=self.redis)
-            if self._lane is None
-            else self._lane.evalsha(script, keys, args)
-        )
-        return self._settle(await _call(operation, pending))
-
-    def _settle(self, raw: list[Any]) -> list[Any]:
-        """A script's reply without its events, which are logged and handed on."""
-        *reply, events = raw
-        transitions = parse(self.name, events)
-        emit(transitions)
-        if transitions and self._listener is not None:
-            self._listener(transitions)
-        return list(reply)
+        self._claimed: Sequence[Session] | None = None
 
     async def sync(self, sessions: Sequence[Session]) -> int:
         """Claim ``sessions`` (ids and limits only; never secrets) for this replica.
@@ -102,67 +54,52 @@ class Pool:
         ``settings.claim_ttl_ms``: a long-running replica calls ``keep_claim`` more often than
         that, and ``leave`` when it stops. Returns the number of sessions in the pool.
         """
-        values: list[object] = []
-        for s in sessions:
-            values += [
-                s.id,
-                s.weight,
-                s.max_concurrency or 0,
-                s.rpm or 0,
-                s.burst,
-                int(s.enabled),
-                s.priority,
-                s.tpm or 0,
-            ]
-        self._claimed = values
-        return await self._sync_all(values)
+        self._claimed = list(sessions)
+        return await self._sync_all(self._claimed)
 
     async def keep_claim(self) -> int:
         """Renew this replica's claim; sync again if it had expired (the store was out of reach
         for longer than the claim TTL). Also drops other replicas' expired claims, so sessions
         only a dead replica named leave the pool. Returns the number of sessions in the pool."""
-        size, status = await self._sync_step("renew")
-        if status == "lost" and self._claimed is not None:
-            size = await self._sync_all(self._claimed)
-        return size
+        reply = await self._sync_step(SyncStep.RENEW)
+        if reply.lost and self._claimed is not None:
+            return await self._sync_all(self._claimed)
+        return reply.size
 
     async def leave(self) -> int:
         """Drop this replica's claim: the sessions no other live replica names leave the pool
         at once, rather than when the claim expires."""
         self._claimed = None
-        size, _ = await self._sync_step("leave")
-        return size
+        return (await self._sync_step(SyncStep.LEAVE)).size
 
-    async def _sync_all(self, values: list[object]) -> int:
+    async def _sync_all(self, sessions: Sequence[Session]) -> int:
         # A large pool goes in several calls; the last one makes the collected ids the claim.
         generation = uuid.uuid4().hex
-        step = SYNC_CHUNK * _SYNC_FIELDS
-        starts = range(0, max(len(values), 1), step)
+        starts = range(0, max(len(sessions), 1), SYNC_CHUNK)
         size = 0
         for start in starts:
-            kind = "last" if start == starts[-1] else "part"
-            size, _ = await self._sync_step(kind, generation, *values[start : start + step])
+            step = SyncStep.LAST if start == starts[-1] else SyncStep.PART
+            chunk = sessions[start : start + SYNC_CHUNK]
+            size = (await self._sync_step(step, generation, chunk)).size
         return size
 
-    async def _sync_step(self, step: str, generation: str = "", *values: object) -> tuple[int, str]:
+    async def _sync_step(
+        self, step: SyncStep, generation: str = "", sessions: Sequence[Session] = ()
+    ) -> SyncReply:
         config = self.settings
-        size, status = await self._run(
-            "sync",
-            config.strategy.value,
-            self.claimant,
-            config.claim_ttl_ms,
-            step,
-            generation,
-            # Pool-wide tunables: the last replica to sync writes them.
-            config.breaker_threshold,
-            config.breaker_timeout_ms,
-            max(config.breaker_timeout_max_ms, config.breaker_timeout_ms),
-            config.half_open_probes,
-            RATE_LIMIT_STREAK_WINDOW_MS,
-            QUOTA_SLACK,
-            *values,
+        return await self.gateway.sync(
+            step=step,
+            replica=self.claimant,
+            claim_ttl_ms=config.claim_ttl_ms,
+            generation=generation,
+            sessions=sessions,
+            strategy=config.strategy,
+            breaker_threshold=config.breaker_threshold,
+            breaker_timeout_ms=config.breaker_timeout_ms,
+            breaker_timeout_max_ms=max(config.breaker_timeout_max_ms, config.breaker_timeout_ms),
+            half_open_probes=config.half_open_probes,
+            cooldown_max_ms=config.rate_limit_cooldown_max_ms,
         )
-        return int(size), str(status)
 
     async def acquire(
         self,
@@ -184,32 +121,31 @@ class Pool:
         if precharge < 0:
             raise ValueError("precharge must be >= 0")
         lease_id = lease_id or secrets.token_hex(16)  # a uuid4().hex's shape, cheaper
-        queueing = ("", 0, 0) if ticket is None else (ticket.id, ticket.arrival_ms, ticket.ttl_ms)
-        reply = await self._run(
-            "acquire",
-            lease_id,
-            self.settings.lease_ttl_ms,
-            random.getrandbits(31),
-            *queueing,
-            precharge,
-            *exclude,
+        reply = await self.gateway.acquire(
+            lease_id=lease_id,
+            ttl_ms=self.settings.lease_ttl_ms,
+            seed=random.getrandbits(31),
+            ticket_id="" if ticket is None else ticket.id,
+            arrival_ms=0 if ticket is None else ticket.arrival_ms,
+            ticket_ttl_ms=0 if ticket is None else ticket.ttl_ms,
+            precharge=precharge,
+            exclude=exclude,
         )
-        if reply[0] == "ok":
-            return Lease(self.name, reply[1], reply[2], int(reply[3]), probe=bool(reply[4]))
-        if reply[0] == "ended":
+        if isinstance(reply, Lease):
+            return reply
+        if isinstance(reply, Ended):
             raise LeaseError(f"lease {lease_id} already ended; make a new lease id per acquire")
-        _, reason, earliest, now, counts = reply
-        retry_after = None if int(earliest) < 0 else max(0, int(earliest) - int(now))
+        earliest = reply.earliest_ms
         raise NoSessionAvailable(
-            reason,
-            retry_after,
-            dict(zip(_COUNTS, map(int, counts), strict=True)),
-            store_now_ms=int(now),
+            reply.reason,
+            None if earliest is None else max(0, earliest - reply.now_ms),
+            reply.counts,
+            store_now_ms=reply.now_ms,
         )
 
     async def leave_queue(self, ticket: Ticket) -> None:
         """Give up a place in the fleet-wide queue (the next in line is woken)."""
-        await self._run("leave_queue", ticket.id)
+        await self.gateway.leave_queue(ticket_id=ticket.id)
 
     def cooldown_ms(self, wait_ms: int | None) -> int:
         """The cooldown for a 429: the upstream's wait if usable, else the default; clamped."""
@@ -238,7 +174,7 @@ class Pool:
         (refunded when the outcome is ``unused``). A replayed release counts its units once.
         """
         release = Release(lease, outcome, latency_ms, retry_after_ms, exhausted_ms, detail, units)
-        result = self._released(release, await self._run("release", *self._release_args(release)))
+        result = self._released(release, await self.gateway.release(self._release_call(release)))
         if isinstance(result, LeaseError):
             raise result
         return result
@@ -251,41 +187,16 @@ class Pool:
         unknown lease) or StoreError (the script failed). Raises StoreError when the store could
         not be reached for them at all (the leases then expire by themselves).
         """
-        arguments = [(LEASE_MEMORY_MS, *self._release_args(r)) for r in releases]
-        if self._lane is not None:
-            lane = self._lane.evalsha_many(self._scripts.release, self._script_keys, arguments)
-            raws: list[Any] = await _call("release", lane)
-        elif len(arguments) == 1:
-            raws = [await _call("release", self._run_raw("release", arguments[0]))]
-        else:
-            calls = (_call("release", self._run_raw("release", a)) for a in arguments)
-            raws = await asyncio.gather(*calls, return_exceptions=True)
-        results: list[Released | BrokerError] = []
-        for release, raw in zip(releases, raws, strict=True):
-            if isinstance(raw, StoreError):
-                results.append(raw)
-            elif isinstance(raw, RedisError):
-                results.append(StoreError(f"release failed: {type(raw).__name__}: {raw}"))
-            elif isinstance(raw, BaseException):
-                raise raw
-            else:
-                results.append(self._released(release, self._settle(raw)))
-        return results
+        calls = [self._release_call(r) for r in releases]
+        replies = await self.gateway.release_many(calls)
+        return [
+            reply if isinstance(reply, BrokerError) else self._released(release, reply)
+            for release, reply in zip(releases, replies, strict=True)
+        ]
 
-    async def _run_raw(self, operation: str, args: tuple[object, ...]) -> Any:
-        """One script through redis-py's Script, its reply with the events."""
-        script = getattr(self._scripts, operation)
-        return await script(keys=self._script_keys, args=args, client=self.redis)
-
-    def _release_args(self, release: Release) -> tuple[object, ...]:
-        """release.lua's arguments after the first (see its header)."""
-        units, retry_after_ms, exhausted_ms = (
-            release.units,
-            release.retry_after_ms,
-            release.exhausted_ms,
-        )
-        if units is not None and units < 0:
-            raise ValueError("units must be >= 0")
+    def _release_call(self, release: Release) -> ReleaseCall:
+        """What release.lua is told: the cooldown judged from the upstream's waits."""
+        retry_after_ms, exhausted_ms = release.retry_after_ms, release.exhausted_ms
         wait = retry_after_ms if retry_after_ms is not None else exhausted_ms
         if (
             retry_after_ms is not None
@@ -299,53 +210,49 @@ class Pool:
             cooldown = self.cooldown_ms(wait)
         else:
             cooldown = -1 if exhausted_ms is None else self.cooldown_ms(exhausted_ms)
-        return (
+        return ReleaseCall(
             release.lease.lease_id,
-            release.outcome.value,
+            release.outcome,
             release.latency_ms,
             cooldown,
             release.detail,
-            HEALTH_HALF_LIFE_MS,
-            HEALTH_ALPHA,
-            HEALTH_FLOOR,
-            HEALTH_LATENCY_TARGET_MS,
-            self.settings.rate_limit_cooldown_max_ms,
-            -1 if units is None else units,
+            release.units,
         )
 
-    def _released(self, release: Release, reply: list[Any]) -> Released | LeaseError:
-        status, session_id, deadline = reply
+    def _released(self, release: Release, reply: Released) -> Released | LeaseError:
         lease = release.lease
-        if status == "unknown":
+        if reply.status is LeaseStatus.UNKNOWN:
             return LeaseError(f"lease {lease.lease_id} is unknown to pool {self.name!r}")
-        return Released(status, session_id or lease.session_id, int(deadline))
+        return Released(reply.status, reply.session_id or lease.session_id, reply.cooldown_until_ms)
 
     async def renew(self, lease: Lease) -> Lease:
         """Extend a live lease by the lease TTL. Raises LeaseError if it is no longer live."""
-        status, expiry = await self._run("renew", lease.lease_id, self.settings.lease_ttl_ms)
-        if status != "ok":
+        expiry = await self.gateway.renew(
+            lease_id=lease.lease_id, ttl_ms=self.settings.lease_ttl_ms
+        )
+        if expiry is None:
             raise LeaseError(f"lease {lease.lease_id} is no longer live (released or expired)")
-        return Lease(lease.pool, lease.session_id, lease.lease_id, int(expiry), lease.probe)
+        return Lease(lease.pool, lease.session_id, lease.lease_id, expiry, lease.probe)
 
-    async def disable(self, session_id: str, reason: str = "operator") -> str:
+    async def disable(self, session_id: str, reason: str = DisableReason.OPERATOR) -> SessionState:
         """Take a session out of use, fleet-wide, until ``enable``; returns its new state."""
         if not reason:
             raise ValueError("a disable needs a reason")
         return await self._set_disabled(session_id, reason)
 
-    async def enable(self, session_id: str) -> str:
+    async def enable(self, session_id: str) -> SessionState:
         """Put a disabled session (by an operator or a 401/403) back into use; its new state."""
         return await self._set_disabled(session_id, "")
 
-    async def _set_disabled(self, session_id: str, reason: str) -> str:
-        (state,) = await self._run("set_disabled", session_id, reason)
-        if state == "unknown":
+    async def _set_disabled(self, session_id: str, reason: str) -> SessionState:
+        state = await self.gateway.set_disabled(session_id=session_id, reason=reason)
+        if state is None:
             raise UnknownSession(f"pool {self.name!r} has no session {session_id!r}")
-        return str(state)
+        return state
 
     async def session_state(self, session_id: str) -> dict[str, str]:
         """The session's hash as stored (what ``HGETALL`` shows an operator)."""
-        state: dict[str, str] = await _call(
+        state: dict[str, str] = await store_call(
             "read", self.redis.hgetall(self.keys.session(session_id))
         )
         return state

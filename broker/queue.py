@@ -32,6 +32,7 @@ from broker.constants import FALLBACK_WAIT_S, TICKET_TTL_MS
 from broker.errors import NoSessionAvailable, QueueFull, StoreError
 from broker.leases import Lease, Ticket
 from broker.pool import Pool
+from broker.states import Refusal
 
 log = structlog.get_logger(__name__)
 
@@ -41,7 +42,7 @@ LISTEN_SLICE_S = 0.5
 CLOSE_TIMEOUT_S = 1.0
 
 #: Reasons worth waiting for: something frees up by itself.
-WAITABLE = frozenset({"cooling", "quota", "open", "busy", "queued"})
+WAITABLE = frozenset({Refusal.COOLING, Refusal.QUOTA, Refusal.OPEN, Refusal.BUSY, Refusal.QUEUED})
 
 
 class QueueObserver(Protocol):
@@ -154,12 +155,12 @@ class WaitQueue:
             except NoSessionAvailable as exc:
                 self._refused(exc, ticket, deadline - loop.time())
         elif ticket is None:
-            raise self._last or NoSessionAvailable("queued", None, {})
+            raise self._last or NoSessionAvailable(Refusal.QUEUED, None, {})
         if self.depth >= self.max_waiting:
             self.stats.overflows += 1
             last = self._last
             raise QueueFull(
-                last.reason if last else "busy", last.retry_after_ms if last else None, {}
+                last.reason if last else Refusal.BUSY, last.retry_after_ms if last else None, {}
             )
         assert ticket is not None
         started = loop.time()
@@ -175,7 +176,7 @@ class WaitQueue:
                 self.stats.timeouts += 1
                 last = self._last
                 raise NoSessionAvailable(
-                    last.reason if last else "busy", last.retry_after_ms if last else None, {}
+                    last.reason if last else Refusal.BUSY, last.retry_after_ms if last else None, {}
                 ) from None
             except NoSessionAvailable:
                 result = "refused"  # waiting stopped helping (e.g. every session was disabled)
@@ -192,14 +193,14 @@ class WaitQueue:
 
     def _refused(self, exc: NoSessionAvailable, ticket: Ticket | None, left_s: float) -> None:
         """Remember a refusal; re-raise it when waiting cannot help within ``left_s``."""
-        if exc.reason != "queued" or self._last is None:
+        if exc.reason != Refusal.QUEUED or self._last is None:
             self._last = exc  # 'queued' says others wait, not why: keep the reason they wait for
         if ticket is not None:
             ticket.held = True  # a refused ticket holder keeps (or takes) its place in the store
             if not ticket.arrival_ms and exc.store_now_ms is not None:
                 ticket.arrival_ms = exc.store_now_ms
         # A busy session's lease may end any moment: its expiry is a bound, not the earliest.
-        known = exc.retry_after_ms if exc.reason not in ("busy", "queued") else None
+        known = exc.retry_after_ms if exc.reason not in (Refusal.BUSY, Refusal.QUEUED) else None
         too_late = known is not None and known / 1000 > left_s
         if ticket is None or exc.reason not in WAITABLE or too_late:
             raise exc

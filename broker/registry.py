@@ -13,7 +13,7 @@ import msgspec
 from redis.typing import EncodableT, FieldT
 
 from broker.constants import POOLS_KEY
-from broker.pool import _call
+from broker.gateway import store_call
 from broker.store import Store
 
 __all__ = ["PoolEntry", "forget_pool", "list_pools", "record_pools"]
@@ -35,16 +35,16 @@ async def record_pools(store: Store, entries: Mapping[str, PoolEntry]) -> None:
         fields: dict[FieldT, EncodableT] = {
             name: msgspec.json.encode(entry) for name, entry in entries.items()
         }
-        await _call("registry", store.hset(POOLS_KEY, mapping=fields))
+        await store_call("registry", store.hset(POOLS_KEY, mapping=fields))
 
 
 async def forget_pool(store: Store, name: str) -> None:
-    await _call("registry", store.hdel(POOLS_KEY, name))
+    await store_call("registry", store.hdel(POOLS_KEY, name))
 
 
 async def list_pools(store: Store) -> dict[str, PoolEntry]:
     """Every pool some replica recorded, by name; an unreadable entry shows as bare."""
-    raw: dict[str, str] = await _call("registry", store.hgetall(POOLS_KEY))
+    raw: dict[str, str] = await store_call("registry", store.hgetall(POOLS_KEY))
     pools: dict[str, PoolEntry] = {}
     for name in sorted(raw):
         try:

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Final, Literal
 import msgspec
 
 from broker.admin import PoolAdmin
-from broker.pool import _call
+from broker.gateway import store_call
 
 __all__ = [
     "FORMAT",
@@ -45,10 +45,11 @@ SESSION_FIELDS = frozenset(
 POOL_FIELDS = frozenset(
     {
         "strategy", "epoch_ms", "next_ordinal", "rr_cursor", "breaker_threshold",
-        "breaker_timeout_ms", "breaker_timeout_max_ms", "half_open_probes", "streak_window_ms",
-        "quota_slack",
+        "breaker_timeout_ms", "breaker_timeout_max_ms", "half_open_probes", "cooldown_max_ms",
     }
 )  # fmt: skip
+#: Pool fields older releases wrote (now code constants of the scripts): accepted, not imported.
+RETIRED_POOL_FIELDS = frozenset({"streak_window_ms", "quota_slack"})
 
 
 class SnapshotError(ValueError):
@@ -73,15 +74,15 @@ class Snapshot(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 async def export_state(admin: PoolAdmin) -> Snapshot:
     """The pool's health state now (members in configuration order)."""
     redis, keys = admin.redis, admin.keys
-    members: list[tuple[str, float]] = await _call(
-        "export", redis.zrange(f"{keys.base}:members", 0, -1, withscores=True)
+    members: list[tuple[str, float]] = await store_call(
+        "export", redis.zrange(keys.members, 0, -1, withscores=True)
     )
     pipe = redis.pipeline(transaction=False)
     pipe.time()
-    pipe.hgetall(f"{keys.base}:pool")
+    pipe.hgetall(keys.pool)
     for session_id, _ in members:
         pipe.hgetall(keys.session(session_id))
-    (seconds, micro), pool_hash, *hashes = await _call("export", pipe.execute())
+    (seconds, micro), pool_hash, *hashes = await store_call("export", pipe.execute())
     sessions = [
         SessionState(
             id=session_id,
@@ -109,7 +110,7 @@ def parse_snapshot(data: bytes | str | dict[str, Any]) -> Snapshot:
             snapshot = msgspec.json.decode(data, type=Snapshot)
     except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
         raise SnapshotError(f"not a {FORMAT} snapshot: {exc}") from exc
-    unknown = set(snapshot.pool_fields) - POOL_FIELDS
+    unknown = set(snapshot.pool_fields) - POOL_FIELDS - RETIRED_POOL_FIELDS
     if unknown:
         raise SnapshotError(f"pool_fields: unknown field(s) {', '.join(sorted(unknown))}")
     for session in snapshot.sessions:
@@ -122,9 +123,9 @@ def parse_snapshot(data: bytes | str | dict[str, Any]) -> Snapshot:
 
 async def import_state(admin: PoolAdmin, snapshot: Snapshot) -> int:
     """Write ``snapshot`` into the admin's pool; returns the number of sessions imported."""
-    pool_args = [item for pair in sorted(snapshot.pool_fields.items()) for item in pair]
-    await admin.pool._run("restore", "", "", *pool_args)
+    gateway = admin.pool.gateway
+    pool_fields = {k: v for k, v in snapshot.pool_fields.items() if k in POOL_FIELDS}
+    await gateway.restore(session_id="", ordinal=None, fields=pool_fields)
     for session in snapshot.sessions:
-        args = [item for pair in sorted(session.fields.items()) for item in pair]
-        await admin.pool._run("restore", session.id, session.ordinal, *args)
+        await gateway.restore(session_id=session.id, ordinal=session.ordinal, fields=session.fields)
     return len(snapshot.sessions)

@@ -1,10 +1,10 @@
 -- acquire.lua: lease one eligible session of the pool.
 -- KEYS: the pool's base name; every key is derived from it, see common.lua.
--- ARGV: 1 lease memory (ms), 2 lease id (made by the client, so a resent call is recognised),
---       3 lease TTL (ms), 4 random seed (integer), 5 ticket id ('' when the caller will not wait),
---       6 the ticket's arrival (ms of the store's clock; 0 = now), 7 ticket TTL (ms),
---       8 units to pre-charge to the leased session's unit budget (0 = none; its release
---       settles them against the units reported), 9.. session ids this request already tried.
+-- ARGV: 1 lease id (made by the client, so a resent call is recognised), 2 lease TTL (ms),
+--       3 random seed (integer), 4 ticket id ('' when the caller will not wait), 5 the ticket's
+--       arrival (ms of the store's clock; 0 = now), 6 ticket TTL (ms), 7 units to pre-charge to
+--       the leased session's unit budget (0 = none; its release settles them against the units
+--       reported), 8.. session ids this request already tried.
 -- The pick is made in the highest priority tier that has an eligible session this request has
 -- not tried, by the pool's strategy within that tier (round-robin keeps a cursor per tier).
 -- While tickets wait anywhere in the fleet only the oldest may take a session: any other caller
@@ -17,12 +17,12 @@
 --          tried by this request) | 'queued' (older requests wait) | 'busy' | 'cooling' | 'open'
 --          | 'quota' (the soonest to end)
 --      or {'ended', lease id, events} when the lease id belongs to a lease that already ended.
-local lease_id, ttl_ms = ARGV[2], tonumber(ARGV[3])
-math.randomseed(tonumber(ARGV[4]))
-local ticket, arrival, ticket_ttl = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
-local precharge = tonumber(ARGV[8])
-local excluded, n_excluded = {}, #ARGV - 8
-for i = 9, #ARGV do excluded[ARGV[i]] = true end
+local lease_id, ttl_ms = ARGV[1], tonumber(ARGV[2])
+math.randomseed(tonumber(ARGV[3]))
+local ticket, arrival, ticket_ttl = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
+local precharge = tonumber(ARGV[7])
+local excluded, n_excluded = {}, #ARGV - 7
+for i = 8, #ARGV do excluded[ARGV[i]] = true end
 
 local owner = redis.call('HGET', owners_key, lease_id)
 if owner then
@@ -39,7 +39,7 @@ if arrival <= 0 then arrival = now end
 
 -- The oldest ticket still renewed; stale ones (their replica gave up or died) are dropped.
 local function oldest_ticket()
-  for _ = 1, batch do
+  for _ = 1, housekeeping_batch do
     local head = redis.call('ZRANGE', waiters_key, 0, 0)[1]
     if not head then return nil end
     if (tonumber(redis.call('HGET', tickets_key, head)) or 0) > now then return head end

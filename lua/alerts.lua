@@ -2,17 +2,17 @@
 -- start or end. An alert is a field of the alerts hash while it fires, so of all the replicas
 -- checking, exactly one sees each start ('firing') and each end ('resolved').
 -- KEYS: the pool's base name, see common.lua (uses alerts, outcomes, open, half_open, disabled).
--- ARGV: 1 lease memory (ms), 2 attempts since this replica's last call, 3 errors among them,
---       4 bucket width (ms), 5 error-rate window (ms), 6 error-rate threshold (0..1),
---       7 fewest attempts in the window for the rate to count, 8 most sessions of one set
---       looked at per call (bounds the cost; beyond it a random sample is looked at).
+-- ARGV: 1 attempts since this replica's last call, 2 errors among them, 3 bucket width (ms),
+--       4 error-rate window (ms), 5 error-rate threshold (0..1), 6 fewest attempts in the window
+--       for the rate to count, 7 most sessions of one set looked at per call (bounds the cost;
+--       beyond it a random sample is looked at).
 -- Alerts: 'breaker:<id>' (its breaker is not closed), 'auth:<id>' (disabled after a 401/403),
 --   'all_rate_limited' (every enabled session cooling or out of quota, at least one cooling),
 --   'error_rate' (errors / attempts over the window above the threshold).
 -- Returns {{name, 'firing' | 'resolved', since ms, detail}, ..., events} as {changes, events}.
-local attempts, errors = tonumber(ARGV[2]), tonumber(ARGV[3])
-local width, window, threshold = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local min_attempts, limit = tonumber(ARGV[7]), tonumber(ARGV[8])
+local attempts, errors = tonumber(ARGV[1]), tonumber(ARGV[2])
+local width, window, threshold = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local min_attempts, limit = tonumber(ARGV[6]), tonumber(ARGV[7])
 local now = now_ms()
 housekeeping(now, true)
 

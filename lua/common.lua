@@ -2,73 +2,26 @@
 -- each script sees one key layout and one definition of a session's eligibility.
 --
 -- KEYS: one key, the pool's base name `sb:{<pool>}` (broker/keys.py). Every other key is derived
--- from it below. This deviates on purpose from "every key a script touches is passed in KEYS":
--- packing ~22 key names into each call was the largest single cost of the hot scripts on the
--- client (docs/benchmarks.md, "Proxy overhead"). It stays Cluster-safe: every derived key
--- carries the base's hash tag `{<pool>}`, so it lies in the slot of KEYS[1], as the session
--- hashes (derived from a prefix) always did. The derived keys, by their suffix:
---   :pool       HASH  strategy, epoch_ms, next_ordinal, rr_cursor, and the pool-wide tunables
---                     breaker_threshold, breaker_timeout_ms, breaker_timeout_max_ms,
---                     half_open_probes, streak_window_ms, quota_slack (written by sync), and
---                     due_at: no housekeeping is due before it (see housekeeping below)
---   :members    ZSET  session id -> ordinal, every session the configuration names
---   :avail      ZSET  session id -> selection score, the sessions eligible right now
---   :cooling    ZSET  session id -> cooldown deadline (ms)
---   :leases     ZSET  lease id -> expiry (ms), live leases
---   :owners     HASH  lease id -> session id, live leases and expired ones not yet released
---   :expired    ZSET  lease id -> when it expired (ms), expired before its release arrived
---   :released   ZSET  lease id -> when it was released (ms), remembered so a replay counts once
---   :disabled   SET   session ids that are disabled (by configuration, an operator or a 401/403)
---   :s:<id>     HASH  the state of session <id> (session_prefix .. id)
---   :open       ZSET  session id -> when its open circuit breaker half-opens (ms)
---   :quota      ZSET  session id -> when its rpm quota admits the next request (ms)
---   :probes     SET   lease ids that are half-open probes
---   :waiters    ZSET  ticket id -> arrival (ms): requests waiting anywhere in the fleet, oldest
---                     first (one ticket per replica's oldest waiter; see broker/queue.py)
---   :tickets    HASH  ticket id -> deadline (ms): a ticket not renewed by then is dropped
---   :wake       channel: a session becoming available is published here (payload: its id), so
---                     waiting replicas retry at once instead of polling
---   :half_open  SET   session ids whose circuit breaker is half-open (with :open: every breaker
---                     that is not closed, without reading the sessions)
---   :alerts     HASH  alert name -> when it started firing (ms): the fleet's open alerts
---   :outcomes   HASH  '<bucket>:n' / '<bucket>:e' -> upstream attempts / errors reported by the
---                     replicas in that time bucket (alerts.lua: the fleet's error rate)
---   :summary    HASH  whose turn the health summary is: last_at (ms), requests since then
---   :tiers      ZSET  priority -> priority: the priority tiers that have an eligible session
---   :avail:<p>  ZSET  session id -> selection score: the sessions of avail whose priority is <p>
---                     (avail is their union); acquire picks in the highest tier that has one
---   :charges    HASH  lease id -> units pre-charged at acquire, settled by its release
---   (sync.lua also derives :claims and :claim:<replica>, see its header.)
--- ARGV[1] (every script): how long an ended lease id is remembered (ms).
--- Script-specific arguments start at ARGV[2].
+-- from it by the preamble the loader puts before this file (broker/preamble.py): one local per
+-- member of the key layout (`pool_key`, `members_key`, `session_prefix`, ...; what each holds is
+-- in broker/keys.py and docs/redis-keys.md), and one per code constant of broker/constants.py
+-- the scripts use, named as the constant in lower case (`lease_memory_ms`, `unit_window_ms`,
+-- ...). This deviates on purpose from "every key a script touches is passed in KEYS": packing
+-- ~25 key names into each call was the largest single cost of the hot scripts on the client
+-- (docs/benchmarks.md, "Proxy overhead"). It stays Cluster-safe: every derived key carries the
+-- base's hash tag `{<pool>}`, so it lies in the slot of KEYS[1].
+-- Pool-wide operator settings come from the pool hash, written by sync (the last replica to sync
+-- wins): strategy, breaker_threshold, breaker_timeout_ms, breaker_timeout_max_ms,
+-- half_open_probes, cooldown_max_ms. Per-call facts come in ARGV, from ARGV[1].
 -- Every script returns its own reply followed by a list of events, one per transition it made:
 -- {session id, 'state', from, to} or {session id, 'breaker', from, to}.
-local base = KEYS[1]
-local pool_key, members_key = base .. ':pool', base .. ':members'
-local avail_key, cooling_key = base .. ':avail', base .. ':cooling'
-local leases_key, owners_key = base .. ':leases', base .. ':owners'
-local expired_key, released_key = base .. ':expired', base .. ':released'
-local disabled_key, session_prefix = base .. ':disabled', base .. ':s:'
-local open_key, quota_key, probes_key = base .. ':open', base .. ':quota', base .. ':probes'
-local waiters_key, tickets_key = base .. ':waiters', base .. ':tickets'
-local wake_channel = base .. ':wake'
-local half_open_key, alerts_key = base .. ':half_open', base .. ':alerts'
-local outcomes_key, summary_key = base .. ':outcomes', base .. ':summary'
-local tiers_key, tier_prefix, charges_key = base .. ':tiers', base .. ':avail:', base .. ':charges'
-local lease_memory_ms = tonumber(ARGV[1])
--- How many due entries one call processes per housekeeping pass; the rest wait for the next call.
-local batch = 256
--- The longest a pool goes without a full housekeeping pass even when its due_at says nothing is
--- due: bounds the delay when a deadline was written without lowering due_at (a replica still
--- running scripts from before due_at, during a rollout; an operator's redis-cli).
-local housekeeping_max_ms = 1000
 
 local pool_meta = redis.call('HMGET', pool_key, 'strategy', 'epoch_ms', 'half_open_probes',
-  'quota_slack', 'due_at', 'breaker_threshold')
+  'cooldown_max_ms', 'due_at', 'breaker_threshold')
 local strategy = pool_meta[1] or 'health'
 local epoch_ms = tonumber(pool_meta[2]) or 0
-local half_open_probes = tonumber(pool_meta[3]) or 1
-local quota_slack = tonumber(pool_meta[4]) or 1
+local half_open_probes = tonumber(pool_meta[3]) or default_half_open_probes
+local cooldown_max_ms = tonumber(pool_meta[4]) or default_rate_limit_cooldown_max_ms
 local due_at = tonumber(pool_meta[5]) or 0
 local breaker_threshold = pool_meta[6]
 local events = {}
@@ -90,9 +43,10 @@ local function selection_score(f)
 end
 
 -- The spacing of a session's requests under its rpm quota (ms), a little wider than 60000/rpm:
--- the slack absorbs the jitter between a grant here and the request's arrival upstream.
+-- the slack absorbs the jitter between a grant here and the request's arrival upstream. The same
+-- spacing per unit under a tpm.
 local function quota_interval(rpm)
-  return 60000 / rpm * quota_slack
+  return minute_ms / rpm * quota_slack
 end
 
 -- When a session's rpm quota (GCRA: one request per interval, bursts of `burst`) admits its
@@ -103,15 +57,22 @@ local function quota_at(f)
 end
 
 -- A unit (token) budget is a GCRA on units: each unit takes 60000/tpm ms (with the same slack as
--- rpm) of the session's unit schedule `unit_tat`, and a session may run up to one minute's worth
--- ahead of now. A charge may overdraw it (units are known only at release): the session is
--- then out of quota until the schedule is back within that minute.
-local unit_window_ms = 60000
+-- rpm) of the session's unit schedule `unit_tat`, and a session may run up to unit_window_ms (one
+-- minute's worth) ahead of now. A charge may overdraw it (units are known only at release): the
+-- session is then out of quota until the schedule is back within that window.
 
 -- When a session's unit budget has something left again (whole ms); 0 without a tpm.
 local function units_at(f)
   if f.tpm <= 0 or f.unit_tat == 0 then return 0 end
   return math.ceil(f.unit_tat - unit_window_ms)
+end
+
+-- Whole units a session's budget has left at `now` (the room before the window's edge); 0 while
+-- it is overdrawn, -1 without a tpm. What operators see (lua/units.lua).
+local function units_left(tpm, unit_tat, now)
+  if tpm <= 0 then return -1 end
+  local room = now + unit_window_ms - math.max(unit_tat, now)
+  return math.max(0, math.floor(room / quota_interval(tpm)))
 end
 
 -- Charge `units` (a refund when negative) to the session at `key`; counted in `units`, and
@@ -245,7 +206,7 @@ end
 
 -- Leases whose holder stopped renewing them: give their slots back.
 local function expire_leases(now)
-  local due = redis.call('ZRANGEBYSCORE', leases_key, '-inf', now, 'LIMIT', 0, batch)
+  local due = redis.call('ZRANGEBYSCORE', leases_key, '-inf', now, 'LIMIT', 0, housekeeping_batch)
   for _, lease in ipairs(due) do
     redis.call('ZREM', leases_key, lease)
     redis.call('ZADD', expired_key, now, lease)
@@ -262,7 +223,7 @@ end
 
 -- Sessions whose deadline in a time-ordered set has passed get their state recomputed.
 local function end_due(key, now)
-  for _, id in ipairs(redis.call('ZRANGEBYSCORE', key, '-inf', now, 'LIMIT', 0, batch)) do
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', key, '-inf', now, 'LIMIT', 0, housekeeping_batch)) do
     redis.call('ZREM', key, id)
     refresh(id, now)
   end
@@ -271,13 +232,13 @@ end
 -- Ended lease ids older than the memory window are forgotten.
 local function forget_ended(now)
   local horizon = now - lease_memory_ms
-  local old = redis.call('ZRANGEBYSCORE', expired_key, '-inf', horizon, 'LIMIT', 0, batch)
+  local old = redis.call('ZRANGEBYSCORE', expired_key, '-inf', horizon, 'LIMIT', 0, housekeeping_batch)
   for _, lease in ipairs(old) do
     redis.call('HDEL', owners_key, lease)
     redis.call('HDEL', charges_key, lease)
     redis.call('ZREM', expired_key, lease)
   end
-  local stale = math.min(redis.call('ZCOUNT', released_key, '-inf', horizon), batch)
+  local stale = math.min(redis.call('ZCOUNT', released_key, '-inf', horizon), housekeeping_batch)
   if stale > 0 then redis.call('ZREMRANGEBYRANK', released_key, 0, stale - 1) end
 end
 

@@ -1,21 +1,18 @@
 -- release.lua: end a lease and record what happened on it.
 -- KEYS: the pool's base name; every key is derived from it, see common.lua.
--- ARGV: 1 lease memory (ms), 2 lease id, 3 outcome (success | rate_limited | auth | server |
---       network | timeout | other | unused), 4 latency (ms, -1 unknown), 5 cooldown (ms; -1 none):
---       on rate_limited the base of an escalating cooldown, otherwise a wait the upstream's
---       headers asked for (nothing left until reset), 6 detail (a status code or error class;
---       never a secret), 7 health half-life (ms), 8 EWMA weight of one observation (0..1),
---       9 health floor (0..1), 10 latency target (ms), 11 longest cooldown (ms), 12 units the
---       attempt consumed (-1 = not reported: a pre-charge stands, except on 'unused', which
---       refunds it). What acquire pre-charged is settled: the difference is charged or refunded.
+-- ARGV: 1 lease id, 2 outcome (success | rate_limited | auth | server | network | timeout |
+--       other | unused), 3 latency (ms, -1 unknown), 4 cooldown (ms; -1 none): on rate_limited
+--       the base of an escalating cooldown, otherwise a wait the upstream's headers asked for
+--       (nothing left until reset), 5 detail (a status code or error class; never a secret),
+--       6 units the attempt consumed (-1 = not reported: a pre-charge stands, except on
+--       'unused', which refunds it). What acquire pre-charged is settled: the difference is
+--       charged or refunded. The health constants come from the preamble, the longest cooldown
+--       (cooldown_max_ms) from the pool hash (common.lua).
 -- Returns {status, session id or '', cooldown deadline ms or 0, events} where status is
 --   'released' (the lease was live), 'late' (it had expired; the outcome still counts),
 --   'duplicate' (released before: nothing changes) or 'unknown' (no such lease remembered).
-local lease_id, outcome, latency = ARGV[2], ARGV[3], tonumber(ARGV[4])
-local cooldown_ms, detail = tonumber(ARGV[5]), ARGV[6]
-local half_life, alpha, floor = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
-local latency_target, cooldown_max = tonumber(ARGV[10]), tonumber(ARGV[11])
-local units = tonumber(ARGV[12])
+local lease_id, outcome, latency = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local cooldown_ms, detail, units = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
 
 -- Housekeeping first: a lease past its expiry is 'late' even if no call has reaped it yet.
 local now = now_ms()
@@ -66,15 +63,17 @@ end
 if outcome ~= 'rate_limited' then
   local rate, avg_latency = tonumber(h[1]) or 1, tonumber(h[2])
   local idle = math.max(0, now - (tonumber(h[3]) or now))
-  rate = 1 - (1 - rate) * 0.5 ^ (idle / half_life)
-  rate = rate + alpha * ((outcome == 'success' and 1 or 0) - rate)
+  rate = 1 - (1 - rate) * 0.5 ^ (idle / health_half_life_ms)
+  rate = rate + health_alpha * ((outcome == 'success' and 1 or 0) - rate)
   if outcome == 'success' and latency >= 0 then
-    avg_latency = avg_latency and (avg_latency + alpha * (latency - avg_latency)) or latency
+    avg_latency = avg_latency and (avg_latency + health_alpha * (latency - avg_latency)) or latency
   end
   local speed = 1
-  if avg_latency and avg_latency > latency_target then speed = math.max(0.5, latency_target / avg_latency) end
+  if avg_latency and avg_latency > health_latency_target_ms then
+    speed = math.max(0.5, health_latency_target_ms / avg_latency)
+  end
   update('success_rate', string.format('%.4f', rate))
-  update('health', string.format('%.4f', math.max(floor, rate * speed)))
+  update('health', string.format('%.4f', math.max(health_floor, rate * speed)))
   update('health_at', now)
   if avg_latency then update('latency_ms', math.floor(avg_latency + 0.5)) end
 end
@@ -85,12 +84,11 @@ end
 local deadline, old_deadline = 0, tonumber(h[4]) or 0
 if outcome == 'rate_limited' then
   local streak = tonumber(h[5]) or 0
-  local window = tonumber(redis.call('HGET', pool_key, 'streak_window_ms')) or 600000
   if old_deadline <= now then
-    streak = (now - (tonumber(h[6]) or 0) > window) and 1 or streak + 1
+    streak = (now - (tonumber(h[6]) or 0) > rate_limit_streak_window_ms) and 1 or streak + 1
   end
   streak = math.max(streak, 1)
-  local wait = math.min(cooldown_ms * 2 ^ (streak - 1), math.max(cooldown_max, cooldown_ms))
+  local wait = math.min(cooldown_ms * 2 ^ (streak - 1), math.max(cooldown_max_ms, cooldown_ms))
   deadline = math.max(old_deadline, math.floor(now + wait))
   redis.call('HSET', key, 'cooldown_until', deadline, 'rl_streak', streak, 'rl_last_at', now)
   redis.call('HINCRBY', key, 'cooldowns', 1)

@@ -1,9 +1,9 @@
 -- renew.lua: extend a live lease (a long streaming response is still running).
 -- KEYS: the pool's base name; every key is derived from it, see common.lua.
--- ARGV: 1 lease memory (ms), 2 lease id, 3 lease TTL (ms): the new expiry is now + TTL.
+-- ARGV: 1 lease id, 2 lease TTL (ms): the new expiry is now + TTL.
 -- Returns {'ok', expiry ms, events} or {'gone', 0, events} when the lease is no longer live
 -- (released or expired).
-local lease_id, ttl_ms = ARGV[2], tonumber(ARGV[3])
+local lease_id, ttl_ms = ARGV[1], tonumber(ARGV[2])
 -- Housekeeping first: a lease past its expiry is gone even if no call has reaped it yet.
 local now = now_ms()
 housekeeping(now)

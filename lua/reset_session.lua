@@ -1,10 +1,10 @@
 -- reset_session.lua: an operator clears a session's cooldown, circuit breaker and counters.
 -- KEYS: the pool's base name; every key is derived from it, see common.lua.
--- ARGV: 1 lease memory (ms), 2 session id.
+-- ARGV: 1 session id.
 -- Returns {state, events}, or {'unknown', events} when the pool has no such session.
 -- Kept: live leases (in_flight), the schedules of the rpm and unit quotas (they protect the
 -- upstream, not the session), the configuration, last_used, and a disable (enable undoes that).
-local id = ARGV[2]
+local id = ARGV[1]
 if not redis.call('ZSCORE', members_key, id) then return {'unknown', events} end
 local key = session_prefix .. id
 local now = now_ms()

@@ -1,12 +1,12 @@
 -- summary_turn.lua: is it this replica's turn to log the fleet's health summary? One replica at a
 -- time: the first call after HEALTH_CHECK_INTERVAL, or after enough requests, takes the turn.
 -- KEYS: the pool's base name, see common.lua (uses summary: last_at, requests).
--- ARGV: 1 lease memory (ms), 2 requests this replica served since its last call, 3 interval
---       (ms), 4 requests that call for a summary before the interval is over, 5 least time
---       between two summaries (ms), so heavy traffic cannot turn the summary into a flood.
+-- ARGV: 1 requests this replica served since its last call, 2 interval (ms), 3 requests that
+--       call for a summary before the interval is over, 4 least time between two summaries (ms),
+--       so heavy traffic cannot turn the summary into a flood.
 -- Returns {1 (your turn) | 0, now ms, events}.
-local requests, interval = tonumber(ARGV[2]), tonumber(ARGV[3])
-local every, min_gap = tonumber(ARGV[4]), tonumber(ARGV[5])
+local requests, interval = tonumber(ARGV[1]), tonumber(ARGV[2])
+local every, min_gap = tonumber(ARGV[3]), tonumber(ARGV[4])
 local now = now_ms()
 local s = redis.call('HMGET', summary_key, 'last_at', 'requests')
 local last_at = tonumber(s[1]) or 0

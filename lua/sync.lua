@@ -4,32 +4,29 @@
 -- reaches pods at different moments) never take each other's sessions away; it leaves when the
 -- last claim naming it is replaced, dropped or expires: never leased again, its hash (history,
 -- in-flight leases) kept, and it comes back with that history if it is named again.
--- KEYS: the pool's base name (common.lua). Two more keys derived from it: <base>:claims, a ZSET
---       replica id -> claim deadline (ms), and the claim sets: the ids replica r names are the
---       ZSET <base>:claim: .. r (id -> position).
--- ARGV: 1 lease memory (ms), 2 strategy, 3 replica id, 4 claim TTL (ms), 5 step: 'part' (more
---       sessions follow), 'last' (the configuration is complete), 'renew' (no sessions: extend the
---       claim) or 'leave' (drop the claim), 6 generation (unique per sync: a multi-call sync
---       collects into claim set .. ':' .. generation), then the pool-wide tunables, stored in the
---       pool hash (the last replica to sync sets them): 7 breaker threshold (0 = no breaker),
---       8 breaker timeout (ms), 9 longest breaker timeout (ms), 10 half-open probes, 11 429
---       streak window (ms), 12 quota slack (factor >= 1 on each rpm and tpm interval); then
+-- KEYS: the pool's base name (common.lua). Only sync uses claims_key (replica id -> claim
+--       deadline, ms) and the claim sets: the ids replica r names are claim_prefix .. r.
+-- ARGV: 1 strategy, 2 replica id, 3 claim TTL (ms), 4 step: 'part' (more sessions follow), 'last'
+--       (the configuration is complete), 'renew' (no sessions: extend the claim) or 'leave' (drop
+--       the claim), 5 generation (unique per sync: a multi-call sync collects into claim set ..
+--       ':' .. generation), then the pool-wide operator settings, stored in the pool hash (the
+--       last replica to sync sets them): 6 breaker threshold (0 = no breaker), 7 breaker timeout
+--       (ms), 8 longest breaker timeout (ms), 9 half-open probes, 10 longest cooldown (ms); then
 --       eight values per session: id, weight, max concurrency (0 = none), rpm (0 = none), burst,
 --       enabled (1|0), priority (integer; higher tiers are preferred), tpm (0 = none).
 -- Returns {sessions in the pool, 'ok' | 'lost', events}: 'lost' answers a renew whose claim had
 -- expired and was dropped (the replica syncs again).
-local claims_key, claim_prefix = base .. ':claims', base .. ':claim:'
-local replica, ttl_ms, step = ARGV[3], tonumber(ARGV[4]), ARGV[5]
+local replica, ttl_ms, step = ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local mine = claim_prefix .. replica
-local collecting = mine .. ':' .. ARGV[6]
+local collecting = mine .. ':' .. ARGV[5]
 local now = now_ms()
 redis.call('HSETNX', pool_key, 'epoch_ms', now)
-redis.call('HSET', pool_key, 'strategy', ARGV[2], 'breaker_threshold', ARGV[7],
-  'breaker_timeout_ms', ARGV[8], 'breaker_timeout_max_ms', ARGV[9], 'half_open_probes', ARGV[10],
-  'streak_window_ms', ARGV[11], 'quota_slack', ARGV[12])
-strategy = ARGV[2]
-half_open_probes = tonumber(ARGV[10])
-quota_slack = tonumber(ARGV[12])
+redis.call('HSET', pool_key, 'strategy', ARGV[1], 'breaker_threshold', ARGV[6],
+  'breaker_timeout_ms', ARGV[7], 'breaker_timeout_max_ms', ARGV[8], 'half_open_probes', ARGV[9],
+  'cooldown_max_ms', ARGV[10])
+strategy = ARGV[1]
+half_open_probes = tonumber(ARGV[9])
+cooldown_max_ms = tonumber(ARGV[10])
 epoch_ms = tonumber(redis.call('HGET', pool_key, 'epoch_ms'))
 
 local function claimed(id)
@@ -54,7 +51,7 @@ local function drop_claim(r)
 end
 
 local function drop_expired_claims()
-  for _, r in ipairs(redis.call('ZRANGEBYSCORE', claims_key, '-inf', now, 'LIMIT', 0, batch)) do
+  for _, r in ipairs(redis.call('ZRANGEBYSCORE', claims_key, '-inf', now, 'LIMIT', 0, housekeeping_batch)) do
     drop_claim(r)
   end
 end
@@ -77,7 +74,7 @@ end
 
 -- 'part' and 'last': record the limits of the sessions named, collect their ids in order.
 local position = redis.call('ZCARD', collecting)
-for i = 13, #ARGV, 8 do
+for i = 11, #ARGV, 8 do
   redis.call('HSET', session_prefix .. ARGV[i], 'weight', ARGV[i + 1], 'max_concurrency',
     ARGV[i + 2], 'rpm', ARGV[i + 3], 'burst', ARGV[i + 4], 'enabled', ARGV[i + 5],
     'priority', ARGV[i + 6], 'tpm', ARGV[i + 7])

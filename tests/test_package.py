@@ -8,7 +8,7 @@ from importlib import resources
 import pytest
 
 import broker
-from broker.scripts import OPERATIONS, PRELUDE
+from broker.preamble import OPERATIONS, PRELUDE
 
 
 def test_every_script_is_package_data_when_installed() -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.acquire_release.workers import Tally
-from broker.scripts import OPERATIONS, source
+from broker.preamble import OPERATIONS, source
 
 #: The bench's own Redis connection; its commands are not the workload's.
 ADMIN_CLIENT_NAME = "bench-admin"

@@ -40,6 +40,7 @@ from prometheus_client.registry import Collector
 from broker import BrokerError, Outcome
 from broker.admin import Census
 from broker.events import Transition
+from broker.states import SessionState
 
 __all__ = ["CLUSTER_MAX_AGE_S", "ERROR_OUTCOMES", "CensusRead", "ClusterCollector", "Metrics"]
 
@@ -326,7 +327,7 @@ class Metrics:
         for t in transitions:
             if t.kind == "breaker":
                 self.breaker_transitions.labels(t.pool, t.session_id, t.new).inc()
-            elif t.new == "cooling":
+            elif t.new == SessionState.COOLING:
                 self.cooldowns_started.labels(t.pool, t.session_id).inc()
 
     def alert_sent(self, kind: str, status: str) -> None:

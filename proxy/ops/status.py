@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from broker.admin import PoolSummary, SessionView
 from broker.registry import PoolEntry
+from broker.states import BreakerState, SessionState
 
 __all__ = ["ago", "duration", "render_status", "render_summary"]
 
@@ -50,11 +51,11 @@ def budget(available: int | None, tpm: int | None) -> str:
 
 def _row(v: SessionView, now_ms: int) -> dict[str, str]:
     state = v.state
-    if v.disabled_reason and v.state == "disabled":
+    if v.disabled_reason and v.state == SessionState.DISABLED:
         state = f"disabled ({v.disabled_reason})"
     cooldown = duration(v.cooldown_until_ms - now_ms) if v.cooldown_until_ms > now_ms else "-"
     breaker = v.breaker.replace("_", "-")
-    if v.breaker == "open" and v.breaker_until_ms > now_ms:
+    if v.breaker == BreakerState.OPEN and v.breaker_until_ms > now_ms:
         breaker = f"open {duration(v.breaker_until_ms - now_ms)}"
     in_flight = str(v.in_flight) + (f"/{v.max_concurrency}" if v.max_concurrency else "")
     latency = "-" if v.latency_ms is None else f"{v.latency_ms}ms"

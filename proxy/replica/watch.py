@@ -24,6 +24,7 @@ from broker import StoreError
 from broker.admin import PoolAdmin
 from broker.alerts import AlertRules, check_alerts
 from broker.events import Transition
+from broker.states import SessionState
 from proxy.ops.metrics import Metrics
 from proxy.ops.webhook import Webhook, notice
 from proxy.settings import Settings
@@ -44,8 +45,12 @@ def replica_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
 
 
+#: States whose start or end may start or end an alert (auth, all_rate_limited).
+_ALERTING_STATES = frozenset({SessionState.DISABLED, SessionState.COOLING, SessionState.QUOTA})
+
+
 def _may_change_alerts(t: Transition) -> bool:
-    return t.kind == "breaker" or bool({"disabled", "cooling", "quota"} & {t.old, t.new})
+    return t.kind == "breaker" or bool(_ALERTING_STATES & {t.old, t.new})
 
 
 def _iso(ms: int | None) -> str | None:

@@ -69,12 +69,12 @@ async def test_weight_override_rescores_and_survives_a_sync(make_pool, redis) ->
     pool = await make_pool(THREE[:2], strategy=Strategy.HEALTH)
     admin = PoolAdmin(pool)
     assert (await admin.set_weight("a", 7.5)).weight_override == 7.5
-    assert await redis.zscore(f"{pool.keys.base}:avail", "a") == 7.5
+    assert await redis.zscore(pool.keys.avail, "a") == 7.5
     await pool.sync(THREE[:2])
-    assert await redis.zscore(f"{pool.keys.base}:avail", "a") == 7.5
+    assert await redis.zscore(pool.keys.avail, "a") == 7.5
     view = await admin.set_weight("a", None)
     assert (view.weight_override, view.weight) == (None, 1.0)
-    assert await redis.zscore(f"{pool.keys.base}:avail", "a") == 1.0
+    assert await redis.zscore(pool.keys.avail, "a") == 1.0
     with pytest.raises(ValueError, match="weight"):
         await admin.set_weight("a", 0)
 

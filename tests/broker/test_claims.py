@@ -19,7 +19,7 @@ def named(*ids: str) -> list[Session]:
 
 
 async def members(redis: Redis, pool: Pool) -> set[str]:
-    return set(await redis.zrange(pool.keys.all[1], 0, -1))
+    return set(await redis.zrange(pool.keys.members, 0, -1))
 
 
 async def test_a_replica_with_an_older_configuration_removes_nothing_new(
@@ -105,6 +105,6 @@ async def test_a_pool_larger_than_one_call(make_pool, redis: Redis) -> None:
     sessions = [Session(id=f"s{n}", secret="x") for n in range(SYNC_CHUNK + 3)]
     pool = await make_pool(sessions)
     assert await members(redis, pool) == {s.id for s in sessions}
-    order = await redis.zrange(pool.keys.all[1], 0, -1)
+    order = await redis.zrange(pool.keys.members, 0, -1)
     assert order == [s.id for s in sessions]
     assert await pool.sync(sessions[:2]) == 2

@@ -111,7 +111,7 @@ async def test_a_due_at_far_ahead_does_not_hold_housekeeping_off(
     expired lease is still reaped by the next call."""
     pool = await make_pool(make_sessions(1, max_concurrency=1), lease_ttl_ms=200)
     expired = await pool.acquire()
-    pool_hash = f"{PoolKeys(pool.name).base}:pool"
+    pool_hash = PoolKeys(pool.name).pool
     await redis.hset(pool_hash, "due_at", await store_now_ms() + 3_600_000)
     await asyncio.sleep(0.35)
     assert (await pool.acquire()).session_id == "s0"

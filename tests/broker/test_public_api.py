@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import broker
-from broker import BrokerSettings, Pool, Session, open_store, scripts
+from broker import BrokerSettings, Pool, Session, open_store, preamble
 
 
 def test_all_is_pinned() -> None:
@@ -45,22 +45,22 @@ def test_errors_share_one_root() -> None:
         assert issubclass(getattr(broker, name), broker.BrokerError)
 
 
-def test_script_source_is_prelude_then_script() -> None:
-    """``scripts.source(op)`` is the common prelude followed by the operation's own script."""
-    text = scripts.source("acquire")
+def test_script_source_is_preamble_prelude_then_script() -> None:
+    """``preamble.source(op)`` is the generated preamble, the common prelude, then the script."""
+    text = preamble.source("acquire")
     prelude_at = text.index("-- common.lua:")
     script_at = text.index("-- acquire.lua:")
-    assert prelude_at == 0
-    assert prelude_at < script_at
+    assert text.startswith(preamble.preamble())
+    assert len(preamble.preamble()) == prelude_at < script_at
     assert "local function housekeeping(now, always)" in text[:script_at]
     assert "local function choose()" in text[script_at:]
 
 
 def test_every_operation_has_its_script() -> None:
     """Each operation the Pool registers has a script file behind the shared prelude."""
-    for operation in scripts.OPERATIONS:
-        text = scripts.source(operation)
-        assert text.startswith("-- common.lua:")
+    for operation in preamble.OPERATIONS:
+        text = preamble.source(operation)
+        assert "-- common.lua:" in text
         assert f"-- {operation}.lua:" in text
 
 

@@ -114,15 +114,15 @@ async def test_a_cancelled_waiter_leaves_the_queue(make_pool, make_queue, store)
     await pool.acquire()
     waiter = asyncio.create_task(queue.acquire(timeout_s=10))
     await asyncio.sleep(0.2)
-    assert await pool.redis.zcard(pool.keys.all[13]) == 1  # its ticket in the fleet queue
+    assert await pool.redis.zcard(pool.keys.waiters) == 1  # its ticket in the fleet queue
     waiter.cancel()
     await asyncio.gather(waiter, return_exceptions=True)
     assert queue.depth == 0
     for _ in range(50):
-        if await pool.redis.zcard(pool.keys.all[13]) == 0:
+        if await pool.redis.zcard(pool.keys.waiters) == 0:
             break
         await asyncio.sleep(0.02)
-    assert await pool.redis.zcard(pool.keys.all[13]) == 0
+    assert await pool.redis.zcard(pool.keys.waiters) == 0
 
 
 async def test_timeout_says_why(make_pool, make_queue) -> None:

@@ -168,7 +168,7 @@ async def test_a_priority_change_moves_the_session(make_pool, redis) -> None:
     assert await redis.zrange(keys.tier(2), 0, -1) == ["l0"]
     assert await redis.zrange(keys.tier(1), 0, -1) == ["u0"]
     assert set(await redis.zrange(keys.tier(0), 0, -1)) == {"l1", "l2"}
-    assert await redis.zrange(f"{keys.base}:tiers", 0, -1) == ["0", "1", "2"]
+    assert await redis.zrange(keys.tiers, 0, -1) == ["0", "1", "2"]
     assert (await pool.session_state("l0"))["priority"] == "2"
     assert set(await picks(pool, 4)) == {"l0"}
 
@@ -180,6 +180,6 @@ async def test_a_stale_tier_entry_is_never_leased(make_pool, redis) -> None:
     await pool.disable("u0")
     keys = PoolKeys(pool.name)
     await redis.zadd(keys.tier(9), {"u0": 1})
-    await redis.zadd(f"{keys.base}:tiers", {"9": 9})
+    await redis.zadd(keys.tiers, {"9": 9})
     assert set(await picks(pool, 4)) == {"u1"}
-    assert await redis.zrange(f"{keys.base}:tiers", 0, -1) == ["0", "1"]
+    assert await redis.zrange(keys.tiers, 0, -1) == ["0", "1"]

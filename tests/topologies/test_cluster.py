@@ -92,7 +92,8 @@ async def test_every_script_runs_on_a_cluster_and_pools_spread(nodes: list[Redis
                 holders[name].add(node.port)
     for name in names:
         with owner_of(key_slot(name.encode()), nodes).client() as client:
-            assert client.exists(*PoolKeys(name).all[:2], PoolKeys(name).session(f"{name}-s0"))
+            keys = PoolKeys(name)
+            assert client.exists(keys.pool, keys.members, keys.session(f"{name}-s0")) == 3
     assert [len(ports) for ports in holders.values()] == [1, 1]
     assert holders[names[0]] != holders[names[1]]
 

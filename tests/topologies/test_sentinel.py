@@ -29,7 +29,7 @@ from broker import (
     StoreError,
     open_store,
 )
-from broker.scripts import source
+from broker.preamble import source
 from broker.store import Store
 from proxy.testing import SentinelGroup, running_sentinel, wait_until
 
