@@ -1,5 +1,5 @@
 """The broker's typed settings. Built from the environment by the one module that reads it
-(``proxy.settings``); the broker itself never looks at the environment."""
+(``proxy.config.settings``); the broker itself never looks at the environment."""
 
 from __future__ import annotations
 

@@ -13,9 +13,9 @@ import sys
 from collections.abc import Sequence
 
 from broker import ConfigError
+from proxy.config.settings import STORE_SETTINGS, add_flags, load_settings
 from proxy.ops.commands import COMMANDS, add_operator_commands, run_operator
-from proxy.ops.logs import REDACTOR, configure_logging
-from proxy.settings import STORE_SETTINGS, add_flags, load_settings
+from proxy.telemetry.logs import REDACTOR, configure_logging
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_operator(settings, args, pool_given=given)
         settings = load_settings(os.environ, args if args.command == "serve" else None)
         configure_logging(settings.log_level, settings.log_format)
-        from proxy.replica.serve import serve_forever
+        from proxy.serve import serve_forever
 
         serve_forever(settings)
     except ConfigError as exc:

@@ -15,9 +15,9 @@ import aiohttp
 from aiohttp import web
 
 from broker import Session
+from proxy.config.settings import Settings
 from proxy.replica.replica import Replica
-from proxy.replica.serve import start
-from proxy.settings import Settings
+from proxy.serve import start
 from proxy.testing import Limits, SimulatedUpstream
 
 DEMO_LIMITS = Limits(rpm=60, burst=3)

@@ -1,4 +1,5 @@
-"""The import graph of broker/, proxy/ and bench/ has no circle among their modules.
+"""The import graph of broker/, proxy/ and bench/ has no circle among their modules, nor among
+their packages and proxy's wings (request, replica, ops, config, telemetry, testing).
 
 Every ``import`` and ``from ... import`` counts, wherever it is written: at the top, inside a
 function, and under ``if TYPE_CHECKING`` too. A type-only circle runs nothing twice, but it ties
@@ -54,6 +55,25 @@ def import_graph() -> dict[str, set[str]]:
     return {name: _imported(name, path, modules) for name, path in modules.items()}
 
 
+def wing(module: str) -> str:
+    """The package a module belongs to: proxy's subpackage (its wing) for a module inside one,
+    ``proxy`` for proxy's own top modules (the command line and the composition of the apps),
+    else the top package."""
+    parts = module.split(".")
+    subpackage = ".".join(parts[:2])
+    if parts[0] == "proxy" and len(parts) > 1 and (ROOT / "proxy" / parts[1]).is_dir():
+        return subpackage
+    return parts[0]
+
+
+def wing_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """The import graph between wings: one wing imports another when any of its modules does."""
+    wings: dict[str, set[str]] = {wing(name): set() for name in graph}
+    for name, imported in graph.items():
+        wings[wing(name)] |= {wing(other) for other in imported} - {wing(name)}
+    return wings
+
+
 def circles(graph: dict[str, set[str]]) -> list[list[str]]:
     """The strongly connected components of more than one module (Tarjan, without recursion)."""
     index: dict[str, int] = {}
@@ -102,7 +122,7 @@ def test_the_graph_sees_the_imports_it_must() -> None:
     graph = import_graph()
     assert {"broker.pool", "proxy.request.forward", "bench.proxy_overhead"} <= graph.keys()
     assert "proxy.request.attempts" in graph["proxy.request.forward"]
-    assert "proxy.replica.pools" in graph["proxy.request.routing"]
+    assert "proxy.config.pools" in graph["proxy.request.routing"]
 
 
 def test_circles_are_found() -> None:
@@ -114,3 +134,21 @@ def test_circles_are_found() -> None:
 def test_no_import_circle_among_modules() -> None:
     """No module of broker/, proxy/ or bench/ imports, however indirectly, one that imports it."""
     assert circles(import_graph()) == []
+
+
+def test_modules_are_grouped_by_wing() -> None:
+    """A module inside one of proxy's subpackages belongs to that wing, the subpackage itself
+    included; proxy's top modules to proxy; others to their top package."""
+    assert wing("proxy.request.attempts") == "proxy.request"
+    assert wing("proxy.testing") == "proxy.testing"
+    assert wing("proxy.cli") == "proxy"
+    assert wing("broker.pool") == "broker"
+
+
+def test_no_import_circle_among_wings() -> None:
+    """No package or wing imports, however indirectly, one that imports it: the command line and
+    the apps' composition sit on top, the operator surfaces above a replica's lifecycle, the
+    request path and the lifecycle above the configuration and telemetry, the broker below all."""
+    wings = wing_graph(import_graph())
+    assert {"broker", "proxy", "proxy.request", "proxy.replica", "proxy.ops"} <= wings.keys()
+    assert circles(wings) == []

@@ -23,8 +23,8 @@ from broker import BrokerError, ConfigError, Pool, UnknownSession, open_store
 from broker.admin import PoolAdmin
 from broker.registry import list_pools
 from broker.snapshot import SnapshotError, export_state, import_state, parse_snapshot
+from proxy.config.settings import Settings
 from proxy.ops.status import render_route, render_status
-from proxy.settings import Settings
 
 __all__ = ["add_operator_commands", "run_operator"]
 

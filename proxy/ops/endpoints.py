@@ -37,7 +37,7 @@ async def version_info(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus text format (see proxy/ops/metrics.py)."""
+    """Prometheus text format (see proxy/telemetry/metrics.py)."""
     body = await request.app[REPLICA].metrics.exposition()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

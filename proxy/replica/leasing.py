@@ -9,7 +9,7 @@ probe (with backoff) finds it answering again and has re-synced the sessions -- 
 * ``open``: the replica serves from a local pool of its own sessions, the same scripts on the
   embedded store; limits then hold per replica only. Back online it re-joins the shared state.
 
-Several pools (see proxy.replica.pools) share the one store client, and in an outage the one
+Several pools (see proxy.config.pools) share the one store client, and in an outage the one
 embedded store. Leases remember the pool that granted them; their release and renewal go back there.
 """
 
@@ -37,7 +37,7 @@ from broker.events import Transition
 from broker.queue import QueueObserver
 from broker.registry import PoolEntry, forget_pool, record_pools
 from broker.store import Store
-from proxy.replica.pools import PoolPlan, PoolTable
+from proxy.config.pools import PoolPlan, PoolTable
 
 log = structlog.get_logger(__name__)
 

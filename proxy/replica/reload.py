@@ -14,8 +14,8 @@ from pathlib import Path
 import structlog
 
 from broker import ConfigError
-from proxy.replica.pools import PoolTable, load_pools
-from proxy.settings import Settings
+from proxy.config.pools import PoolTable, load_pools
+from proxy.config.settings import Settings
 
 __all__ = ["SessionsFile"]
 

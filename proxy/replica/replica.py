@@ -4,7 +4,7 @@ operator surfaces' state (metrics, pool admins, the fleet watch) and its lifecyc
 admission: draining and requests in flight). The request path gets a narrow part of it
 (proxy.request.services), never the whole.
 
-A replica serves one pool or several (see proxy.replica.pools), all on one store client.
+A replica serves one pool or several (see proxy.config.pools), all on one store client.
 
 Live configuration: every SESSIONS_RELOAD_INTERVAL seconds, and on SIGHUP, the replica re-reads
 SESSIONS_FILE (proxy.replica.reload). A changed, valid file replaces the pools and sessions at once
@@ -28,15 +28,15 @@ from redis.exceptions import RedisError
 from broker import Pool, Session, StoreError
 from broker.admin import PoolAdmin
 from broker.constants import OPS_SET_LIMIT
-from proxy.ops.logs import REDACTOR
-from proxy.ops.metrics import Metrics
+from proxy.config.pools import PoolPlan, PoolTable, single_pool
+from proxy.config.settings import Settings
 from proxy.replica.admission import Admission
 from proxy.replica.leasing import Leasing, Served
-from proxy.replica.pools import PoolPlan, PoolTable, single_pool
 from proxy.replica.releases import Releases
 from proxy.replica.reload import SessionsFile
 from proxy.replica.watch import Watch, replica_id
-from proxy.settings import Settings
+from proxy.telemetry.logs import REDACTOR
+from proxy.telemetry.metrics import Metrics
 
 log = structlog.get_logger(__name__)
 
@@ -51,7 +51,7 @@ class Replica:
     """State and resources of one proxy process, shared by its proxy and ops apps."""
 
     def __init__(self, settings: Settings, pools: PoolTable | list[Session]) -> None:
-        """``pools``: what ``proxy.replica.pools.load_pools`` read, or one pool's sessions."""
+        """``pools``: what ``proxy.config.pools.load_pools`` read, or one pool's sessions."""
         self.settings = settings
         if not isinstance(pools, PoolTable):
             pools = single_pool(settings, pools)

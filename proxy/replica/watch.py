@@ -25,9 +25,9 @@ from broker.admin import PoolAdmin
 from broker.alerts import AlertRules, check_alerts
 from broker.events import Transition
 from broker.states import SessionState
-from proxy.ops.metrics import Metrics
-from proxy.ops.webhook import Webhook, notice
-from proxy.settings import Settings
+from proxy.config.settings import Settings
+from proxy.telemetry.metrics import Metrics
+from proxy.telemetry.webhook import Webhook, notice
 
 __all__ = ["HEALTH_SUMMARY_REQUESTS", "Watch", "WatchedPools", "replica_id"]
 

@@ -21,7 +21,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from broker import NoSessionAvailable, Outcome, StoreError
-from proxy.replica.pools import PoolPlan
+from proxy.config.pools import PoolPlan
 from proxy.request.body import BodyTooLarge, ReplayableBody
 from proxy.request.lease import HeldLease, Waits
 from proxy.request.ratelimit_headers import exhausted_ms

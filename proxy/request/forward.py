@@ -10,7 +10,7 @@ import time
 import structlog
 from aiohttp import web
 
-from proxy.replica.pools import PoolTable
+from proxy.config.pools import PoolTable
 from proxy.request.attempts import Attempts, Plan
 from proxy.request.body import BodyTooLarge, ReplayableBody
 from proxy.request.estimate import estimate_units

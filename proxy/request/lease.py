@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import structlog
 
 from broker import Lease, LeaseError, Outcome, Pool, Release, StoreError
-from proxy.replica.pools import PoolPlan
+from proxy.config.pools import PoolPlan
 from proxy.request.services import Services
 
 __all__ = ["NO_WAITS", "HeldLease", "Renewal", "Waits"]

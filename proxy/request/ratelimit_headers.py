@@ -23,7 +23,7 @@ from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-FAMILIES = ("openai", "anthropic", "github", "ietf")
+from proxy.config.settings import FAMILIES
 
 _GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(h|ms|us|µs|ns|m|s)")
 #: A github-style reset below this (2001-09-09) is a delay in seconds, as some servers send it.
@@ -125,6 +125,8 @@ _READERS: dict[str, Callable[[Mapping[str, str], float], Iterator[Limit]]] = {
     "github": _github,
     "ietf": _ietf,
 }
+# The settings accept exactly the families there is a reader for.
+assert _READERS.keys() == set(FAMILIES)
 
 
 def limits(headers: Mapping[str, str], now_s: float, families: Collection[str]) -> list[Limit]:

@@ -4,7 +4,7 @@ A request goes to the pool its ``POOL_HEADER`` names; else to the pool whose ``p
 starts its path (the longest); else, when pools list ``models``, to the pool serving the model its
 JSON body asks for (exact names before patterns); else to the default pool. A name, or a model,
 that no pool serves gets 404 naming it: never a silent default. The pools themselves are declared
-in proxy.replica.pools.
+in proxy.config.pools.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 from multidict import CIMultiDictProxy
 
-from proxy.replica.pools import PoolPlan, PoolTable
+from proxy.config.pools import PoolPlan, PoolTable
 from proxy.request.body import ReplayableBody
 
 __all__ = ["NoRoute", "Routed", "requested_model", "route", "route_model", "route_request"]

@@ -14,8 +14,8 @@ from typing import Protocol
 import aiohttp
 
 from broker import Lease, Outcome, Pool, Release
-from proxy.replica.pools import PoolTable
-from proxy.settings import Settings
+from proxy.config.pools import PoolTable
+from proxy.config.settings import Settings
 
 __all__ = [
     "Admission",

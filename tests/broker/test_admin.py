@@ -4,6 +4,7 @@ health-summary turn, and export/import of health state."""
 from __future__ import annotations
 
 import asyncio
+import math
 
 import msgspec
 import pytest
@@ -292,7 +293,8 @@ async def test_units_reported_at_release_lower_what_is_available_until_it_refill
     spent = await admin.census()
     schedule_ms = float(await redis.hget(pool.keys.session("u0"), "unit_tat"))
     left = spent.units["u0"].available
-    assert left == (spent.now_ms + 60_000 - schedule_ms) // MS_PER_UNIT
+    # floor(a / b) as the scripts compute it: a float's // can land one below where / rounds up.
+    assert left == math.floor((spent.now_ms + 60_000 - schedule_ms) / MS_PER_UNIT)
     # At most what a full budget holds minus the units, plus what refilled since the release.
     assert left <= (spent.now_ms - before_ms + 60_000 - 40_000 * MS_PER_UNIT) / MS_PER_UNIT
     assert spent.units["u1"].available == 29_411  # another session's budget is untouched

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from proxy.cli import _parser
-from proxy.settings import HELP, load_settings
+from proxy.config.settings import HELP, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

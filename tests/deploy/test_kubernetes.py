@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from proxy.settings import HELP, Settings, load_settings
+from proxy.config.settings import HELP, Settings, load_settings
 
 Manifest = dict[str, Any]
 Build = Callable[[Path], list[Manifest]]

@@ -13,10 +13,10 @@ import redis.asyncio
 from aiohttp import web
 
 from broker import Session
-from proxy.replica.pools import load_pools
+from proxy.config.pools import load_pools
+from proxy.config.settings import Settings
 from proxy.replica.replica import Replica
-from proxy.replica.serve import RunningReplica, start
-from proxy.settings import Settings
+from proxy.serve import RunningReplica, start
 from proxy.testing import SimulatedUpstream
 
 SESSIONS = [Session(id=name, secret=f"secret-{name}") for name in ("a", "b", "c")]

@@ -16,7 +16,7 @@ from proxy.testing import SimulatedUpstream
 from tests.proxy.conftest import SESSIONS, TIERED, GatedStream
 
 if TYPE_CHECKING:
-    from proxy.replica.serve import RunningReplica
+    from proxy.serve import RunningReplica
     from tests.proxy.conftest import StartReplica, StartUpstream
 
 TOKEN = "admin-token-0123456789abcdef"

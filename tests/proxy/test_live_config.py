@@ -18,7 +18,7 @@ import pytest
 import redis.asyncio
 
 from broker import load_sessions
-from proxy.replica.serve import RunningReplica
+from proxy.serve import RunningReplica
 
 if TYPE_CHECKING:
     from proxy.testing import SimulatedUpstream

@@ -22,8 +22,8 @@ from aiohttp import web
 from structlog.testing import capture_logs
 
 from broker import Strategy
-from proxy.ops.logs import REDACTED, Redactor, configure_logging
-from proxy.settings import HELP
+from proxy.config.settings import HELP
+from proxy.telemetry.logs import REDACTED, Redactor, configure_logging
 from proxy.testing import SimulatedUpstream, free_port
 
 if TYPE_CHECKING:
@@ -65,7 +65,7 @@ def test_configured_logging_redacts_structlog_and_stdlib_lines() -> None:
     """Through the configured processors, structlog and standard-library loggers alike."""
     import logging
 
-    from proxy.ops.logs import REDACTOR
+    from proxy.telemetry.logs import REDACTOR
 
     REDACTOR.add(["tok-0000-unit-test"])
     out = io.StringIO()

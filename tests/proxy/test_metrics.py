@@ -16,12 +16,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from broker import StoreError, Strategy
 from broker.admin import Census, TierCount, UnitBudget
-from proxy.ops.metrics import ClusterCollector
+from proxy.telemetry.metrics import ClusterCollector
 from proxy.testing import SimulatedUpstream
 from tests.proxy.conftest import SESSIONS, TIERED, store_now_ms
 
 if TYPE_CHECKING:
-    from proxy.replica.serve import RunningReplica
+    from proxy.serve import RunningReplica
     from tests.proxy.conftest import StartReplica
 
 CHAT = "/v1/chat/completions"

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 
 from broker import Session, Strategy
-from proxy.settings import HELP
+from proxy.config.settings import HELP
 from proxy.testing import SimulatedUpstream
 from tests.proxy.conftest import SESSIONS, store_now_ms
 

@@ -17,7 +17,7 @@ import pytest
 import redis
 
 if TYPE_CHECKING:
-    from proxy.replica.serve import RunningReplica
+    from proxy.serve import RunningReplica
     from tests.proxy.conftest import StartReplica
 
 CHAT = "/v1/chat/completions"

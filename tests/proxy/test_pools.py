@@ -16,10 +16,10 @@ import pytest
 import redis.asyncio
 
 from broker import ConfigError, Outcome, Strategy
+from proxy.config.pools import PoolTable, load_pools
+from proxy.config.settings import Settings
 from proxy.replica.leasing import Leasing
-from proxy.replica.pools import PoolTable, load_pools
 from proxy.request.routing import NoRoute, requested_model, route, route_model
-from proxy.settings import Settings
 from proxy.testing import SimulatedUpstream
 
 from .conftest import StartReplica, StartUpstream

@@ -14,8 +14,8 @@ import msgspec.inspect
 import pytest
 
 from broker import ConfigError, Strategy
-from proxy.settings import GROUPS, HELP, Settings, load_settings
-from proxy.settings_reference import render
+from proxy.config.reference import render
+from proxy.config.settings import GROUPS, HELP, Settings, load_settings
 
 BASE = {"UPSTREAM_URL": "http://127.0.0.1:1", "SESSIONS": "k1,k2"}
 CONFIGURATION = Path(__file__).parent.parent.parent / "docs" / "configuration.md"
@@ -107,5 +107,5 @@ def test_configuration_reference_documents_every_setting() -> None:
 def test_configuration_reference_is_current() -> None:
     """docs/configuration.md is what the declarations render to (regenerate it if not)."""
     assert CONFIGURATION.read_text() == render(), (
-        "stale: run python -m proxy.settings_reference docs/configuration.md"
+        "stale: run python -m proxy.config.reference docs/configuration.md"
     )

@@ -18,7 +18,7 @@ from proxy.request.usage import SSE_TAIL_BYTES, UsageMeter
 from proxy.testing import Limits, SimulatedUpstream
 
 if TYPE_CHECKING:
-    from proxy.replica.serve import RunningReplica
+    from proxy.serve import RunningReplica
     from tests.proxy.conftest import StartReplica, StartUpstream
 
 JSON = {"Content-Type": "application/json"}

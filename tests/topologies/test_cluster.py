@@ -15,10 +15,10 @@ from redis.crc import key_slot
 
 from broker import BrokerSettings, NoSessionAvailable, Outcome, Pool, PoolKeys, Session, open_store
 from broker.store import Store
-from proxy.replica.pools import load_pools
+from proxy.config.pools import load_pools
+from proxy.config.settings import Settings
 from proxy.replica.replica import Replica
-from proxy.replica.serve import start as start_replica
-from proxy.settings import Settings
+from proxy.serve import start as start_replica
 from proxy.testing import RedisNode, SimulatedUpstream, running_cluster
 
 

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import structlog
 from aiohttp import web
 
-from proxy.replica.app import build_ops_app, build_proxy_app
-from proxy.replica.pools import load_pools
+from proxy.app import build_ops_app, build_proxy_app
+from proxy.config.pools import load_pools
+from proxy.config.settings import Listen, Settings
 from proxy.replica.replica import Replica
-from proxy.settings import Listen, Settings
 
 log = structlog.get_logger(__name__)
 

@@ -35,7 +35,7 @@ import msgspec
 
 from broker import ConfigError, Session, Strategy, load_sessions
 from broker.sessions import read_file, sessions_from
-from proxy.settings import SessionHeader, Settings, parse_session_header
+from proxy.config.settings import SessionHeader, Settings, parse_session_header
 
 __all__ = ["PoolPlan", "PoolTable", "load_pools", "single_pool"]
 

@@ -21,7 +21,7 @@ import aiohttp
 import structlog
 
 from broker.alerts import AlertChange
-from proxy.ops.metrics import Metrics
+from proxy.telemetry.metrics import Metrics
 
 __all__ = ["Webhook", "notice"]
 

@@ -1,9 +1,9 @@
 """The configuration reference, docs/configuration.md, written from the settings declarations.
 
 It reads what ``--help`` and validation read (``GROUPS`` and the ``Settings`` struct of
-proxy/settings.py: the help text, the default and the type with its bounds), so the reference
+proxy/config/settings.py: the help text, the default and the type with its bounds), so the reference
 cannot drift from the code: a test compares the file with ``render()``. Regenerate it with
-``python -m proxy.settings_reference docs/configuration.md``; without a path it prints.
+``python -m proxy.config.reference docs/configuration.md``; without a path it prints.
 """
 
 from __future__ import annotations
@@ -16,15 +16,15 @@ from pathlib import Path
 import msgspec
 import msgspec.inspect as mi
 
-from proxy.settings import GROUPS, SECRET_SETTINGS, STORE_SETTINGS, Settings, flag_name
+from proxy.config.settings import GROUPS, SECRET_SETTINGS, STORE_SETTINGS, Settings, flag_name
 
 __all__ = ["render"]
 
 _HEADER = """\
 # Configuration reference
 
-*Generated from the declarations in proxy/settings.py (the same ones `--help` and validation
-read): edit them there, then run `python -m proxy.settings_reference docs/configuration.md`. A
+*Generated from the declarations in proxy/config/settings.py (the same ones `--help` and validation
+read): edit them there, then run `python -m proxy.config.reference docs/configuration.md`. A
 test fails while this file is stale.*
 
 Every setting is an environment variable and a flag of the same name (`LEASE_TTL=30` or

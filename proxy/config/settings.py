@@ -18,9 +18,9 @@ import msgspec
 
 from broker import BrokerSettings, ConfigError, Strategy
 from broker.constants import DEFAULT_SENTINEL_MASTER
-from proxy.request.ratelimit_headers import FAMILIES
 
 __all__ = [
+    "FAMILIES",
     "GROUPS",
     "HELP",
     "SECRET_SETTINGS",
@@ -33,10 +33,14 @@ __all__ = [
     "parse_session_header",
 ]
 
+#: The rate-limit header families proxy.request.ratelimit_headers reads: what
+#: RATE_LIMIT_HEADER_FAMILIES accepts.
+FAMILIES = ("openai", "anthropic", "github", "ietf")
+
 Seconds = Annotated[float, msgspec.Meta(ge=0, le=86_400 * 7)]
 
 #: What each setting accepts, declared once by group: ``--help``, every error about a setting
-#: and the reference docs/configuration.md (``python -m proxy.settings_reference``) read it.
+#: and the reference docs/configuration.md (``python -m proxy.config.reference``) read it.
 GROUPS: dict[str, dict[str, str]] = {
     "Upstream": {
         "UPSTREAM_URL": "the upstream base URL, http:// or https://; the client's path and query "
