@@ -27,6 +27,34 @@ MIN_KUSTOMIZE = (4, 1)
 Manifest = dict[str, Any]
 Build = Callable[[Path], list[Manifest]]
 
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "deploy" / "helm" / "session-broker"
+RELEASE = "sb"
+NAMESPACE = "session-broker"
+EXTERNAL = {
+    "redis": {"mode": "external"},
+    "secrets": {
+        "redisUrl": {"name": "session-broker-env-secrets", "key": "REDIS_URL"},
+        "proxyApiKeys": {"name": "session-broker-env-secrets", "key": "PROXY_API_KEYS"},
+        "adminToken": {"name": "session-broker-admin", "key": "ADMIN_TOKEN"},
+    },
+}
+VALUE_SETS: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "sentinel": {"redis": {"mode": "sentinel"}},
+    "external": EXTERNAL,
+    "monitoring": {
+        "monitoring": {"serviceMonitor": {"enabled": True}, "dashboard": {"enabled": True}}
+    },
+    "fixed-replicas": {
+        "autoscaling": {"enabled": False},
+        "replicaCount": 2,
+        "podDisruptionBudget": {"enabled": False},
+        "networkPolicy": {"enabled": False},
+        "redis": {"persistence": {"storageClass": "fast"}},
+    },
+}
+
 #: Kubernetes versions the manifests must validate against: the oldest we claim, the newest known.
 OLDEST_KUBERNETES = "1.29"
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet"}
@@ -160,3 +188,28 @@ def validate_all(docs: list[Manifest], validator: Any) -> None:
 def containers(workload: Manifest) -> list[dict[str, Any]]:
     spec = workload["spec"]["template"]["spec"]
     return [*spec.get("initContainers", []), *spec["containers"]]
+
+
+@pytest.fixture(scope="session")
+def helm() -> Any:
+    """The ``helm_python`` module (Helm 4 embedded as a library)."""
+    try:
+        import helm_python
+    except ImportError:
+        unavailable("helm-python-sdk is not installed (pip install '.[test]')")
+    helm_python.disable_logging()  # its notes on the chart's symlinked files are not findings
+    return helm_python
+
+
+@pytest.fixture(scope="session")
+def render(helm: Any) -> Any:
+    """``render(values)``: the manifests of the chart for ``values``, plus its NOTES.txt."""
+    chart = helm.chart.Chart.load(CHART)
+
+    def rendered(values: dict[str, Any]) -> tuple[list[Manifest], str]:
+        files = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+        notes = files.pop("session-broker/templates/NOTES.txt")
+        docs = [doc for text in files.values() for doc in yaml.safe_load_all(text) if doc]
+        return docs, notes
+
+    return rendered

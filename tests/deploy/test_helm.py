@@ -15,21 +15,21 @@ import yaml
 
 from proxy.settings import HELP
 from tests.deploy.conftest import (
+    CHART,
+    EXTERNAL,
+    NAMESPACE,
     PROXY_LABELS,
+    RELEASE,
+    VALUE_SETS,
     Build,
     Manifest,
     containers,
     of_kind,
     one,
-    unavailable,
     validate_all,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
-CHART = ROOT / "deploy" / "helm" / "session-broker"
-KUBERNETES = ROOT / "deploy" / "kubernetes"
-RELEASE = "sb"
-NAMESPACE = "session-broker"
+KUBERNETES = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes"
 #: What the release's objects are called (the chart's fullname for RELEASE).
 FULLNAME = f"{RELEASE}-session-broker"
 
@@ -51,29 +51,6 @@ CHART_SETTINGS = {
     "REDIS_SENTINEL_MASTER",
     "REDIS_CLUSTER",
 }
-EXTERNAL = {
-    "redis": {"mode": "external"},
-    "secrets": {
-        "redisUrl": {"name": "session-broker-env-secrets", "key": "REDIS_URL"},
-        "proxyApiKeys": {"name": "session-broker-env-secrets", "key": "PROXY_API_KEYS"},
-        "adminToken": {"name": "session-broker-admin", "key": "ADMIN_TOKEN"},
-    },
-}
-VALUE_SETS: dict[str, dict[str, Any]] = {
-    "defaults": {},
-    "sentinel": {"redis": {"mode": "sentinel"}},
-    "external": EXTERNAL,
-    "monitoring": {
-        "monitoring": {"serviceMonitor": {"enabled": True}, "dashboard": {"enabled": True}}
-    },
-    "fixed-replicas": {
-        "autoscaling": {"enabled": False},
-        "replicaCount": 2,
-        "podDisruptionBudget": {"enabled": False},
-        "networkPolicy": {"enabled": False},
-        "redis": {"persistence": {"storageClass": "fast"}},
-    },
-}
 #: The kustomize overlay that installs the same shape as each value set.
 OVERLAY_OF = {"defaults": "dev", "sentinel": "ha", "external": "external"}
 #: Labels only Helm sets (release bookkeeping), and kustomize's part-of label.
@@ -84,31 +61,6 @@ BOOKKEEPING_LABELS = {
     "app.kubernetes.io/instance",
     "app.kubernetes.io/part-of",
 }
-
-
-@pytest.fixture(scope="session")
-def helm() -> Any:
-    """The ``helm_python`` module (Helm 4 embedded as a library)."""
-    try:
-        import helm_python
-    except ImportError:
-        unavailable("helm-python-sdk is not installed (pip install '.[test]')")
-    helm_python.disable_logging()  # its notes on the chart's symlinked files are not findings
-    return helm_python
-
-
-@pytest.fixture(scope="session")
-def render(helm: Any) -> Any:
-    """``render(values)``: the manifests of the chart for ``values``, plus its NOTES.txt."""
-    chart = helm.chart.Chart.load(CHART)
-
-    def rendered(values: dict[str, Any]) -> tuple[list[Manifest], str]:
-        files = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
-        notes = files.pop("session-broker/templates/NOTES.txt")
-        docs = [doc for text in files.values() for doc in yaml.safe_load_all(text) if doc]
-        return docs, notes
-
-    return rendered
 
 
 def test_chart_lints_strictly(helm: Any) -> None:
