@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from proxy.settings import HELP
+from proxy.settings import _SECRET_SETTINGS, HELP
 from tests.deploy.conftest import (
     CHART,
     EXTERNAL,
@@ -34,14 +34,7 @@ KUBERNETES = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes"
 FULLNAME = f"{RELEASE}-session-broker"
 
 #: Settings that are secrets: the chart reads each from a Secret, never from values.
-SECRET_SETTINGS = {
-    "SESSIONS",
-    "PROXY_API_KEYS",
-    "REDIS_URL",
-    "REDIS_SENTINEL_PASSWORD",
-    "ADMIN_TOKEN",
-    "ALERT_WEBHOOK_URL",
-}
+SECRET_SETTINGS = _SECRET_SETTINGS
 #: Settings the chart derives from its own values (ports, sessions mount, Redis shape).
 CHART_SETTINGS = {
     "SESSIONS_FILE",

@@ -18,6 +18,8 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -51,46 +53,56 @@ def image() -> str:
     return container.build_image(container.base_image())
 
 
-@pytest.fixture(scope="module")
-def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The simulated upstream, on the host."""
-    port = any_free_port()
-    log = (tmp_path_factory.mktemp("upstream") / "upstream.log").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "proxy.testing.upstream", "--port", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_for(f"{url}/_sim/stats", process)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-        log.close()
+@contextmanager
+def _running(command: list[str], log: Path, ready_url: str) -> Iterator[subprocess.Popen[bytes]]:
+    """``command`` running, its output in ``log``, once ``ready_url`` answers; stopped after."""
+    with log.open("w") as output:
+        process = subprocess.Popen(
+            command, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+        try:
+            _wait_for(ready_url, process, log)
+            yield process
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
-def _wait_for(url: str, process: subprocess.Popen[bytes]) -> None:
+def _wait_for(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            pytest.fail(f"{process.args} exited with {process.returncode}")
+            pytest.fail(f"{process.args} exited with {process.returncode}:\n{log.read_text()}")
         try:
             with urllib.request.urlopen(url, timeout=1):
                 return
         except (urllib.error.URLError, ConnectionError):
             time.sleep(0.2)
-    pytest.fail(f"{url} did not answer within {START_TIMEOUT_S} s")
+    pytest.fail(f"{url} did not answer within {START_TIMEOUT_S} s:\n{log.read_text()}")
 
 
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The simulated upstream, on the host."""
+    port = any_free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "proxy.testing.upstream", "--port", str(port)]
+    with _running(command, tmp_path_factory.mktemp("upstream") / "log", f"{url}/_sim/stats"):
+        yield url
+
+
+@dataclass(frozen=True)
 class Replica:
-    def __init__(self, process: subprocess.Popen[bytes], proxy: str, ops: str, rootfs: Path):
-        self.process = process
-        self.proxy = proxy
-        self.ops = ops
-        self.rootfs = rootfs
+    """A running replica: its process (buildah's), its URLs and the image's filesystem."""
+
+    process: subprocess.Popen[bytes]
+    proxy: str
+    ops: str
+    rootfs: Path
 
 
 @pytest.fixture(scope="module")
@@ -109,26 +121,12 @@ def replica(
         "ADMIN_LISTEN": f"127.0.0.1:{ops_port}",
         "LOG_FORMAT": "json",
     }
-    log = (tmp_path_factory.mktemp("replica") / "replica.log").open("w")
+    log = tmp_path_factory.mktemp("replica") / "log"
+    ops = f"http://127.0.0.1:{ops_port}"
     with container.working_container(image) as (name, rootfs):
-        process = subprocess.Popen(
-            container.run_command(name, env, command),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-        ops = f"http://127.0.0.1:{ops_port}"
-        try:
-            _wait_for(f"{ops}/healthz", process)
+        run = container.run_command(name, env, command)
+        with _running(run, log, f"{ops}/healthz") as process:
             yield Replica(process, f"http://127.0.0.1:{proxy_port}", ops, rootfs)
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-            log.close()
 
 
 def test_probes_answer(replica: Replica) -> None:
@@ -151,8 +149,13 @@ def test_a_request_is_proxied_with_the_session(replica: Replica, upstream: str) 
 
 
 def _descendants(pid: int) -> list[int]:
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    found = [int(c) for c in children.read_text().split()] if children.exists() else []
+    """Every process under ``pid``: the children of each of its threads (buildah, in Go, forks
+    from whichever thread runs), and theirs."""
+    found = [
+        int(child)
+        for children in Path(f"/proc/{pid}/task").glob("*/children")
+        for child in children.read_text().split()
+    ]
     return found + [d for child in found for d in _descendants(child)]
 
 
