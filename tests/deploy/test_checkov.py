@@ -4,8 +4,9 @@ deploy/checkov-accepted.yaml, and every accepted entry still matches a finding (
 cannot outlive its reasons).
 
 checkov pins versions that clash with ours, so it lives in its own virtual environment:
-``$CHECKOV``, else ``.checkov-venv/bin/checkov`` (``python3 -m venv .checkov-venv &&
-.checkov-venv/bin/pip install checkov``, as .ci/run does), else ``checkov`` on PATH. Without it
+``$CHECKOV`` (.ci/run keeps one in the user's cache), else ``.checkov-venv/bin/checkov``
+(``python3 -m venv .checkov-venv && .checkov-venv/bin/pip install checkov``), else ``checkov`` on
+PATH. Without it
 the test skips with a reason, except in CI (``CI=true``), where it fails.
 """
 
