@@ -6,74 +6,36 @@ from __future__ import annotations
 
 import copy
 import subprocess
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from proxy.config.settings import HELP, Settings, load_settings
-
-Manifest = dict[str, Any]
-Build = Callable[[Path], list[Manifest]]
+from tests.deploy.conftest import (
+    OLDEST_KUBERNETES,
+    PROXY_LABELS,
+    REDIS_LABELS,
+    WORKLOAD_KINDS,
+    Build,
+    Manifest,
+    containers,
+    of_kind,
+    one,
+    proxy,
+    settings_of,
+    validate_all,
+)
 
 KUBERNETES = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes"
 OVERLAYS = ("dev", "ha", "external", "monitoring")
 
-#: Kubernetes versions the manifests must validate against: the oldest we claim, the newest known.
-OLDEST_KUBERNETES = "1.29"
-WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet"}
-PROXY_LABELS = {"app.kubernetes.io/name": "session-broker", "app.kubernetes.io/component": "proxy"}
-REDIS_LABELS = {"app.kubernetes.io/name": "redis", "app.kubernetes.io/component": "store"}
 #: Seconds of the proxy's preStop hook (the Service stops routing to a stopping pod meanwhile).
 PRESTOP = ["sleep", "5"]
 #: Settings that hold secrets: never a literal value in a manifest.
 SECRET_SETTINGS = {"SESSIONS", "PROXY_API_KEYS", "REDIS_SENTINEL_PASSWORD"}
 
 OVERLAY_PARAMS = [pytest.param(name, id=name) for name in OVERLAYS]
-
-
-def of_kind(docs: list[Manifest], kind: str) -> list[Manifest]:
-    return [doc for doc in docs if doc["kind"] == kind]
-
-
-def one(docs: list[Manifest], kind: str, name: str) -> Manifest:
-    found = [doc for doc in of_kind(docs, kind) if doc["metadata"]["name"] == name]
-    assert len(found) == 1, f"{kind}/{name}: {len(found)} found"
-    return found[0]
-
-
-def proxy(docs: list[Manifest]) -> Manifest:
-    return one(docs, "Deployment", "session-broker")
-
-
-def settings_of(docs: list[Manifest]) -> dict[str, str]:
-    maps = [m for m in of_kind(docs, "ConfigMap") if m["metadata"]["name"].startswith("session-")]
-    assert len(maps) == 1
-    data: dict[str, str] = maps[0]["data"]
-    return data
-
-
-def check_service_monitor(monitor: Manifest, docs: list[Manifest]) -> None:
-    """A CRD has no bundled schema: check what the Prometheus Operator needs to find targets."""
-    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
-    selector = monitor["spec"]["selector"]["matchLabels"]
-    services = [
-        s for s in of_kind(docs, "Service") if selector.items() <= s["metadata"]["labels"].items()
-    ]
-    assert len(services) == 1, "the ServiceMonitor must select exactly one Service"
-    ports = {p["name"] for p in services[0]["spec"]["ports"]}
-    assert {e["port"] for e in monitor["spec"]["endpoints"]} <= ports
-    assert services[0]["spec"]["selector"] == PROXY_LABELS
-
-
-def validate_all(docs: list[Manifest], validator: Any) -> None:
-    for doc in docs:
-        if doc["kind"] == "ServiceMonitor":
-            check_service_monitor(doc, docs)
-            continue
-        for version in (OLDEST_KUBERNETES, validator.latest_version()):
-            validator.validate(doc, version, strict=True)
 
 
 @pytest.mark.parametrize("overlay", OVERLAY_PARAMS)
@@ -105,11 +67,6 @@ def test_strict_validation_rejects_a_misspelt_field(build: Build, validator: Any
     container["readinesProbe"] = container.pop("readinessProbe")
     with pytest.raises(validator.ValidationError):
         validator.validate(deployment, OLDEST_KUBERNETES, strict=True)
-
-
-def containers(workload: Manifest) -> list[dict[str, Any]]:
-    spec = workload["spec"]["template"]["spec"]
-    return [*spec.get("initContainers", []), *spec["containers"]]
 
 
 @pytest.mark.parametrize("overlay", OVERLAY_PARAMS)

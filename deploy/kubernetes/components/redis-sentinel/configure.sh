@@ -2,17 +2,20 @@
 # Writes this pod's redis.conf and sentinel.conf into /run/redis (an emptyDir).
 # The master is the one the other pods' sentinels already know; on the very first start, when no
 # sentinel answers, pod 0 is the master. Names, not IPs, are announced: a pod keeps its name (not
-# its IP) across restarts.
+# its IP) across restarts. The pods are <statefulset>-0..2 under the headless Service
+# $REDIS_HEADLESS (default redis-headless, the kustomize component's; the Helm chart sets its own).
 set -eu
-SELF="$(hostname).redis-headless"
+HEADLESS="${REDIS_HEADLESS:-redis-headless}"
+STATEFULSET="$(hostname | sed 's/-[0-9]*$//')"
+SELF="$(hostname).$HEADLESS"
 MASTER=""
 for i in 0 1 2; do
-  PEER="redis-$i.redis-headless"
+  PEER="$STATEFULSET-$i.$HEADLESS"
   [ "$PEER" = "$SELF" ] && continue
   MASTER="$(redis-cli -h "$PEER" -p 26379 --raw SENTINEL get-master-addr-by-name mymaster 2>/dev/null | head -n 1 || true)"
   [ -n "$MASTER" ] && break
 done
-[ -n "$MASTER" ] || MASTER="redis-0.redis-headless"
+[ -n "$MASTER" ] || MASTER="$STATEFULSET-0.$HEADLESS"
 
 cat > /run/redis/redis.conf <<CONF
 port 6379
