@@ -75,6 +75,8 @@ HELP: dict[str, str] = {
     "UPSTREAM_CONNECT_TIMEOUT": "seconds to connect to the upstream, more than 0",
     "UPSTREAM_READ_TIMEOUT": "seconds the upstream may stay silent while answering, more than 0",
     "MAX_BODY_BYTES": "largest request body in bytes (413 beyond), at least 0",
+    "BODY_TIMEOUT": "seconds a client has, from its request's arrival, to send the whole "
+    "request body (408 beyond), more than 0",
     "PROXY_API_KEYS": "comma-separated keys clients must present; unset: no client auth",
     "QUEUE_TIMEOUT": "seconds a request may wait for a free session (0: answer at once)",
     "QUEUE_MAX": "most requests waiting per replica, at least 1; beyond it: answer at once",
@@ -183,6 +185,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     upstream_connect_timeout: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 5.0
     upstream_read_timeout: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 120.0
     max_body_bytes: Annotated[int, msgspec.Meta(ge=0)] = 10 * 1024 * 1024
+    body_timeout: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 60.0
     proxy_api_keys: str | None = None
     queue_timeout: Seconds = 0.0
     queue_max: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1000
