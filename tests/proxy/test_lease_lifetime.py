@@ -7,7 +7,6 @@ and the client hang-ups of tests/proxy/test_streaming.py are further steps.)"""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -15,9 +14,6 @@ import pytest
 from structlog.testing import capture_logs
 
 from broker import Session
-from proxy.replica.replica import Replica
-from proxy.replica.serve import RunningReplica, start
-from proxy.settings import Settings
 from proxy.testing.upstream import SimulatedUpstream
 from tests.conftest import any_free_port
 
@@ -25,6 +21,9 @@ from .test_hostile_input import RawUpstream, settled_leases
 
 if TYPE_CHECKING:
     from proxy.ops.metrics import Metrics
+    from proxy.replica.replica import Replica
+    from proxy.replica.serve import RunningReplica
+    from tests.proxy.conftest import StartReplica
 
 TWO = [Session(id=n, secret=f"secret-{n}") for n in "ab"]
 CHAT = "/v1/chat/completions"
@@ -55,33 +54,23 @@ class FailingAt:
         return failing
 
 
-StartFailing = Callable[..., Awaitable[RunningReplica]]
+class StartFailing:
+    """Start a replica of sessions a and b whose metrics hook ``hook`` (if any) raises."""
+
+    def __init__(self, start_replica: StartReplica) -> None:
+        self._start_replica = start_replica
+
+    async def __call__(self, hook: str | None = None, **overrides: Any) -> RunningReplica:
+        def failing(replica: Replica) -> None:
+            if hook is not None:
+                replica.metrics = FailingAt(replica.metrics, hook)  # type: ignore[assignment]
+
+        return await self._start_replica(sessions=TWO, before_start=failing, **overrides)
 
 
 @pytest.fixture
-async def start_failing(upstream_url: str) -> AsyncIterator[StartFailing]:
-    """Start a replica whose metrics hook ``hook`` (if any) raises."""
-    running: list[RunningReplica] = []
-
-    async def start_one(hook: str | None = None, **overrides: Any) -> RunningReplica:
-        fields: dict[str, Any] = {
-            "upstream_url": upstream_url,
-            "listen": "127.0.0.1:0",
-            "admin_listen": "127.0.0.1:0",
-            "shutdown_grace": 2.0,
-            "exponential_backoff_enabled": False,
-        }
-        replica = Replica(Settings(**(fields | overrides)), TWO)
-        if hook is not None:
-            replica.metrics = FailingAt(replica.metrics, hook)  # type: ignore[assignment]
-        one = await start(replica)
-        running.append(one)
-        await asyncio.wait_for(replica.synced.wait(), 10)
-        return one
-
-    yield start_one
-    for one in running:
-        await one.stop()
+def start_failing(start_replica: StartReplica) -> StartFailing:
+    return StartFailing(start_replica)
 
 
 @pytest.mark.parametrize(
