@@ -51,6 +51,8 @@ GROUPS: dict[str, dict[str, str]] = {
         "UPSTREAM_READ_TIMEOUT": "seconds the upstream may stay silent while answering (per "
         "read, so long streams are fine), more than 0",
         "MAX_BODY_BYTES": "largest request body in bytes (413 beyond), at least 0",
+        "BODY_TIMEOUT": "seconds a client has, from its request's arrival, to send the whole "
+        "request body (408 beyond), more than 0",
     },
     "Sessions and pools": {
         "SESSIONS": "comma-separated session secrets (or use SESSIONS_FILE)",
@@ -223,6 +225,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     upstream_connect_timeout: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 5.0
     upstream_read_timeout: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 120.0
     max_body_bytes: Annotated[int, msgspec.Meta(ge=0)] = 10 * 1024 * 1024
+    body_timeout: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 60.0
     proxy_api_keys: str | None = None
     queue_timeout: Seconds = 0.0
     queue_max: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1000

@@ -5,6 +5,11 @@ the routed pool up to the queue timeout -- never a session this request already 
 with the session's secret, classifies the answer, and releases with that outcome. It retries on
 429 (at once, on another session), 401/403, 5xx and network errors (after a backoff), only while
 nothing has been sent to the client; the last attempt's answer goes back as it is.
+
+Each attempt runs inside its lease's ``async with`` (proxy.request.lease), which releases the lease
+whatever ends the attempt. An exception no step expected (a bug) ends only its attempt: logged
+(rate-limited), and while nothing has been sent to the client the request moves on to another
+session, the last one answering 502; never a 500 with a traceback.
 """
 
 from __future__ import annotations
@@ -22,15 +27,17 @@ from yarl import URL
 
 from broker import NoSessionAvailable, Outcome, StoreError
 from proxy.config.pools import PoolPlan
-from proxy.request.body import BodyTooLarge, ReplayableBody
+from proxy.request.body import BodyTimeout, BodyTooLarge, ReplayableBody
+from proxy.request.headers import first_not_utf8
 from proxy.request.lease import HeldLease, Waits
 from proxy.request.ratelimit_headers import exhausted_ms
-from proxy.request.responses import error_response, too_large
+from proxy.request.responses import body_timeout, error_response, header_not_utf8, too_large
 from proxy.request.retry_after import retry_after_ms
 from proxy.request.routing import Routed
 from proxy.request.services import Services
 from proxy.request.streaming import Answer, Failure, Streaming, keep_failed, stream_answer
 from proxy.request.timing import Timing
+from proxy.telemetry.logs import client_mistake, proxy_fault
 
 __all__ = ["UNAVAILABLE", "Attempts", "Plan", "outcome_of"]
 
@@ -117,7 +124,7 @@ class Attempts:
             if last is not None and last.backoff:
                 await self._backoff(attempt)
             try:
-                held, secret = await self._lease()
+                result = await self._next(final=attempt == attempts - 1)
             except NoSessionAvailable as exc:
                 if last is not None and exc.reason == "tried":
                     return last.response
@@ -126,35 +133,59 @@ class Attempts:
                 return error_response(
                     503, "store_unavailable", "the session store is unreachable; retry later"
                 )
-            result = await self._attempt(held, secret, final=attempt == attempts - 1)
             if isinstance(result, web.StreamResponse):
                 return result
             last = result
         assert last is not None  # max_attempts >= 1
         return last.response
 
-    async def _lease(self) -> tuple[HeldLease, str]:
-        """A lease on a session this replica holds the secret of; raises NoSessionAvailable."""
+    async def _next(self, *, final: bool) -> web.StreamResponse | Failure:
+        """One attempt on a lease of its own, released whatever happens; a session this replica
+        holds no secret for is handed back and another leased. Raises NoSessionAvailable."""
         while True:
             held = await self._lease_in_chain()
-            lease = held.lease
-            self.services.metrics.lease_taken()
-            tried = self.tried.setdefault(held.plan.name, set())
-            log.debug(
-                "session selected",
-                pool=held.plan.name,
-                session=lease.session_id,
-                probe=lease.probe,
-                skipped_as_tried=sorted(tried),
-            )
-            tried.add(lease.session_id)
-            secret = held.plan.secrets.get(lease.session_id)
-            if secret is not None:
-                return held, secret
-            # The store lists a session this replica's configuration does not have (replicas
-            # disagree for a moment during a rollout): hand it back untouched, lease another.
+            try:
+                async with held:
+                    secret = self._secret(held)
+                    if secret is None:
+                        held.release(Outcome.UNUSED, latency_ms=-1)
+                        continue
+                    return await self._attempt(held, secret, final=final)
+            except Exception as exc:  # asyncio.CancelledError (the client left) is no Exception
+                return self._broken(held, exc)
+
+    def _secret(self, held: HeldLease) -> str | None:
+        """The secret of the leased session, noted as tried; None when this replica's
+        configuration does not have it (replicas disagree for a moment during a rollout)."""
+        lease = held.lease
+        self.services.metrics.lease_taken()
+        tried = self.tried.setdefault(held.plan.name, set())
+        log.debug(
+            "session selected",
+            pool=held.plan.name,
+            session=lease.session_id,
+            probe=lease.probe,
+            skipped_as_tried=sorted(tried),
+        )
+        tried.add(lease.session_id)
+        secret = held.plan.secrets.get(lease.session_id)
+        if secret is None:
             log.info("session unknown to this replica; skipped", session=lease.session_id)
-            held.release(Outcome.UNUSED, latency_ms=-1)
+        return secret
+
+    def _broken(self, held: HeldLease, exc: Exception) -> web.StreamResponse | Failure:
+        """What the client gets when an attempt failed in the proxy itself (its lease was
+        released on the way out): another session's try while nothing has been sent, else the
+        answer cut off as a broken upstream's is."""
+        proxy_fault("attempt failed in the proxy", exc, session=held.lease.session_id)
+        response = held.response
+        if response is not None and response.prepared:
+            # The client must not take a cut-off answer for a whole one: drop the connection.
+            if self.request.transport is not None:
+                self.request.transport.close()
+            return response
+        message = "the proxy could not complete the upstream call"
+        return Failure(error_response(502, "proxy_error", message), backoff=False)
 
     async def _lease_in_chain(self) -> HeldLease:
         """From the routed pool; when it has nothing, from each fallback in turn; when none
@@ -204,13 +235,24 @@ class Attempts:
         sent = await self._send(held, secret)
         if not isinstance(sent, aiohttp.ClientResponse):
             return sent
-        answered_s = held.since_sent_s()
-        self.timing.waited_s += answered_s
-        self.services.metrics.upstream_answered(answered_s)
-        answer = Answer(sent, outcome_of(sent.status), self._waits(sent))
-        if answer.outcome is not Outcome.SUCCESS and not final:
-            return await keep_failed(held, answer)
-        return await stream_answer(held, answer, self.streaming)
+        try:
+            held.answered = outcome_of(sent.status)
+            answered_s = held.since_sent_s()
+            self.timing.waited_s += answered_s
+            self.services.metrics.upstream_answered(answered_s)
+            answer = Answer(sent, held.answered, self._waits(sent))
+            unreadable = first_not_utf8(sent.headers)
+            if unreadable is not None:
+                # The upstream did the work: another session would do it again. Refused, not
+                # passed on altered.
+                log.warning("upstream header not UTF-8", header=unreadable, status=sent.status)
+                held.release(answer.outcome, waits=answer.waits, detail=str(sent.status))
+                return header_not_utf8(502, unreadable, "the upstream answer's")
+            if answer.outcome is not Outcome.SUCCESS and not final:
+                return await keep_failed(held, answer)
+            return await stream_answer(held, answer, self.streaming)
+        finally:
+            sent.close()  # whatever ended the attempt, its upstream connection goes back or away
 
     async def _send(
         self, held: HeldLease, secret: str
@@ -236,10 +278,20 @@ class Attempts:
         except BodyTooLarge:
             held.release(Outcome.SUCCESS, latency_ms=-1)
             return too_large(self.services.settings.max_body_bytes)
-        except TimeoutError:
-            held.release(Outcome.TIMEOUT, detail="connect/read timeout")
-            return Failure(error_response(504, "upstream_timeout", "upstream timed out"), True)
-        except aiohttp.ClientError as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            # The HTTP client hides an error of the body it sent behind one of its own.
+            failed = body.failure if body is not None else None
+            if isinstance(failed, BodyTimeout):
+                # The client's body stopped coming: not the session's fault.
+                held.release(Outcome.UNUSED)
+                client_mistake("request body timed out", session=held.lease.session_id)
+                return body_timeout(self.services.settings.body_timeout_s)
+            if isinstance(failed, BodyTooLarge):
+                held.release(Outcome.SUCCESS, latency_ms=-1)
+                return too_large(self.services.settings.max_body_bytes)
+            if isinstance(exc, TimeoutError):
+                held.release(Outcome.TIMEOUT, detail="connect/read timeout")
+                return Failure(error_response(504, "upstream_timeout", "upstream timed out"), True)
             if self._client_gone():
                 # Sending failed because the client's own body stopped coming: not the session's
                 # fault, and counting it would trip a healthy session's breaker.
@@ -249,10 +301,8 @@ class Attempts:
             return Failure(
                 error_response(502, "upstream_unreachable", "upstream unreachable"), True
             )
-        except asyncio.CancelledError:
-            # The client left before the upstream answered: nothing is known of the session.
-            held.release(Outcome.UNUSED)
-            raise
+        # The client leaving before the upstream answered (asyncio.CancelledError) releases the
+        # lease as unused on the way out of its block: nothing is known of the session.
 
     def _waits(self, upstream: aiohttp.ClientResponse) -> Waits:
         families = self.services.settings.header_families

@@ -19,8 +19,10 @@ def presented_key(request: web.Request) -> str:
 
 
 def key_matches(presented: str, keys: tuple[str, ...]) -> bool:
-    """Constant-time comparison against every key, so timing tells nothing about which is close."""
-    given = presented.encode()
+    """Constant-time comparison against every key, so timing tells nothing about which is close.
+    A key holding bytes that are not UTF-8 (the server keeps them as surrogates) is compared as
+    the bytes it came as: a wrong key like any other, never an error."""
+    given = presented.encode("utf-8", "surrogateescape")
     results = [hmac.compare_digest(given, key.encode()) for key in keys]
     return any(results)
 

@@ -9,7 +9,7 @@ count alike:
 - ``requested_max_units``: the first of ``max_tokens``, ``max_completion_tokens``,
   ``max_output_tokens`` in a JSON object body that is a non-negative integer (a bool is not);
 - the estimate is their sum, the second counting 0 when there is none (an empty body, not JSON,
-  not an object, no such field).
+  not an object, nested too deep to decode, no such field), each clamped to ``UNITS_MAX``.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+
+from proxy.request.usage import UNITS_MAX
 
 __all__ = ["BYTES_PER_UNIT", "estimate_units", "prompt_units", "requested_max_units"]
 
@@ -46,14 +48,14 @@ def requested_max_units(body: bytes) -> int | None:
     """The answer length a JSON object body asks for at most, or None when it does not say."""
     try:
         limits = _decoder.decode(body)
-    except msgspec.DecodeError:  # not JSON, or not an object
+    except (ValueError, RecursionError):  # not JSON, not an object, nested too deep, 1e400
         return None
     for value in (limits.max_tokens, limits.max_completion_tokens, limits.max_output_tokens):
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-            return value
+            return min(value, UNITS_MAX)
     return None
 
 
 def estimate_units(body: bytes) -> int:
     """The units a request with this body is charged at admission: prompt plus maximum answer."""
-    return prompt_units(body) + (requested_max_units(body) or 0)
+    return min(prompt_units(body) + (requested_max_units(body) or 0), UNITS_MAX)

@@ -1,10 +1,11 @@
 """Forwarding: the proxy's one route. For each client request: its id, its body (bounded by
-MAX_BODY_BYTES), its pool (proxy.request.routing), the units it pre-charges a metered session,
-then its attempts (proxy.request.attempts), each on a lease of its own.
+MAX_BODY_BYTES and BODY_TIMEOUT), its pool (proxy.request.routing), the units it pre-charges a
+metered session, then its attempts (proxy.request.attempts), each on a lease of its own.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import structlog
@@ -12,15 +13,16 @@ from aiohttp import web
 
 from proxy.config.pools import PoolTable
 from proxy.request.attempts import Attempts, Plan
-from proxy.request.body import BodyTooLarge, ReplayableBody
+from proxy.request.body import BodyTimeout, BodyTooLarge, ReplayableBody
 from proxy.request.estimate import estimate_units
-from proxy.request.headers import outgoing_headers, request_id_of
+from proxy.request.headers import first_not_utf8, outgoing_headers, request_id_of
 from proxy.request.ratelimit_headers import nonnegative_number
-from proxy.request.responses import error_response, too_large
+from proxy.request.responses import body_timeout, error_response, header_not_utf8, too_large
 from proxy.request.routing import NoRoute, Routed, route_request
 from proxy.request.services import Admission, Services
 from proxy.request.streaming import Streaming
 from proxy.request.timing import Timing
+from proxy.telemetry.logs import client_mistake
 
 __all__ = ["ProxyRoute"]
 
@@ -55,6 +57,8 @@ class ProxyRoute:
                     services.metrics.request_done(response.status, attempts, timing.overhead_s)
             if not response.prepared:
                 response.headers["X-Request-ID"] = request_id
+                if response.keep_alive is False:
+                    await _send_and_close(request, response)
             return response
         finally:
             structlog.contextvars.unbind_contextvars("request_id")
@@ -67,7 +71,10 @@ async def forward(
     settings = services.settings
     table = services.pools.table  # one request keeps the pools it started with
     limit = settings.max_body_bytes
-    body = ReplayableBody(request.content, limit) if request.body_exists else None
+    body = None
+    if request.body_exists:
+        deadline = asyncio.get_running_loop().time() + settings.body_timeout_s
+        body = ReplayableBody(request.content, limit, deadline)
     wait_until = time.monotonic() + _wait_s(request, settings.queue_timeout_s)
     if (request.content_length or 0) > limit:
         return too_large(limit), 0
@@ -78,13 +85,27 @@ async def forward(
         plan = await _plan(services, table, request, request_id, routed, body, wait_until)
     except BodyTooLarge:
         return too_large(limit), 0
+    except BodyTimeout:
+        client_mistake("request body timed out", before="lease")
+        return body_timeout(settings.body_timeout_s), 0
     except NoRoute as exc:
         return error_response(404, exc.code, exc.message), 0
-    streaming = Streaming(
-        request, request_id, settings.usage_header, settings.lease_ttl_s, timing.headers_out
-    )
+    unreadable = first_not_utf8(plan.headers)
+    if unreadable is not None:
+        client_mistake("request header not UTF-8", header=unreadable)
+        return header_not_utf8(400, unreadable, "the request's"), 0
+    streaming = Streaming(request, request_id, settings.usage_header, timing.headers_out)
     attempts = Attempts(services, request, plan, timing=timing, streaming=streaming)
     return await attempts.run(), attempts.made
+
+
+async def _send_and_close(request: web.Request, response: web.StreamResponse) -> None:
+    """Send an answer that ends its connection (a 408), then close it at once: the server would
+    otherwise linger, reading what the client may still send of a body nobody wants."""
+    await response.prepare(request)
+    await response.write_eof()
+    if request.transport is not None:
+        request.transport.close()
 
 
 def _wait_s(request: web.Request, queue_timeout_s: float) -> float:

@@ -4,6 +4,10 @@ answer reaches the client, and the request id both carry.
 Never passed on: hop-by-hop headers (and those ``Connection`` names), the client's credentials
 (for this proxy or nobody), the headers the sessions' secrets go in, the pool header. Never
 returned: an upstream's ``Set-Cookie``, which with web-session credentials is a secret.
+
+A header value passed on is never altered. The HTTP server and client keep bytes that are not
+UTF-8 as surrogates, and would drop them on the way out, so a header to be passed on that holds
+one is refused (``first_not_utf8``): a client's request gets 400, an upstream's answer 502.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ __all__ = [
     "REQUEST_ID_MAX",
     "UPSTREAM_ONLY",
     "answer_headers",
+    "first_not_utf8",
     "outgoing_headers",
     "replay_headers",
     "request_id_of",
@@ -49,6 +54,17 @@ CLIENT_CREDENTIALS = frozenset(
 UPSTREAM_ONLY = frozenset({"set-cookie", "set-cookie2"})
 #: The longest X-Request-ID passed through; longer or unprintable ones are replaced.
 REQUEST_ID_MAX = 128
+
+
+def first_not_utf8(headers: CIMultiDict[str] | CIMultiDictProxy[str]) -> str | None:
+    """The name of the first header whose value holds bytes that are not UTF-8, or None."""
+    for name, value in headers.items():
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:  # a surrogate: a byte that was not UTF-8
+                return name
+    return None
 
 
 def request_id_of(headers: CIMultiDictProxy[str]) -> str:

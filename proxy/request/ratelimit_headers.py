@@ -13,17 +13,21 @@ Families (RATE_LIMIT_HEADER_FAMILIES picks which are read):
                the structured ``RateLimit: "name";r=0;t=34`` (drafts 07 and later)
 
 A remaining of -1 means unknown (Azure sends it), not exhausted. Malformed values are ignored,
-never fatal.
+never fatal: nothing here raises, whatever the upstream sends; a reset too far away to count
+(``1e308``) is clamped to ``WAIT_MAX_MS``, and a value longer than any real one (a 400-digit Go
+duration) is not read at all.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
 from proxy.config.settings import FAMILIES
+from proxy.request.retry_after import clamped_ms
 
 _GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(h|ms|us|µs|ns|m|s)")
 #: A github-style reset below this (2001-09-09) is a delay in seconds, as some servers send it.
@@ -39,41 +43,52 @@ class Limit:
     reset_s: float | None
 
 
+#: The longest header value read as a number: far more digits than any real count or reset
+#: (float() of a long string costs time; int() refuses more than 4,300 digits).
+_NUMBER_CHARS_MAX = 64
+#: A remaining count this large is as good as unlimited: longer ones are not converted.
+_REMAINING_DIGITS_MAX = 18
+
+
 def go_duration(value: str) -> float | None:
-    """Seconds in a Go duration such as ``6m0s`` or ``17.28s``; None if it is not one."""
+    """Seconds in a Go duration such as ``6m0s`` or ``17.28s``; None if it is not one, or is
+    longer than any real one."""
     value = value.strip()
-    if not value or _GO_DURATION.sub("", value):
+    # The pattern backtracks over a long run of digits with no unit: a longer value is no
+    # duration any server sends, and is not searched.
+    if not value or len(value) > _NUMBER_CHARS_MAX or _GO_DURATION.sub("", value):
         return None
     return sum(float(n) * _GO_UNITS[unit] for n, unit in _GO_DURATION.findall(value))
 
 
 def _remaining(value: str | None) -> int | None:
-    if value is None:
+    """A count of what is left: ASCII digits only (-1, Azure's "unknown", is None)."""
+    digits = value.strip() if value is not None else ""
+    if not (digits.isascii() and digits.isdigit()):
         return None
-    try:
-        number = int(value.strip())
-    except ValueError:
-        return None
-    return number if number >= 0 else None  # -1: unknown
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= _REMAINING_DIGITS_MAX else 10**_REMAINING_DIGITS_MAX
 
 
 def nonnegative_number(value: str | None) -> float | None:
     """``value`` as a finite number >= 0, or None when it is absent or not one."""
-    try:
-        number = float(value) if value is not None else None
-    except ValueError:
+    if value is None or len(value) > _NUMBER_CHARS_MAX:
         return None
-    return number if number is not None and 0 <= number < float("inf") else None
+    try:
+        number = float(value)
+    except ValueError:  # UnicodeEncodeError (a byte that was not UTF-8) is one
+        return None
+    return number if 0 <= number < math.inf else None
 
 
 def _rfc3339(value: str | None, now_s: float) -> float | None:
     try:
         when = datetime.fromisoformat(value) if value else None
-    except ValueError:
+        if when is None or when.tzinfo is None:
+            return None
+        return max(0.0, when.timestamp() - now_s)
+    except (ValueError, OverflowError):
         return None
-    if when is None or when.tzinfo is None:
-        return None
-    return max(0.0, when.timestamp() - now_s)
 
 
 def _openai(headers: Mapping[str, str], now_s: float) -> Iterator[Limit]:
@@ -143,4 +158,5 @@ def exhausted_ms(headers: Mapping[str, str], now_s: float, families: Collection[
         for limit in limits(headers, now_s, families)
         if limit.remaining == 0 and limit.reset_s is not None
     ]
-    return round(max(resets) * 1000) if resets else None
+    # An infinite reset (an overflowing duration) is the longest wait there is, not unusable.
+    return (clamped_ms(max(resets)) or 0) if resets else None

@@ -12,7 +12,13 @@ def error_response(
     status: int, code: str, message: str, *, retry_after_ms: int | None = None
 ) -> web.Response:
     """An error answer; with ``retry_after_ms``, a ``Retry-After`` in whole seconds (at least 1)."""
-    kind = {401: "authentication_error", 413: "invalid_request_error", 429: "rate_limit_error"}
+    kind = {
+        400: "invalid_request_error",
+        401: "authentication_error",
+        408: "invalid_request_error",
+        413: "invalid_request_error",
+        429: "rate_limit_error",
+    }
     body = {
         "error": {
             "message": message,
@@ -30,3 +36,21 @@ def error_response(
 def too_large(limit_bytes: int) -> web.Response:
     """413 for a body over MAX_BODY_BYTES."""
     return error_response(413, "request_too_large", f"request body over {limit_bytes} bytes")
+
+
+def body_timeout(timeout_s: float) -> web.Response:
+    """408 for a body that did not arrive within BODY_TIMEOUT. The connection is closed after
+    it: what the client may still send of its body is not waited for."""
+    response = error_response(
+        408, "request_body_timeout", f"the request body did not arrive within {timeout_s:g} s"
+    )
+    response.force_close()
+    return response
+
+
+def header_not_utf8(status: int, name: str, whose: str) -> web.Response:
+    """400 (a client's request) or 502 (an upstream's answer) for a header value holding bytes
+    that are not UTF-8, which would not pass on unaltered."""
+    code = "header_not_utf8" if status == 400 else "upstream_header_not_utf8"
+    shown = name if len(name) <= 100 else name[:100] + "..."
+    return error_response(status, code, f"{whose} header {shown} holds bytes that are not UTF-8")

@@ -46,11 +46,15 @@ class _ModelAsked(msgspec.Struct):
     model: Any = None
 
 
+_decoder = msgspec.json.Decoder(_ModelAsked)
+
+
 def requested_model(body: bytes) -> str | None:
-    """The ``model`` a JSON request body asks for; None for any other body."""
+    """The ``model`` a JSON request body asks for; None for any other body, one nested too deep
+    for the decoder or holding numbers out of range (it then goes to the default pool)."""
     try:
-        asked = msgspec.json.decode(body, type=_ModelAsked)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+        asked = _decoder.decode(body)
+    except (ValueError, RecursionError):  # msgspec's errors are ValueErrors
         return None
     return asked.model if isinstance(asked.model, str) else None
 

@@ -83,6 +83,7 @@ class RequestSettings:
     """The settings the request path reads."""
 
     max_body_bytes: int
+    body_timeout_s: float
     queue_timeout_s: float
     precharge_estimate: bool
     backoff: bool
@@ -98,6 +99,7 @@ class RequestSettings:
     def of(cls, settings: Settings) -> RequestSettings:
         return cls(
             max_body_bytes=settings.max_body_bytes,
+            body_timeout_s=settings.body_timeout,
             queue_timeout_s=settings.queue_timeout,
             precharge_estimate=settings.unit_precharge == "estimate",
             backoff=settings.exponential_backoff_enabled,

@@ -1,6 +1,6 @@
-"""Sending an upstream answer back: streamed to the client as it arrives (its lease renewed
-while it lasts, its usage read when the session has a unit budget), or, for a failed attempt
-another may follow, kept to be replayed if none can.
+"""Sending an upstream answer back: streamed to the client as it arrives (its usage read when
+the session has a unit budget), or, for a failed attempt another may follow, kept to be replayed
+if none can. The lease is renewed meanwhile by its holder (proxy.request.lease).
 
 An answer cut off by the upstream is not passed off as a whole one: the client's connection is
 dropped.
@@ -17,7 +17,7 @@ from aiohttp import web
 
 from broker import Outcome
 from proxy.request.headers import answer_headers, replay_headers
-from proxy.request.lease import HeldLease, Renewal, Waits
+from proxy.request.lease import HeldLease, Waits
 from proxy.request.usage import UsageMeter
 
 __all__ = ["FAILED_BODY_LIMIT", "Failure", "keep_failed", "refused_units", "stream_answer"]
@@ -83,7 +83,6 @@ class Streaming:
     request: web.Request
     request_id: str
     usage_header: str
-    lease_ttl_s: float
     headers_out: Callable[[], None]
 
 
@@ -93,7 +92,7 @@ async def stream_answer(held: HeldLease, answer: Answer, to: Streaming) -> web.S
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
     response.headers.extend(answer_headers(upstream.headers))
     response.headers["X-Request-ID"] = to.request_id
-    renewal = Renewal(held, to.lease_ttl_s)
+    held.response = response
     detail = str(upstream.status)
     broken = False
     # Only a session with a unit budget needs its usage read from the answer.
@@ -110,7 +109,6 @@ async def stream_answer(held: HeldLease, answer: Answer, to: Streaming) -> web.S
     except ConnectionResetError:
         log.info("client went away mid-response", session=held.lease.session_id)
     finally:
-        renewal.cancel()
         upstream.close()
         units = usage.units() if usage is not None else refused_units(outcome)
         held.release(outcome, waits=answer.waits, detail=detail, units=units)

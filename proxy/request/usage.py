@@ -12,49 +12,80 @@ Bodies are read as they stream past, never held back: a JSON answer is kept up t
 ``JSON_LIMIT_BYTES`` (a larger one reports nothing), an event stream only its last
 ``SSE_TAIL_BYTES``. A compressed body (``Content-Encoding``) is not decoded: only the header can
 report its usage.
+
+Nothing here raises, whatever the upstream sends: a body nested too deep for the decoder, a number
+out of range or bytes that are not JSON report no usage (None: a pre-charge stands), and a count
+is clamped to ``UNITS_MAX``.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["JSON_LIMIT_BYTES", "SSE_TAIL_BYTES", "UsageMeter", "units_in"]
+import msgspec
+
+__all__ = ["JSON_LIMIT_BYTES", "SSE_TAIL_BYTES", "UNITS_MAX", "UsageMeter", "units_of"]
 
 #: The largest JSON answer searched for usage; a chat completion is far smaller.
 JSON_LIMIT_BYTES = 1 << 20
 #: How much of the end of an event stream is kept: the final events, usage among them.
 SSE_TAIL_BYTES = 64 << 10
+#: The most units one answer is counted for: the largest integer a Lua number (a double) holds
+#: exactly, far beyond any real answer.
+UNITS_MAX = 2**53 - 1
 
 
-def units_in(document: Any) -> int | None:
-    """The units of a decoded answer or event: its ``usage`` object's total, else None."""
-    usage = document.get("usage") if isinstance(document, dict) else None
-    if not isinstance(usage, dict):
+class _Usage(msgspec.Struct):
+    """A ``usage`` object's counts; ``Any`` so a wrong type in one is passed over alone."""
+
+    total_tokens: Any = None
+    input_tokens: Any = None
+    output_tokens: Any = None
+
+
+class _Reported(msgspec.Struct):
+    """An answer or event: only its ``usage`` is built, every other field skipped."""
+
+    usage: _Usage | None = None
+
+
+_decoder = msgspec.json.Decoder(_Reported)
+
+
+def units_of(document: bytes | str) -> int | None:
+    """The units a JSON answer or event reports in its ``usage`` object, else None (also when it
+    is not JSON, nests too deep or holds numbers out of range)."""
+    try:
+        usage = _decoder.decode(document).usage
+    except (ValueError, RecursionError):  # msgspec's errors and UnicodeEncodeError are ValueErrors
         return None
-    total = _count(usage.get("total_tokens"))
+    if usage is None:
+        return None
+    total = _count(usage.total_tokens)
     if total is not None:
         return total
-    input_tokens, output_tokens = (
-        _count(usage.get("input_tokens")),
-        _count(usage.get("output_tokens")),
-    )
+    input_tokens, output_tokens = _count(usage.input_tokens), _count(usage.output_tokens)
     if input_tokens is None or output_tokens is None:
         return None
-    return input_tokens + output_tokens
+    return min(input_tokens + output_tokens, UNITS_MAX)
 
 
 def _count(value: object) -> int | None:
-    """``value`` if it is a count of units (a non-negative integer, not a bool), else None."""
+    """``value`` if it is a count of units (a non-negative integer, not a bool), clamped to
+    UNITS_MAX; else None."""
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
+        return min(value, UNITS_MAX)
     return None
 
 
 def _header_units(headers: Mapping[str, str], name: str) -> int | None:
     value = headers.get(name, "").strip() if name else ""
-    return int(value) if value.isdigit() else None
+    if not (value.isascii() and value.isdigit()):
+        return None
+    digits = value.lstrip("0") or "0"
+    # Longer than UNITS_MAX's digits is past it (and int() refuses more than 4,300 digits).
+    return UNITS_MAX if len(digits) > len(str(UNITS_MAX)) else min(int(digits), UNITS_MAX)
 
 
 def _last_event_units(tail: bytes) -> int | None:
@@ -67,10 +98,7 @@ def _last_event_units(tail: bytes) -> int | None:
         )
         if not data or data == "[DONE]":
             continue
-        try:
-            units = units_in(json.loads(data))
-        except ValueError:
-            continue
+        units = units_of(data)
         if units is not None:
             return units
     return None
@@ -108,8 +136,5 @@ class UsageMeter:
         if self._kind == "sse":
             return _last_event_units(bytes(self._body))
         if self._kind == "json" and not self._overflowed:
-            try:
-                return units_in(json.loads(self._body))
-            except ValueError:
-                return None
+            return units_of(bytes(self._body))
         return None

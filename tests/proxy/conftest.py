@@ -110,9 +110,12 @@ async def start_replica(upstream_url: str) -> AsyncIterator[StartReplica]:
     running: list[RunningReplica] = []
 
     async def start_one(
-        sessions: Sequence[Session] | None = SESSIONS, **overrides: Any
+        sessions: Sequence[Session] | None = SESSIONS,
+        before_start: Callable[[Replica], None] | None = None,
+        **overrides: Any,
     ) -> RunningReplica:
-        """``sessions=None``: the pools of the ``sessions_file`` override."""
+        """``sessions=None``: the pools of the ``sessions_file`` override. ``before_start`` is
+        given the replica before it starts (to hand it a part of the test's own)."""
         fields: dict[str, Any] = {
             "upstream_url": upstream_url,
             "listen": "127.0.0.1:0",
@@ -122,7 +125,10 @@ async def start_replica(upstream_url: str) -> AsyncIterator[StartReplica]:
         }
         settings = Settings(**(fields | overrides))
         pools = load_pools(settings) if sessions is None else list(sessions)
-        replica = await start(Replica(settings, pools))
+        made = Replica(settings, pools)
+        if before_start is not None:
+            before_start(made)
+        replica = await start(made)
         running.append(replica)
         await asyncio.wait_for(replica.replica.synced.wait(), 10)
         return replica

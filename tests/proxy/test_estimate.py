@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from proxy.request.estimate import estimate_units, prompt_units, requested_max_units
+from proxy.request.usage import UNITS_MAX
 
 
 @pytest.mark.parametrize(
@@ -42,7 +43,7 @@ def test_prompt_units_are_bytes_over_four_rounded_up(size: int, units: int) -> N
         pytest.param(b'{"max_tokens": "50"}', None, id="string"),
         pytest.param(b'{"max_tokens": null}', None, id="null"),
         pytest.param(b'{"max_tokens": 10**30}', None, id="not-even-json"),
-        pytest.param(b'{"max_tokens": 1000000000000000000000}', 10**21, id="huge"),
+        pytest.param(b'{"max_tokens": 1000000000000000000000}', UNITS_MAX, id="huge-clamped"),
         pytest.param(
             b'{"max_output_tokens": 3, "max_completion_tokens": 2, "max_tokens": 1}',
             1,
@@ -67,7 +68,7 @@ def test_prompt_units_are_bytes_over_four_rounded_up(size: int, units: int) -> N
 )
 def test_requested_max_units(body: bytes, requested: int | None) -> None:
     """The first of max_tokens, max_completion_tokens, max_output_tokens that is a non-negative
-    integer (not a bool) in a JSON object; None otherwise."""
+    integer (not a bool) in a JSON object, clamped to UNITS_MAX; None otherwise."""
     assert requested_max_units(body) == requested
 
 
