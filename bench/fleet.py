@@ -223,7 +223,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"learning suite: every run {QUICK_SCALE:.3g} x as long (a smoke run, not a result)",
     )
     parser.add_argument("--scale", type=float, default=None, help="learning suite: run lengths x")
-    parser.add_argument("--scenarios", default=None, help="comma-separated, or 'all' (default)")
+    parser.add_argument(
+        "--scenarios", default=None, help="comma-separated, or 'all'; default: the suite's own set"
+    )
     parser.add_argument("--modes", default=None, help="comma-separated, or 'all'")
     parser.add_argument("--replicas", type=int, default=3)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per run")
@@ -242,7 +244,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument("--keep-logs", action="store_true", help="keep process logs in --out")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.suite != "learning" and (args.quick or args.scale is not None):
+        parser.error("--quick and --scale apply to --suite learning")
+    return args
 
 
 def _modes_of(scenario: Scenario, modes: Sequence[str]) -> list[str]:
