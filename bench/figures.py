@@ -1,11 +1,12 @@
 """The figures of one fleet run, computed from the client's records and the upstream's counts,
-and the bars of the issue checked against them."""
+and the bars of the issues checked against them: ``bars`` for the fleet benchmark's own
+scenarios, ``learning_bars`` for issue 13's (limits nobody states)."""
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from bench.load import Record
@@ -16,6 +17,20 @@ BAR_WASTE_VS_NAIVE = 0.30  # shared wastes at least 70% fewer attempts per succe
 BAR_GOODPUT_KNOWN = 0.95
 BAR_UPSTREAM_429_KNOWN = 0.01
 BAR_GOODPUT_UNKNOWN = 0.90
+
+#: Issue 13's bars (3 sessions at 120 rpm, 2 replicas, 2x the quota).
+BAR_HEADERLESS_FIRST = 0.85  # of the quota served in the first window (60 s)
+BAR_HEADERLESS_TOTAL = 0.92  # of the quota over the whole run (180 s)
+BAR_HEADERLESS_WASTE = 0.30  # wasted upstream attempts per success
+BAR_HEADERS_GOODPUT = 0.97
+BAR_FOLLOW_S = 10.0  # seconds until the fleet follows a limit that halves, or comes back
+BAR_FOLLOW_429 = 0.10  # 429s over the upstream attempts of that run
+#: The fleet "follows" a limit from the first second that starts FOLLOW_WINDOW_S seconds in which
+#: the upstream answered at least FOLLOW_GOODPUT of the new limit with success, and 429s were at
+#: most FOLLOW_429 of the attempts: below the limit (no overshoot) and near it (no undershoot).
+FOLLOW_WINDOW_S = 5
+FOLLOW_GOODPUT = 0.85
+FOLLOW_429 = 0.10
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -71,6 +86,15 @@ class RunFigures:
     notes: list[str] = field(default_factory=list)
     #: shared modes: each session's hash at the end of the run (cooldowns, breaker, ...).
     broker_state: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: The upstream's answers per second of the run, every session together (status -> count).
+    upstream_timeline: list[dict[str, int]] = field(default_factory=list)
+    #: Successes answered by the end of the scenario's first window, over what the upstream
+    #: allows in it (NaN when the scenario has no first window).
+    first_window_s: float = math.nan
+    served_first_window: float = math.nan
+    #: Per change of the upstream's limit ("down@60s", "up@120s"): seconds until the fleet
+    #: followed it (NaN: not within the run). See FOLLOW_WINDOW_S.
+    follow_s: dict[str, float] = field(default_factory=dict)
 
 
 def compute(
@@ -82,6 +106,7 @@ def compute(
     records: Sequence[Record],
     upstream: Mapping[str, Mapping[str, object]],
     proxy_cpu_s: float,
+    upstream_timeline: Sequence[Mapping[str, int]] = (),
 ) -> RunFigures:
     statuses: Counter[str] = Counter(str(r.status) for r in records)
     ok = statuses.pop("200", 0)
@@ -109,14 +134,14 @@ def compute(
         offered[min(len(timeline) - 1, int(r.due_s))] += 1
         if r.status == 200:
             timeline[min(len(timeline) - 1, int(r.due_s))] += 1
-    # Without a queue a second's quota cannot serve another second's arrivals: the most that can
-    # succeed is each second's arrivals up to the quota of the sessions that can answer at all,
-    # plus their full buckets at the start.
-    serving_per_s = sum(s.per_s for s in serving)
-    attainable = min(
-        len(records),
-        sum(min(n, serving_per_s) for n in offered) + sum(s.burst for s in serving),
-    )
+    attainable = min(float(len(records)), _attainable(scenario, offered))
+    timeline_up = [dict(second) for second in upstream_timeline]
+    first_s = scenario.first_window_s
+    served_first = math.nan
+    if first_s:
+        # Served by the end of the window: answered then, wherever the request waited.
+        served = sum(1 for r in records if r.status == 200 and r.due_s + r.latency_s <= first_s)
+        served_first = served / scenario.allowed(0.0, first_s)
     return RunFigures(
         scenario=scenario.name,
         mode=mode,
@@ -150,7 +175,67 @@ def compute(
         failovers=sum(r.failovers for r in records),
         proxy_cpu_s=proxy_cpu_s,
         proxy_cpu_ms_per_request=1000 * proxy_cpu_s / len(records) if records else 0.0,
+        upstream_timeline=timeline_up,
+        first_window_s=first_s if first_s else math.nan,
+        served_first_window=served_first,
+        follow_s=follow_times(scenario, timeline_up, duration_s),
     )
+
+
+def _attainable(scenario: Scenario, offered: Sequence[int]) -> float:
+    """What any proxy without a queue could get: a period's quota cannot serve another period's
+    arrivals. A bucket's period is a second (plus the full buckets at the start), a fixed
+    window's is the window; only the sessions that can answer at all count."""
+    serving = scenario.serving()
+    if serving and serving[0].shape == "window":
+        period = serving[0].window_s
+        periods: dict[int, int] = {}
+        for second, n in enumerate(offered):
+            periods[int(second // period)] = periods.get(int(second // period), 0) + n
+        return sum(
+            min(n, sum(s.allowed(i * period, (i + 1) * period) for s in serving))
+            for i, n in periods.items()
+        )
+    total = float(sum(s.burst for s in serving))
+    for second, n in enumerate(offered):
+        total += min(n, sum((s.limits.rpm_at(second) or 0.0) / 60.0 for s in serving))
+    return total
+
+
+def follow_times(
+    scenario: Scenario, timeline: Sequence[Mapping[str, int]], duration_s: float
+) -> dict[str, float]:
+    """For each change of the upstream's limit: seconds from it until the fleet follows the new
+    limit (the first second starting FOLLOW_WINDOW_S seconds of successes >= FOLLOW_GOODPUT of
+    the limit and 429s <= FOLLOW_429 of the attempts, within the change's phase), NaN if never."""
+    changes = scenario.changes()
+    if not changes:
+        return {}
+    ends = [*changes[1:], duration_s]
+    follows: dict[str, float] = {}
+    for at_s, end_s in zip(changes, ends, strict=True):
+        before = sum(s.limits.rpm_at(at_s - 1e-6) or 0.0 for s in scenario.sessions)
+        after = sum(s.limits.rpm_at(at_s) or 0.0 for s in scenario.sessions)
+        name = f"{'down' if after < before else 'up'}@{at_s:g}s"
+        follows[name] = _follow(timeline, at_s, end_s, after / 60.0)
+    return follows
+
+
+def _follow(
+    timeline: Sequence[Mapping[str, int]], at_s: float, end_s: float, quota_per_s: float
+) -> float:
+    first, last = math.ceil(at_s), math.floor(end_s) - FOLLOW_WINDOW_S
+    for start in range(first, last + 1):
+        seconds = timeline[start : start + FOLLOW_WINDOW_S]
+        attempts = sum(sum(second.values()) for second in seconds)
+        ok = sum(_successes(second) for second in seconds)
+        refused = sum(second.get("429", 0) for second in seconds)
+        if (
+            ok >= FOLLOW_GOODPUT * quota_per_s * FOLLOW_WINDOW_S
+            and refused <= FOLLOW_429 * attempts
+        ):
+            return start - at_s
+    return math.nan
 
 
 def _successes(statuses: Mapping[str, int]) -> int:
@@ -256,3 +341,154 @@ def bars(results: Sequence[RunFigures]) -> list[Verdict]:
                     )
                 )
     return verdicts
+
+
+def _pct(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.1%}"
+
+
+def _follows(f: RunFigures) -> str:
+    return " ".join(f"{name} {_seconds(s)}" for name, s in f.follow_s.items())
+
+
+LEARNING_HEADER = (
+    "| scenario | mode | vs quota | first window | wasted/success | upstream 429 | follows "
+    "| client errors | p50 ms | p99 ms |\n"
+    "| --- | --- | ---: | ---: | ---: | ---: | --- | --- | ---: | ---: |"
+)
+
+
+def learning_table(results: Sequence[RunFigures]) -> str:
+    """Issue 13's figures: the quota served over the run and in its first window, the waste,
+    and how fast the fleet followed a limit that changed."""
+    rows = [
+        f"| {f.scenario} | {f.mode} | {f.goodput_vs_quota:.1%} | {_pct(f.served_first_window)} "
+        f"| {f.wasted_per_success:.3f} | {f.upstream_429_share:.1%} | {_follows(f) or '-'} "
+        f"| {_errors(f.client_statuses)} | {_ms(f.latency_ok_s['p50'])} "
+        f"| {_ms(f.latency_ok_s['p99'])} |"
+        for f in results
+    ]
+    return "\n".join([LEARNING_HEADER, *rows])
+
+
+def _beside(runs: Sequence[RunFigures], figure: Callable[[RunFigures], str]) -> str:
+    """The same figure for the baselines (and LiteLLM) of the same run, for the verdict line."""
+    others = [f"{r.mode} {figure(r)}" for r in runs if not r.mode.startswith("shared-")]
+    return f" ({', '.join(others)})" if others else ""
+
+
+def learning_bars(results: Sequence[RunFigures], chosen: Sequence[Scenario]) -> list[Verdict]:
+    """Issue 13's bars, for every shared mode of every scenario that has one; each line shows
+    the baselines' figure of the same run beside ours."""
+    verdicts: list[Verdict] = []
+    for scenario in chosen:
+        runs = [f for f in results if f.scenario == scenario.name]
+        for ours in (f for f in runs if f.mode.startswith("shared-")):
+            if scenario.bar is not None:
+                verdicts += _learning_bar(scenario.bar, scenario, ours, runs, results)
+    return verdicts
+
+
+def _learning_bar(
+    bar: str,
+    scenario: Scenario,
+    ours: RunFigures,
+    runs: Sequence[RunFigures],
+    results: Sequence[RunFigures],
+) -> list[Verdict]:
+    name, mode = scenario.name, ours.mode
+    waste = _beside(runs, lambda r: f"{r.wasted_per_success:.3f}")
+    goodput = _beside(runs, lambda r: f"{r.goodput_vs_quota:.1%}")
+    share_429 = _beside(runs, lambda r: f"{r.upstream_429_share:.1%}")
+    if bar == "headerless":
+        first = _beside(runs, lambda r: _pct(r.served_first_window))
+        return [
+            Verdict(
+                f"{name}: {mode} serves >= 85% of the quota in the first {ours.first_window_s:g} s",
+                ours.served_first_window >= BAR_HEADERLESS_FIRST,
+                f"{_pct(ours.served_first_window)}{first}",
+            ),
+            Verdict(
+                f"{name}: {mode} serves >= 92% of the quota over {ours.duration_s:g} s",
+                ours.goodput_vs_quota >= BAR_HEADERLESS_TOTAL,
+                f"{ours.goodput_vs_quota:.1%}{goodput}",
+            ),
+            Verdict(
+                f"{name}: {mode} wastes <= 0.3 upstream attempts per success",
+                ours.wasted_per_success <= BAR_HEADERLESS_WASTE,
+                f"{ours.wasted_per_success:.3f}{waste}",
+            ),
+        ]
+    if bar == "headers":
+        return [
+            Verdict(
+                f"{name}: {mode} serves >= 97% of the quota",
+                ours.goodput_vs_quota >= BAR_HEADERS_GOODPUT,
+                f"{ours.goodput_vs_quota:.1%}{goodput}",
+            )
+        ]
+    if bar == "known":
+        return [
+            Verdict(
+                f"{name}: {mode} gets no upstream 429",
+                ours.upstream_429 == 0,
+                f"{ours.upstream_429} of {ours.upstream_attempts}{share_429}",
+            ),
+            Verdict(
+                f"{name}: {mode} serves >= 95% of the quota",
+                ours.goodput_vs_quota >= BAR_GOODPUT_KNOWN,
+                f"{ours.goodput_vs_quota:.1%}{goodput}",
+            ),
+        ]
+    if bar == "follow":
+        followed = [
+            Verdict(
+                f"{name}: {mode} follows the limit {change} within {BAR_FOLLOW_S:g} s",
+                not math.isnan(seconds) and seconds <= BAR_FOLLOW_S,
+                _seconds(seconds) + _beside(runs, _follow_figure(change)),
+            )
+            for change, seconds in ours.follow_s.items()
+        ]
+        return [
+            *followed,
+            Verdict(
+                f"{name}: {mode} upstream 429s <= 10% of attempts",
+                ours.upstream_429_share <= BAR_FOLLOW_429,
+                f"{ours.upstream_429_share:.1%}{share_429}",
+            ),
+        ]
+    if bar == "flaky":
+        naive = next((r for r in runs if r.mode == "naive"), None)
+        if naive is None:
+            return [Verdict(f"{name}: {mode} against naive", False, "no naive run in this run")]
+        return [
+            Verdict(
+                f"{name}: {mode} goodput >= naive's",
+                ours.goodput_vs_quota >= naive.goodput_vs_quota,
+                f"{ours.goodput_vs_quota:.1%}{goodput}",
+            ),
+            Verdict(
+                f"{name}: {mode} wastes <= 0.3x naive's attempts per success",
+                ours.wasted_per_success <= BAR_WASTE_VS_NAIVE * naive.wasted_per_success,
+                f"{ours.wasted_per_success:.3f}{waste}",
+            ),
+        ]
+    twin = next((r for r in results if r.scenario == scenario.twin and r.mode == ours.mode), None)
+    label = f"{name}: {mode} serves at least what {scenario.twin} does in its first window"
+    if twin is None:
+        return [Verdict(label, False, f"no {scenario.twin} run with {mode} in this run")]
+    return [
+        Verdict(
+            label,
+            ours.served_first_window >= twin.served_first_window,
+            f"{_pct(ours.served_first_window)} vs {_pct(twin.served_first_window)}",
+        )
+    ]
+
+
+def _seconds(value: float) -> str:
+    return "never" if math.isnan(value) else f"{value:g} s"
+
+
+def _follow_figure(change: str) -> Callable[[RunFigures], str]:
+    return lambda run: _seconds(run.follow_s.get(change, math.nan))

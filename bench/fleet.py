@@ -9,6 +9,13 @@ table, checks the issue's bars, writes ``results.json``, ``table.md`` and PNG pl
     python -m bench.fleet                          # default scenarios and modes, a few minutes
     python -m bench.fleet --duration 30 --scenarios all --modes all
     python -m bench.fleet --scenarios known --modes shared-health,naive,local,litellm
+    python -m bench.fleet --suite learning         # issue 13's bars: about 40 min, 3 modes
+    python -m bench.fleet --suite learning --quick # the same, every run a sixth as long: ~8 min
+
+The learning suite (``bench.scenarios.learning_scenarios``) fixes each scenario's sessions,
+replicas, duration and settings at issue 13's parameters (``--sessions``, ``--rpm``,
+``--multiplier``, ``--replicas`` and ``--duration`` do not apply to it) and runs ``shared-health``,
+``naive`` and ``local`` by default, and ``litellm`` when it is installed.
 
 Needs ``redis-server`` on PATH (a private one on a free port, stopped at exit, also on Ctrl-C)
 unless ``--redis-url``/``REDIS_URL`` is given; plots need matplotlib (the ``bench`` extra).
@@ -35,21 +42,36 @@ from types import FrameType
 import redis
 
 from bench import modes as mode_lib
-from bench.figures import RunFigures, bars, compute, table
+from bench.figures import RunFigures, bars, compute, learning_bars, learning_table, table
 from bench.load import run_load
 from bench.processes import Processes, free_port, processes, python, start_redis
-from bench.scenarios import DEFAULT_SCENARIOS, Scenario, by_name, scenarios
+from bench.scenarios import (
+    DEFAULT_SCENARIOS,
+    Scenario,
+    by_name,
+    learning_scenarios,
+    scenarios,
+)
 from broker import PoolKeys
 
 #: Seconds between the warm-up requests and the run: every bucket, quota and cooldown of the
 #: warm-up is over (at the default 240 rpm a burst of 2 refills in 0.5 s).
 SETTLE_S = 1.0
+#: ``--quick``: the learning suite with every run (and the times in it) this much as long.
+QUICK_SCALE = 1 / 6
+LEARNING_MODES = ("shared-health", "naive", "local")
 
 
 def _get_json(url: str) -> dict[str, dict[str, object]]:
     with urllib.request.urlopen(url, timeout=5) as response:
         data: dict[str, dict[str, object]] = json.loads(response.read())
         return data
+
+
+def _timeline(upstream_url: str) -> list[dict[str, int]]:
+    with urllib.request.urlopen(f"{upstream_url}/_sim/timeline", timeout=5) as response:
+        seconds: list[dict[str, int]] = json.loads(response.read())["seconds"]
+        return seconds
 
 
 def _warm_up(urls: Sequence[str], headers: dict[str, str]) -> None:
@@ -92,9 +114,8 @@ def run_one(
     argv = [python(), "-m", "proxy.testing.upstream", "--config", str(config)]
     argv += ["--port", str(upstream_port)]
     upstream = scope.start(f"{pool}-upstream", argv, ready_url=f"{upstream_url}/_sim/stats")
-    fleet = mode_lib.Fleet(
-        scenario, upstream_url, redis_url, pool, scope.workdir, dict(shared_env or {})
-    )
+    env = {**(shared_env or {}), **scenario.shared_env}
+    fleet = mode_lib.Fleet(scenario, upstream_url, redis_url, pool, scope.workdir, env)
     launches = mode_lib.launches(mode, fleet, replicas) if mode != "direct" else []
     children = [
         scope.start(
@@ -134,6 +155,7 @@ def run_one(
         records, _ = asyncio.run(run_load(urls, arrivals, headers=headers, at=at))
         cpu_after = sum(c.cpu_s() for c in children if c.alive()) + cpu_of_killed[0]
         counts = _get_json(f"{upstream_url}/_sim/stats")
+        timeline = _timeline(upstream_url)
         broker_state = _broker_state(redis_url, pool, scenario) if mode.startswith("shared") else {}
     finally:
         scope.stop([upstream, *children])
@@ -145,6 +167,7 @@ def run_one(
         records=records,
         upstream=counts,
         proxy_cpu_s=max(0.0, cpu_after - cpu_before),
+        upstream_timeline=timeline,
     )
     figures.broker_state = broker_state
     return figures
@@ -188,8 +211,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m bench.fleet",
         description="Fleet benchmark: shared broker vs naive vs local (vs LiteLLM).",
     )
-    parser.add_argument("--scenarios", default=",".join(DEFAULT_SCENARIOS), help="or 'all'")
-    parser.add_argument("--modes", default=",".join(mode_lib.DEFAULT_MODES), help="or 'all'")
+    parser.add_argument(
+        "--suite",
+        choices=["fleet", "learning"],
+        default="fleet",
+        help="the fleet benchmark's scenarios, or issue 13's (learning unknown limits)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"learning suite: every run {QUICK_SCALE:.3g} x as long (a smoke run, not a result)",
+    )
+    parser.add_argument("--scale", type=float, default=None, help="learning suite: run lengths x")
+    parser.add_argument(
+        "--scenarios", default=None, help="comma-separated, or 'all'; default: the suite's own set"
+    )
+    parser.add_argument("--modes", default=None, help="comma-separated, or 'all'")
     parser.add_argument("--replicas", type=int, default=3)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per run")
     parser.add_argument("--sessions", type=int, default=6, help="sessions in the pool")
@@ -207,7 +244,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument("--keep-logs", action="store_true", help="keep process logs in --out")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.suite != "learning" and (args.quick or args.scale is not None):
+        parser.error("--quick and --scale apply to --suite learning")
+    return args
+
+
+def _modes_of(scenario: Scenario, modes: Sequence[str]) -> list[str]:
+    """The modes a scenario runs: all, or this project's only (it varies one of its settings)."""
+    if scenario.shared_only:
+        return [m for m in modes if m.startswith("shared-")]
+    return list(modes)
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -220,9 +267,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     # also where a shell started it in the background with SIGINT ignored.)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _interrupt)
-    all_scenarios = scenarios(args.sessions, args.rpm, args.multiplier)
-    chosen = by_name(_parse_list(args.scenarios, [s.name for s in all_scenarios]), all_scenarios)
-    modes = _parse_list(args.modes, mode_lib.ALL_MODES)
+    learning = args.suite == "learning"
+    if learning:
+        scale = args.scale or (QUICK_SCALE if args.quick else 1.0)
+        all_scenarios = learning_scenarios(scale)
+        default_scenarios = "all"
+        default_modes = LEARNING_MODES + (("litellm",) if mode_lib.litellm_available() else ())
+    else:
+        all_scenarios = scenarios(args.sessions, args.rpm, args.multiplier)
+        default_scenarios, default_modes = ",".join(DEFAULT_SCENARIOS), mode_lib.DEFAULT_MODES
+    names = _parse_list(args.scenarios or default_scenarios, [s.name for s in all_scenarios])
+    chosen = by_name(names, all_scenarios)
+    modes = _parse_list(args.modes or ",".join(default_modes), mode_lib.ALL_MODES)
     if args.modes == "all":
         modes.remove("direct")
         if not mode_lib.litellm_available():
@@ -234,9 +290,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     results: list[RunFigures] = []
     started = time.monotonic()
+    # The machine may be shared: the load before and after says how much the numbers can be read.
+    load_before = os.getloadavg()
+    planned = sum((s.duration_s or args.duration) * len(_modes_of(s, modes)) for s in chosen)
     print(
-        f"{len(chosen)} scenarios x {len(modes)} modes, {args.replicas} replicas, "
-        f"{args.duration:g} s each; results in {out}",
+        f"{len(chosen)} scenarios x {len(modes)} modes, {planned / 60:.1f} min of load; "
+        f"results in {out}",
         flush=True,
     )
     try:
@@ -244,15 +303,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             own_redis = args.redis_url is None
             redis_url = args.redis_url or start_redis(scope)
             for scenario in chosen:
-                for mode in modes:
+                for mode in _modes_of(scenario, modes):
                     figures = run_one(
                         scope,
                         scenario,
                         mode,
                         redis_url=redis_url,
                         own_redis=own_redis,
-                        replicas=args.replicas,
-                        duration_s=args.duration,
+                        replicas=scenario.replicas or args.replicas,
+                        duration_s=scenario.duration_s or args.duration,
                         seed=args.seed,
                         shared_env=shared_env,
                     )
@@ -260,14 +319,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(table([figures]).splitlines()[-1], flush=True)
     except KeyboardInterrupt:
         print("interrupted; every process stopped; partial results follow", file=sys.stderr)
-    verdicts = bars(results)
-    report = table(results) + "\n\n```\n" + "\n".join(v.line() for v in verdicts) + "\n```\n"
+    verdicts = bars(results) + learning_bars(results, chosen)
+    report = table(results)
+    if learning:
+        report += "\n\n" + learning_table(results)
+    report += "\n\n```\n" + "\n".join(v.line() for v in verdicts) + "\n```\n"
     print("\n" + report)
     meta = {
         "command": "python -m bench.fleet " + " ".join(argv if argv is not None else sys.argv[1:]),
         "elapsed_s": round(time.monotonic() - started, 1),
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
+        "load_average_before": load_before,
         "load_average": os.getloadavg(),
         "args": {k: str(v) for k, v in vars(args).items()},
         "scenarios": {s.name: s.summary for s in chosen},

@@ -5,6 +5,7 @@ every mode on an instantly answering upstream.
     python -m bench.litellm_side                 # install if missing, then both comparisons
     python -m bench.litellm_side --install       # only install (bench/.litellm-venv, git-ignored)
     python -m bench.litellm_side --scenarios known,unknown,flaky --duration 20
+    python -m bench.litellm_side --suite learning --no-overhead    # issue 13's bars, ~55 min
 
 LiteLLM gets the same credentials and limits as our replicas: one deployment per session under one
 model name, ``rpm`` per deployment when the scenario makes limits known, Redis-backed
@@ -69,7 +70,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.litellm_side", description=__doc__)
     parser.add_argument("--install", action="store_true", help="only install LiteLLM")
     parser.add_argument("--spec", default="litellm[proxy]", help="what pip installs")
-    parser.add_argument("--scenarios", default="known,unknown")
+    parser.add_argument("--suite", choices=["fleet", "learning"], default="fleet")
+    parser.add_argument("--quick", action="store_true", help="learning suite: a short version")
+    parser.add_argument(
+        "--scenarios", default=None, help="default: known,unknown (fleet suite), all (learning)"
+    )
     parser.add_argument("--modes", default="shared-health,naive,local,litellm")
     parser.add_argument("--replicas", type=int, default=3)
     parser.add_argument("--duration", type=float, default=15.0)
@@ -88,7 +93,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out: Path = args.out or modes.REPO / "bench" / "results" / f"litellm-{stamp}"
-    fleet_argv = ["--scenarios", args.scenarios, "--modes", args.modes, "--out", str(out)]
+    scenarios = args.scenarios or ("all" if args.suite == "learning" else "known,unknown")
+    fleet_argv = ["--suite", args.suite, "--scenarios", scenarios, "--modes", args.modes]
+    fleet_argv += ["--out", str(out)]
+    if args.quick:
+        fleet_argv.append("--quick")
     fleet_argv += ["--replicas", str(args.replicas), "--duration", str(args.duration)]
     fleet_argv += ["--sessions", str(args.sessions), "--rpm", str(args.rpm)]
     if args.no_plots:

@@ -101,10 +101,23 @@ def _share(ax: Axes, runs: Sequence[RunFigures]) -> None:
 
 
 def _timeline(ax: Axes, runs: Sequence[RunFigures]) -> None:
+    """Successes per second as the upstream answered them (what "follows a changed limit" is
+    judged on), or by the client's arrival time for a run without the upstream's timeline."""
+    upstream = all(run.upstream_timeline for run in runs)
     for index, run in enumerate(runs):
-        ax.plot(range(len(run.timeline_ok)), run.timeline_ok, label=run.mode, color=f"C{index}")
-    ax.axhline(runs[0].quota_per_s, color="grey", linewidth=0.8, linestyle="--", label="quota")
-    ax.set_xlabel("second of the run (by arrival)", fontsize=8)
+        ok = (
+            [
+                sum(n for s, n in second.items() if s.startswith("2"))
+                for second in run.upstream_timeline
+            ]
+            if upstream
+            else run.timeline_ok
+        )
+        ax.plot(range(len(ok)), ok, label=run.mode, color=f"C{index}")
+    ax.axhline(
+        runs[0].quota_per_s, color="grey", linewidth=0.8, linestyle="--", label="quota at start"
+    )
+    ax.set_xlabel(f"second of the run (by {'answer' if upstream else 'arrival'})", fontsize=8)
     ax.set_title("successes per second", fontsize=9)
     ax.legend(fontsize=7)
 

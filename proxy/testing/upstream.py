@@ -1,13 +1,18 @@
 """A simulated upstream API that enforces per-credential limits exactly, for the demo, the tests
 and the fleet benchmark (``bench/fleet.py``).
 
-Per credential: an rpm limit with a bucket of ``burst``, a cap on concurrent requests and a
-``tpm`` budget of units (tokens), each answered 429 with ``Retry-After`` (delta-seconds or
-HTTP-date) when exceeded. With ``ratelimit_headers`` each answer under an rpm limit carries
-OpenAI-style ``x-ratelimit-{limit,remaining,reset}-requests``, under a tpm
-``x-ratelimit-{limit,remaining,reset}-tokens``. A ``Latency`` distribution sets the service time
-of admitted requests; ``Faults`` inject failures per credential: 5xx at random or in periodic
-bursts, connection resets, a revoked credential (401), a slow one.
+Per credential: an rpm limit, a cap on concurrent requests and a ``tpm`` budget of units
+(tokens), each answered 429 with ``Retry-After`` (delta-seconds or HTTP-date) when exceeded, or
+with no header at all (``headerless_429``: what a web app's private API sends). The rpm limit
+has one of two shapes: a token bucket of ``burst`` refilled at rpm/60 a second, or a fixed window
+(rpm x window/60 requests per window, the count starting over at each window's edge, as counters
+keyed by the calendar minute do). Its ``schedule`` may change it during the run (the limit halves
+at 60 s and is restored at 120 s, say), on the clock the faults use. With ``ratelimit_headers``
+each answer under an rpm limit carries OpenAI-style ``x-ratelimit-{limit,remaining,reset}-
+requests`` (the rpm in force), under a tpm ``x-ratelimit-{limit,remaining,reset}-tokens``. A
+``Latency`` distribution sets the service time of admitted requests; ``Faults`` inject failures
+per credential: 5xx at random or in periodic bursts (a flaky credential: ``burst_every_s`` 6,
+``burst_for_s`` 2), connection resets, a revoked credential (401), a slow one.
 
 The tpm budget is the broker's GCRA on units (``lua/common.lua``), without its slack: each unit
 takes 60/tpm s of the credential's unit schedule, and a request is admitted while the schedule is
@@ -19,11 +24,13 @@ the estimate). A refund never takes the schedule before now: an unused budget is
 Routes: ``POST /v1/chat/completions`` (OpenAI-shaped JSON, or server-sent events with
 ``"stream": true``, the last event before ``[DONE]`` carrying the usage), ``GET /sse``
 (``?events=N&interval=seconds``), ``* /echo`` (what arrived: method, path, query, headers, body
-size), ``GET /_sim/stats`` and ``POST /_sim/reset``. A chat completion reports ``usage``: the
-body's bytes / 4 as prompt tokens, its ``max_tokens`` (else ``DEFAULT_COMPLETION_UNITS``; or
-fewer, ``completion_units``) as completion tokens. Every attempt is counted per credential and
-status (a reset as ``"reset"``), every 429 by the limit that answered it, and the units consumed,
-so waste and budget use are measured where they happen, not guessed at the proxy.
+size), ``GET /_sim/stats``, ``GET /_sim/timeline`` and ``POST /_sim/reset``. A chat completion
+reports ``usage``: the body's bytes / 4 as prompt tokens, its ``max_tokens`` (else
+``DEFAULT_COMPLETION_UNITS``; or fewer, ``completion_units``) as completion tokens. Every
+attempt is counted per credential and status (a reset as ``"reset"``), every 429 by the limit
+that answered it, and the units consumed, so waste and budget use are measured where they
+happen, not guessed at the proxy; the timeline counts the answers of every credential per second
+since the start, so how fast a fleet follows a limit that changes is measured there too.
 
 Runs as its own process too: ``python -m proxy.testing.upstream --port 8000 --config sim.json``
 (the file is an ``UpstreamConfig`` in JSON; see its docstring).
@@ -66,17 +73,41 @@ LIMIT_REASONS = ("concurrency", "rpm", "tpm")
 UNIT_WINDOW_S = 60.0
 #: The completion tokens a chat completion reports when its request set no ``max_tokens``.
 DEFAULT_COMPLETION_UNITS = 16
+#: The two shapes of an rpm limit: a token bucket with ``burst``, or a fixed window.
+Shape = Literal["bucket", "window"]
 
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Per-credential limits: ``rpm`` with a bucket of ``burst``, concurrent requests, and
-    ``tpm`` units (tokens) a minute."""
+    """Per-credential limits: ``rpm`` (a bucket of ``burst``, or with ``shape="window"``
+    rpm x ``window_s``/60 requests per fixed window), concurrent requests, and ``tpm`` units
+    (tokens) a minute. ``schedule``: ``(at_s, factor)`` pairs, in order; from ``at_s`` seconds
+    after the start (or the last reset) on, the rpm limit is ``factor`` x ``rpm``."""
 
     rpm: float | None = None
     burst: int = 1
     max_concurrency: int | None = None
     tpm: int | None = None
+    shape: Shape = "bucket"
+    window_s: float = 60.0
+    schedule: tuple[tuple[float, float], ...] = ()
+
+    def factor_at(self, elapsed_s: float) -> float:
+        """The factor the schedule applies to ``rpm`` at ``elapsed_s``."""
+        factor = 1.0
+        for at_s, then in self.schedule:
+            if elapsed_s >= at_s:
+                factor = then
+        return factor
+
+    def rpm_at(self, elapsed_s: float) -> float | None:
+        """The rpm limit in force at ``elapsed_s`` (None: no rpm limit)."""
+        return None if self.rpm is None else self.rpm * self.factor_at(elapsed_s)
+
+    def per_window(self, elapsed_s: float) -> int:
+        """Requests a fixed window starting at ``elapsed_s`` admits."""
+        rpm = self.rpm_at(elapsed_s) or 0.0
+        return math.floor(rpm * self.window_s / 60.0 + 1e-9)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +184,8 @@ class CredentialStats:
     max_in_flight: int = 0
     tokens: float = 0.0  # the rpm bucket's
     refilled_at: float = 0.0
+    window: int = -1  # the fixed window counted in (its index since the start); -1: none yet
+    window_count: int = 0
     unit_tat: float = 0.0  # the tpm schedule (monotonic s); 0: never charged
     units: int = 0  # consumed: every admitted request's charge, as settled
 
@@ -176,7 +209,9 @@ class SimulatedUpstream:
 
     ``latency_s`` is a fixed service time; ``latency`` a distribution (it wins when given).
     ``retry_after_ms`` adds the precise ``retry-after-ms`` to each 429, as some OpenAI-compatible
-    servers do, beside the whole seconds of ``Retry-After``.
+    servers do, beside the whole seconds of ``Retry-After``. ``headerless_429``: every 429 comes
+    without any header at all (no ``Retry-After``, no rate-limit header), whatever the two above
+    say; admitted answers keep their rate-limit headers.
     ``completion_units``: the completion tokens every chat completion reports, at most its
     request's ``max_tokens`` (an answer that stops early: its charge is partly refunded); None
     reports the request's ``max_tokens``, else ``DEFAULT_COMPLETION_UNITS``.
@@ -195,6 +230,7 @@ class SimulatedUpstream:
         credential_prefix: str = "Bearer ",
         ratelimit_headers: bool = False,
         retry_after_ms: bool = False,
+        headerless_429: bool = False,
         completion_units: int | None = None,
         seed: int | None = None,
     ) -> None:
@@ -206,9 +242,12 @@ class SimulatedUpstream:
         self.credential_prefix = credential_prefix
         self.ratelimit_headers = ratelimit_headers
         self.retry_after_ms = retry_after_ms
+        self.headerless_429 = headerless_429
         self.completion_units = completion_units
         self.forced: dict[str, Forced] = {}
         self.stats: dict[str, CredentialStats] = {}
+        #: Answers of every credential per second since the start: second -> status -> count.
+        self.timeline: list[Counter[int]] = []
         self.rng = random.Random(seed)
         self.started_at = time.monotonic()
 
@@ -229,8 +268,10 @@ class SimulatedUpstream:
         self.forced.pop(credential, None)
 
     def reset(self) -> None:
-        """Forget every count and bucket, and restart the fault clock (between benchmark runs)."""
+        """Forget every count, bucket and window, and restart the clock of the faults and of the
+        limits' schedules (between benchmark runs)."""
         self.stats.clear()
+        self.timeline.clear()
         self.started_at = time.monotonic()
 
     def attempts(self, credential: str, status: int | None = None) -> int:
@@ -258,6 +299,25 @@ class SimulatedUpstream:
             for credential, stats in self.stats.items()
         }
 
+    def timeline_snapshot(self) -> list[dict[str, int]]:
+        """Answers per second since the start, every credential together: for each second a
+        status (or ``"reset"``, ``"cancelled"``) -> count. What ``GET /_sim/timeline`` answers
+        (as ``{"seconds": [...]}``)."""
+        return [
+            {_STATUS_NAMES.get(status, str(status)): n for status, n in sorted(second.items())}
+            for second in self.timeline
+        ]
+
+    def _count(self, stats: CredentialStats, status: int) -> None:
+        stats.statuses[status] += 1
+        second = int(self._elapsed())
+        while len(self.timeline) <= second:
+            self.timeline.append(Counter())
+        self.timeline[second][status] += 1
+
+    def _elapsed(self) -> float:
+        return time.monotonic() - self.started_at
+
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._gate])
         app.on_response_prepare.append(self._add_quota_headers)
@@ -265,6 +325,7 @@ class SimulatedUpstream:
         app.router.add_get("/sse", self._sse)
         app.router.add_route("*", "/echo", self._echo)
         app.router.add_get("/_sim/stats", self._stats)
+        app.router.add_get("/_sim/timeline", self._timeline)
         app.router.add_post("/_sim/reset", self._reset)
         return app
 
@@ -284,8 +345,13 @@ class SimulatedUpstream:
         """0 if a request may pass now, else the seconds until it may."""
         if limits.rpm is None:
             return 0.0
+        elapsed = self._elapsed()
+        if limits.shape == "window":
+            return self._take_from_window(stats, limits, elapsed)
         now = time.monotonic()
-        rate = limits.rpm / 60.0
+        rate = (limits.rpm_at(elapsed) or 0.0) / 60.0
+        if rate <= 0:  # a schedule that stops the credential: ask again in a minute
+            return 60.0
         if stats.refilled_at == 0.0:
             stats.tokens = float(limits.burst)
         else:
@@ -295,6 +361,17 @@ class SimulatedUpstream:
             stats.tokens -= 1.0
             return 0.0
         return (1.0 - stats.tokens) / rate
+
+    def _take_from_window(self, stats: CredentialStats, limits: Limits, elapsed: float) -> float:
+        """The fixed window: 0 if the current window has a request left (taken), else the
+        seconds until the next window starts."""
+        window = int(elapsed // limits.window_s)
+        if window != stats.window:
+            stats.window, stats.window_count = window, 0
+        if stats.window_count < limits.per_window(window * limits.window_s):
+            stats.window_count += 1
+            return 0.0
+        return (window + 1) * limits.window_s - elapsed
 
     @web.middleware
     async def _gate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -306,25 +383,25 @@ class SimulatedUpstream:
         stats = self.stats.setdefault(credential, CredentialStats())
         faults = self.faults.get(credential, NO_FAULTS)
         if faults.reset_rate and self.rng.random() < faults.reset_rate:
-            stats.statuses[RESET] += 1
+            self._count(stats, RESET)
             _reset_connection(request)
             return web.Response(status=500)  # never sent: the connection is gone
         try:
             response = await self._admit(request, handler, stats, faults, credential)
         except web.HTTPException as exc:  # 404, 405, ... raised by the router
-            stats.statuses[exc.status] += 1
+            self._count(stats, exc.status)
             raise
         except asyncio.CancelledError:  # the caller hung up before the answer
-            stats.statuses[CANCELLED] += 1
+            self._count(stats, CANCELLED)
             raise
-        stats.statuses[response.status] += 1
+        self._count(stats, response.status)
         return response
 
     def _fault(self, faults: Faults) -> int | None:
         """The status a fault answers with now, or None."""
         if faults.revoked:
             return 401
-        if faults.in_burst(time.monotonic() - self.started_at):
+        if faults.in_burst(self._elapsed()):
             return faults.error_status
         if faults.error_rate and self.rng.random() < faults.error_rate:
             return faults.error_status
@@ -403,10 +480,7 @@ class SimulatedUpstream:
         if not self.ratelimit_headers:
             return headers
         if limits.rpm is not None:
-            until_next = max(0.0, (1.0 - stats.tokens) / (limits.rpm / 60.0))
-            headers["x-ratelimit-limit-requests"] = f"{limits.rpm:g}"
-            headers["x-ratelimit-remaining-requests"] = str(int(stats.tokens))
-            headers["x-ratelimit-reset-requests"] = f"{until_next:.3f}s"
+            headers.update(self._request_headers(stats, limits))
         if limits.tpm:
             ahead_s = max(0.0, stats.unit_tat - time.monotonic())
             remaining = math.floor((UNIT_WINDOW_S - ahead_s) * limits.tpm / UNIT_WINDOW_S)
@@ -414,6 +488,25 @@ class SimulatedUpstream:
             headers["x-ratelimit-remaining-tokens"] = str(max(0, remaining))
             headers["x-ratelimit-reset-tokens"] = f"{ahead_s:.3f}s"
         return headers
+
+    def _request_headers(self, stats: CredentialStats, limits: Limits) -> dict[str, str]:
+        """The requests part of the OpenAI-style headers: the rpm in force (per minute, as
+        OpenAI states it, whatever the shape), what is left (of the bucket, or of the window) and
+        when one more is allowed (a window: when it starts over)."""
+        elapsed = self._elapsed()
+        rpm = limits.rpm_at(elapsed) or 0.0
+        if limits.shape == "window":
+            start_s = elapsed // limits.window_s * limits.window_s
+            remaining = max(0, limits.per_window(start_s) - stats.window_count)
+            until_next = limits.window_s - (elapsed - start_s)
+        else:
+            remaining = int(stats.tokens)
+            until_next = max(0.0, (1.0 - stats.tokens) / (rpm / 60.0)) if rpm > 0 else 60.0
+        return {
+            "x-ratelimit-limit-requests": f"{rpm:g}",
+            "x-ratelimit-remaining-requests": str(remaining),
+            "x-ratelimit-reset-requests": f"{until_next:.3f}s",
+        }
 
     def _limited(
         self,
@@ -424,6 +517,8 @@ class SimulatedUpstream:
     ) -> web.Response:
         stats.limited[which] += 1
         body = {"error": {"message": f"rate limit ({which}) exceeded", "type": "rate_limit"}}
+        if self.headerless_429:
+            return web.json_response(body, status=429)
         headers = {**(extra or {}), "Retry-After": self._retry_after(wait_s)}
         if self.retry_after_ms:
             headers["retry-after-ms"] = str(math.ceil(wait_s * 1000))
@@ -490,6 +585,9 @@ class SimulatedUpstream:
     async def _stats(self, request: web.Request) -> web.Response:
         return web.json_response(self.snapshot())
 
+    async def _timeline(self, request: web.Request) -> web.Response:
+        return web.json_response({"seconds": self.timeline_snapshot()})
+
     async def _reset(self, request: web.Request) -> web.Response:
         self.reset()
         return web.json_response({"reset": True})
@@ -552,11 +650,22 @@ class CredentialConfig:
     burst: int = 1
     max_concurrency: int | None = None
     tpm: int | None = None
+    shape: Shape = "bucket"
+    window_s: float = 60.0
+    schedule: tuple[tuple[float, float], ...] = ()
     faults: Faults = NO_FAULTS
 
     @property
     def limits(self) -> Limits:
-        return Limits(self.rpm, self.burst, self.max_concurrency, self.tpm)
+        return Limits(
+            self.rpm,
+            self.burst,
+            self.max_concurrency,
+            self.tpm,
+            self.shape,
+            self.window_s,
+            self.schedule,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -564,9 +673,12 @@ class UpstreamConfig:
     """A simulated upstream in a file, for ``python -m proxy.testing.upstream --config``::
 
     {"credentials": {"sk-1": {"rpm": 120, "burst": 2, "tpm": 40000},
-                     "sk-2": {"rpm": 60, "faults": {"burst_every_s": 10, "burst_for_s": 2}}},
+                     "sk-2": {"rpm": 60, "faults": {"burst_every_s": 10, "burst_for_s": 2}},
+                     "sk-3": {"rpm": 120, "shape": "window", "window_s": 60,
+                              "schedule": [[60, 0.5], [120, 1.0]]}},
      "latency": {"distribution": "lognormal", "seconds": 0.05, "spread": 0.5},
-     "retry_after_form": "seconds", "ratelimit_headers": true, "seed": 1}
+     "retry_after_form": "seconds", "ratelimit_headers": true, "headerless_429": false,
+     "seed": 1}
     """
 
     credentials: dict[str, CredentialConfig] = field(default_factory=dict)
@@ -574,6 +686,7 @@ class UpstreamConfig:
     retry_after_form: Literal["seconds", "http-date"] = "seconds"
     ratelimit_headers: bool = False
     retry_after_ms: bool = False
+    headerless_429: bool = False
     credential_header: str = "Authorization"
     credential_prefix: str = "Bearer "
     completion_units: int | None = None
@@ -596,6 +709,7 @@ class UpstreamConfig:
             credential_prefix=self.credential_prefix,
             ratelimit_headers=self.ratelimit_headers,
             retry_after_ms=self.retry_after_ms,
+            headerless_429=self.headerless_429,
             completion_units=self.completion_units,
             seed=self.seed,
         )

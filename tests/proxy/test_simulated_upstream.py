@@ -88,6 +88,109 @@ async def test_429_carries_quota_headers_when_asked(
         assert response.headers["x-ratelimit-remaining-requests"] == "0"
 
 
+async def test_fixed_window_admits_its_count_then_starts_over(
+    serve_app: StartUpstream, http: aiohttp.ClientSession
+) -> None:
+    """A fixed window of rpm x window/60 requests admits that many at any pace, then answers 429
+    with Retry-After and remaining 0 until its edge, where the count starts over."""
+    limits = Limits(rpm=120, shape="window", window_s=1.0)  # 2 a second
+    sim = SimulatedUpstream(limits={"k": limits}, ratelimit_headers=True)
+    url = await serve_app(sim.app())
+    sim.reset()
+    assert [await call(http, url, "k") for _ in range(3)] == [200, 200, 429]
+    async with http.post(url + CHAT, json={}, headers={"Authorization": "Bearer k"}) as response:
+        assert response.status == 429
+        assert response.headers["Retry-After"] == "1"
+        assert response.headers["x-ratelimit-limit-requests"] == "120"
+        assert response.headers["x-ratelimit-remaining-requests"] == "0"
+        assert 0 < float(response.headers["x-ratelimit-reset-requests"].removesuffix("s")) <= 1
+    await asyncio.sleep(1.02 - (time.monotonic() - sim.started_at))
+    assert [await call(http, url, "k") for _ in range(3)] == [200, 200, 429]
+    assert sim.snapshot()["k"]["limited"] == {"concurrency": 0, "rpm": 3, "tpm": 0}
+
+
+async def test_schedule_changes_the_limit_in_force(
+    serve_app: StartUpstream, http: aiohttp.ClientSession
+) -> None:
+    """A schedule scales the rpm from its times on: a window admits half as many while the
+    factor is 0.5, as many as before once it is back to 1, and the headers state the rpm in
+    force."""
+    limits = Limits(rpm=240, shape="window", window_s=1.0, schedule=((1.0, 0.5), (2.0, 1.0)))
+    assert [limits.per_window(at) for at in (0.0, 1.0, 2.0)] == [4, 2, 4]
+    sim = SimulatedUpstream(limits={"k": limits}, ratelimit_headers=True)
+    url = await serve_app(sim.app())
+
+    async def window_at(start_s: float) -> list[int | str]:
+        await asyncio.sleep(max(0.0, start_s + 0.02 - (time.monotonic() - sim.started_at)))
+        return [await call(http, url, "k") for _ in range(5)]
+
+    sim.reset()
+    assert await window_at(0.0) == [200] * 4 + [429]
+    assert await window_at(1.0) == [200] * 2 + [429] * 3
+    async with http.post(url + CHAT, json={}, headers={"Authorization": "Bearer k"}) as response:
+        assert response.headers["x-ratelimit-limit-requests"] == "120"
+    assert await window_at(2.0) == [200] * 4 + [429]
+
+
+async def test_schedule_changes_a_bucket_rate(
+    serve_app: StartUpstream, http: aiohttp.ClientSession
+) -> None:
+    """A bucket refills at the scheduled rate: at factor 0 nothing more is admitted."""
+    limits = Limits(rpm=6000, burst=1, schedule=((0.3, 0.0),))
+    sim = SimulatedUpstream(limits={"k": limits})
+    url = await serve_app(sim.app())
+    sim.reset()
+    assert await call(http, url, "k") == 200
+    await asyncio.sleep(0.05)  # 100 a second: refilled
+    assert await call(http, url, "k") == 200
+    await asyncio.sleep(0.35 - (time.monotonic() - sim.started_at))
+    assert await call(http, url, "k") == 429
+
+
+async def test_headerless_429_has_no_header_at_all(
+    serve_app: StartUpstream, http: aiohttp.ClientSession
+) -> None:
+    """With headerless_429 a refusal carries neither Retry-After nor retry-after-ms nor any
+    rate-limit header, for either limit shape; admitted answers keep their rate-limit headers."""
+    sim = SimulatedUpstream(
+        limits={"b": Limits(rpm=60), "w": Limits(rpm=60, shape="window", window_s=1)},
+        ratelimit_headers=True,
+        retry_after_ms=True,
+        headerless_429=True,
+    )
+    url = await serve_app(sim.app())
+    for credential in ("b", "w"):
+        headers = {"Authorization": f"Bearer {credential}"}
+        async with http.post(url + CHAT, json={}, headers=headers) as admitted:
+            assert admitted.status == 200
+            assert admitted.headers["x-ratelimit-limit-requests"] == "60"
+        async with http.post(url + CHAT, json={}, headers=headers) as refused:
+            assert refused.status == 429
+            named = {name.lower() for name in refused.headers}
+            assert "retry-after" not in named
+            assert "retry-after-ms" not in named
+            assert not [name for name in named if "ratelimit" in name]
+
+
+async def test_timeline_counts_answers_per_second(
+    serve_app: StartUpstream, http: aiohttp.ClientSession
+) -> None:
+    """The timeline counts every credential's answers in the second since the start they came
+    in, over HTTP too; a reset empties it."""
+    sim = SimulatedUpstream(limits={"k": Limits(rpm=60)})
+    url = await serve_app(sim.app())
+    sim.reset()
+    assert [await call(http, url, "k") for _ in range(2)] == [200, 429]
+    assert await call(http, url, "other") == 200
+    await asyncio.sleep(1.05 - (time.monotonic() - sim.started_at))
+    assert await call(http, url, "other") == 200
+    assert sim.timeline_snapshot() == [{"200": 2, "429": 1}, {"200": 1}]
+    async with http.get(url + "/_sim/timeline") as response:
+        assert await response.json() == {"seconds": [{"200": 2, "429": 1}, {"200": 1}]}
+    sim.reset()
+    assert sim.timeline_snapshot() == []
+
+
 def test_latency_distributions_stay_in_bounds() -> None:
     """Each distribution draws around its ``seconds`` and never beyond ``max_s``."""
     rng = random.Random(7)
@@ -118,17 +221,26 @@ async def test_slow_credential_takes_longer(
 
 def test_config_file_round_trips() -> None:
     """An UpstreamConfig written as JSON reads back the same and builds the upstream it says."""
+    window = CredentialConfig(rpm=60, shape="window", window_s=10, schedule=((60, 0.5),))
     config = UpstreamConfig(
-        credentials={"k": CredentialConfig(rpm=120, burst=2, faults=Faults(error_rate=0.5))},
+        credentials={
+            "k": CredentialConfig(rpm=120, burst=2, faults=Faults(error_rate=0.5)),
+            "w": window,
+        },
         latency=Latency("lognormal", 0.05, 0.5),
         ratelimit_headers=True,
+        headerless_429=True,
         seed=3,
     )
     assert UpstreamConfig.from_json(config.to_json()) == config
     built = config.build()
-    assert built.limits == {"k": Limits(rpm=120, burst=2)}
+    assert built.limits == {
+        "k": Limits(rpm=120, burst=2),
+        "w": Limits(rpm=60, shape="window", window_s=10, schedule=((60, 0.5),)),
+    }
     assert built.faults["k"].error_rate == 0.5
     assert built.ratelimit_headers
+    assert built.headerless_429
 
 
 def test_config_file_takes_a_tpm() -> None:
