@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.testing import free_port as any_free_port
+from proxy.testing import free_port
 from tests.deploy import container
 from tests.deploy.conftest import unavailable
 
@@ -88,7 +88,7 @@ def _wait_for(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The simulated upstream, on the host."""
-    port = any_free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "proxy.testing.upstream", "--port", str(port)]
     with _running(command, tmp_path_factory.mktemp("upstream") / "log", f"{url}/_sim/stats"):
@@ -113,7 +113,7 @@ def replica(
     store (no REDIS_URL), on free ports of the host's network."""
     config = container.image_config(image)
     command = [*config.entrypoint, *config.cmd]
-    proxy_port, ops_port = any_free_port(), any_free_port()
+    proxy_port, ops_port = free_port(), free_port()
     env = {
         "UPSTREAM_URL": upstream,
         "SESSIONS": SECRET,

@@ -14,8 +14,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from broker import Session
+from proxy.testing import free_port
 from proxy.testing.upstream import SimulatedUpstream
-from tests.conftest import any_free_port
 
 from .test_hostile_input import RawUpstream, settled_leases
 
@@ -142,7 +142,7 @@ async def test_an_unreachable_upstream_releases_every_lease(
 ) -> None:
     """Nothing listens where the upstream should be: each session is tried, each lease released,
     and the client gets 502."""
-    replica = await start_failing(upstream_url=f"http://127.0.0.1:{any_free_port()}")
+    replica = await start_failing(upstream_url=f"http://127.0.0.1:{free_port()}")
     async with http.get(replica.proxy_url + "/echo") as response:
         assert response.status == 502
     assert await settled_leases(replica, TWO) == 0
