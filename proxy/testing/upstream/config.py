@@ -4,42 +4,29 @@ into a ``SimulatedUpstream``."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
 import msgspec
 
 from proxy.testing.upstream.app import SimulatedUpstream
 from proxy.testing.upstream.faults import NO_FAULTS, Faults, Latency
-from proxy.testing.upstream.limits import Limits, Shape
+from proxy.testing.upstream.limits import Limits
 
 __all__ = ["CredentialConfig", "UpstreamConfig"]
 
 
 @dataclass(frozen=True, slots=True)
-class CredentialConfig:
-    """One credential's limits and faults, as written in a config file."""
+class CredentialConfig(Limits):
+    """One credential's limits and faults, as written in a config file: the fields of ``Limits``,
+    in a file side by side with ``faults``."""
 
-    rpm: float | None = None
-    burst: int = 1
-    max_concurrency: int | None = None
-    tpm: int | None = None
-    shape: Shape = "bucket"
-    window_s: float = 60.0
-    schedule: tuple[tuple[float, float], ...] = ()
     faults: Faults = NO_FAULTS
 
     @property
     def limits(self) -> Limits:
-        return Limits(
-            self.rpm,
-            self.burst,
-            self.max_concurrency,
-            self.tpm,
-            self.shape,
-            self.window_s,
-            self.schedule,
-        )
+        """The limits alone, as a plain ``Limits``."""
+        return Limits(**{limit.name: getattr(self, limit.name) for limit in fields(Limits)})
 
 
 @dataclass(frozen=True, slots=True)
