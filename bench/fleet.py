@@ -44,7 +44,14 @@ import redis
 from bench import modes as mode_lib
 from bench.figures import RunFigures, bars, compute, learning_bars, learning_table, table
 from bench.load import run_load
-from bench.processes import Processes, free_port, processes, python, start_redis
+from bench.processes import (
+    REPO,
+    Processes,
+    env_for_children,
+    processes,
+    start_redis,
+    start_upstream,
+)
 from bench.scenarios import (
     DEFAULT_SCENARIOS,
     Scenario,
@@ -107,13 +114,9 @@ def run_one(
     if own_redis:
         redis.Redis.from_url(redis_url).flushall()  # LiteLLM's keys do not carry our pool name
     pool = f"{scenario.name}-{mode}-{uuid.uuid4().hex[:6]}"
-    upstream_port = free_port()
-    upstream_url = f"http://127.0.0.1:{upstream_port}"
     config = scope.workdir / f"{pool}-upstream.json"
     config.write_bytes(scenario.upstream_config(seed).to_json())
-    argv = [python(), "-m", "proxy.testing.upstream", "--config", str(config)]
-    argv += ["--port", str(upstream_port)]
-    upstream = scope.start(f"{pool}-upstream", argv, ready_url=f"{upstream_url}/_sim/stats")
+    upstream, upstream_url = start_upstream(scope, name=f"{pool}-upstream", config=config)
     env = {**(shared_env or {}), **scenario.shared_env}
     fleet = mode_lib.Fleet(scenario, upstream_url, redis_url, pool, scope.workdir, env)
     launches = mode_lib.launches(mode, fleet, replicas) if mode != "direct" else []
@@ -121,9 +124,9 @@ def run_one(
         scope.start(
             launch.name,
             launch.argv,
-            env={**mode_lib.env_for_children(), **launch.env},
+            env={**env_for_children(), **launch.env},
             ready_url=launch.ready_url,
-            cwd=mode_lib.REPO,
+            cwd=REPO,
         )
         for launch in launches
     ]
@@ -286,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     mode_lib.check_modes(modes)
     shared_env = dict(item.split("=", 1) for item in args.shared_env)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    out: Path = args.out or mode_lib.REPO / "bench" / "results" / stamp
+    out: Path = args.out or REPO / "bench" / "results" / stamp
     out.mkdir(parents=True, exist_ok=True)
     results: list[RunFigures] = []
     started = time.monotonic()

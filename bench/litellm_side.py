@@ -28,7 +28,7 @@ from pathlib import Path
 
 from bench import fleet, modes
 from bench.figures import RunFigures, table
-from bench.processes import processes, start_redis
+from bench.processes import REPO, processes, start_redis
 from bench.scenarios import Load, Scenario, pool
 from proxy.testing import Latency
 
@@ -50,7 +50,7 @@ def install(spec: str) -> None:
          "print(m.version('litellm'))"],
         check=True, capture_output=True, text=True,
     ).stdout.strip()  # fmt: skip
-    print(f"LiteLLM {version} installed in {venv.relative_to(modes.REPO)}")
+    print(f"LiteLLM {version} installed in {venv.relative_to(REPO)}")
 
 
 def overhead_scenario(duration_s: float, rate: float) -> Scenario:
@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.install:
             return 0
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    out: Path = args.out or modes.REPO / "bench" / "results" / f"litellm-{stamp}"
+    out: Path = args.out or REPO / "bench" / "results" / f"litellm-{stamp}"
     scenarios = args.scenarios or ("all" if args.suite == "learning" else "known,unknown")
     fleet_argv = ["--suite", args.suite, "--scenarios", scenarios, "--modes", args.modes]
     fleet_argv += ["--out", str(out)]

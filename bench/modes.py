@@ -8,16 +8,14 @@ from its own virtual environment (``bench/litellm_side.py`` installs it), Redis-
 from __future__ import annotations
 
 import json
-import os
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.processes import free_port, python
+from bench.processes import REPO, free_port, python
 from bench.scenarios import Scenario
 
-REPO = Path(__file__).resolve().parent.parent
 LITELLM_VENV = REPO / "bench" / ".litellm-venv"
 #: What clients send as their own credential: our proxies drop it, LiteLLM wants its master key.
 CLIENT_KEY = "sk-bench-" + secrets.token_hex(16)
@@ -162,9 +160,3 @@ def check_modes(modes: Sequence[str]) -> None:
     unknown = [m for m in modes if m not in ALL_MODES]
     if unknown:
         raise ValueError(f"unknown mode(s) {', '.join(unknown)}; known: {', '.join(ALL_MODES)}")
-
-
-def env_for_children() -> dict[str, str]:
-    """The repository on PYTHONPATH, so ``python -m bench.baselines`` works from anywhere."""
-    path = os.environ.get("PYTHONPATH", "")
-    return {"PYTHONPATH": f"{REPO}{os.pathsep}{path}" if path else str(REPO)}

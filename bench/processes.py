@@ -1,5 +1,6 @@
 """Child processes of a benchmark: started on free loopback ports, awaited until ready, and always
-stopped, also on Ctrl-C or when the benchmark itself dies (``PR_SET_PDEATHSIG`` on Linux)."""
+stopped, also on Ctrl-C or when the benchmark itself dies (``PR_SET_PDEATHSIG`` on Linux). The ones
+the benchmarks share start in one call each: Redis, the simulated upstream, a replica."""
 
 from __future__ import annotations
 
@@ -19,8 +20,22 @@ from proxy.testing import ExecutableNotFound, free_port, running_redis
 from proxy.testing.server import die_with_parent
 
 #: free_port is the launcher's, named here too: a benchmark takes its process helpers from here.
-__all__ = ["Child", "Processes", "free_port", "private_redis", "processes", "python", "start_redis"]
+__all__ = [
+    "REPO",
+    "Child",
+    "Processes",
+    "env_for_children",
+    "free_port",
+    "private_redis",
+    "processes",
+    "python",
+    "start_redis",
+    "start_replica",
+    "start_upstream",
+]
 
+#: The repository: its code is what the children run.
+REPO = Path(__file__).resolve().parent.parent
 #: How long a process may take to become ready (LiteLLM imports for several seconds).
 READY_TIMEOUT_S = 60.0
 #: How long a process gets to exit after SIGTERM before SIGKILL.
@@ -181,3 +196,39 @@ def start_redis(scope: Processes) -> str:
 def python() -> str:
     """The interpreter running the benchmark: its children use the same environment."""
     return sys.executable
+
+
+def env_for_children() -> dict[str, str]:
+    """The repository on PYTHONPATH, so ``python -m bench.baselines`` works from anywhere."""
+    path = os.environ.get("PYTHONPATH", "")
+    return {"PYTHONPATH": f"{REPO}{os.pathsep}{path}" if path else str(REPO)}
+
+
+def start_upstream(
+    scope: Processes, *, name: str = "upstream", config: Path | None = None
+) -> tuple[Child, str]:
+    """The simulated upstream (``python -m proxy.testing.upstream``) on a free port, serving the
+    ``UpstreamConfig`` file ``config`` when given; the child (not awaited: pass it to
+    ``wait_ready``) and its URL."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    argv = [python(), "-m", "proxy.testing.upstream", "--port", str(port)]
+    if config is not None:
+        argv += ["--config", str(config)]
+    return scope.start(name, argv, env=env_for_children(), ready_url=f"{url}/_sim/stats"), url
+
+
+def start_replica(scope: Processes, env: Mapping[str, str]) -> tuple[Child, int, int]:
+    """One replica (``python -m proxy``) listening on free loopback ports, set up by ``env`` (its
+    Redis, upstream and sessions); the child (not awaited: pass it to ``wait_ready``), its port
+    and its ops port."""
+    port, admin = free_port(), free_port()
+    settings = {
+        **env_for_children(),
+        **env,
+        "LISTEN": f"127.0.0.1:{port}",
+        "ADMIN_LISTEN": f"127.0.0.1:{admin}",
+    }
+    ready_url = f"http://127.0.0.1:{admin}/readyz"
+    child = scope.start("replica", [python(), "-m", "proxy"], env=settings, ready_url=ready_url)
+    return child, port, admin

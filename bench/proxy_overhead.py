@@ -55,8 +55,7 @@ import aiohttp
 
 from bench.figures import percentile
 from bench.load import BODY, run_load
-from bench.modes import env_for_children
-from bench.processes import Child, Processes, free_port, processes, python, start_redis
+from bench.processes import Child, Processes, processes, start_redis, start_replica, start_upstream
 
 #: The bar, from the issue.
 MAX_ADDED_P50_MS = 1.0
@@ -238,26 +237,14 @@ def start_targets(scope: Processes, sessions: int) -> tuple[str, str, str, Child
     """Redis, the upstream and one replica; returns the URLs of the upstream, the replica and
     its ops port, and the replica."""
     redis_url = start_redis(scope)
-    upstream_port, port, admin = free_port(), free_port(), free_port()
-    upstream_url = f"http://127.0.0.1:{upstream_port}"
-    upstream = scope.start(
-        "upstream",
-        [python(), "-m", "proxy.testing.upstream", "--port", str(upstream_port)],
-        env=env_for_children(),
-        ready_url=f"{upstream_url}/_sim/stats",
-    )
+    upstream, upstream_url = start_upstream(scope)
     env = {
-        **env_for_children(),
         "REDIS_URL": redis_url,
         "UPSTREAM_URL": upstream_url,
         "SESSIONS": ",".join(f"sk-overhead-{i}" for i in range(sessions)),
-        "LISTEN": f"127.0.0.1:{port}",
-        "ADMIN_LISTEN": f"127.0.0.1:{admin}",
         "LOG_LEVEL": "warning",
     }
-    replica = scope.start(
-        "replica", [python(), "-m", "proxy"], env=env, ready_url=f"http://127.0.0.1:{admin}/readyz"
-    )
+    replica, port, admin = start_replica(scope, env)
     scope.wait_ready([upstream, replica])
     return upstream_url, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin}", replica
 

@@ -40,8 +40,7 @@ from pathlib import Path
 
 import redis
 
-from bench.modes import env_for_children
-from bench.processes import Child, Processes, free_port, processes, python, start_redis
+from bench.processes import Child, Processes, processes, start_redis, start_replica, start_upstream
 from broker.keys import PoolKeys
 
 HEAD = b"POST /echo HTTP/1.1\r\nHost: bench\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10
@@ -156,14 +155,7 @@ async def one_repeat(
 
 def start_targets(scope: Processes, args: argparse.Namespace) -> tuple[int, Child, str, list[str]]:
     redis_url = start_redis(scope)
-    upstream_port, port, admin = free_port(), free_port(), free_port()
-    upstream_url = f"http://127.0.0.1:{upstream_port}"
-    upstream = scope.start(
-        "upstream",
-        [python(), "-m", "proxy.testing.upstream", "--port", str(upstream_port)],
-        env=env_for_children(),
-        ready_url=f"{upstream_url}/_sim/stats",
-    )
+    upstream, upstream_url = start_upstream(scope)
     ids = [f"s{i}" for i in range(args.sessions)]
     sessions = scope.workdir / "sessions.json"
     sessions.write_text(
@@ -177,20 +169,15 @@ def start_targets(scope: Processes, args: argparse.Namespace) -> tuple[int, Chil
         )
     )
     env = {
-        **env_for_children(),
         "REDIS_URL": redis_url,
         "UPSTREAM_URL": upstream_url,
         "SESSIONS_FILE": str(sessions),
-        "LISTEN": f"127.0.0.1:{port}",
-        "ADMIN_LISTEN": f"127.0.0.1:{admin}",
         "LEASE_TTL": str(args.lease_ttl),
         "BODY_TIMEOUT": str(args.body_timeout),
         "QUEUE_TIMEOUT": "0",
         "LOG_LEVEL": "warning",
     }
-    replica = scope.start(
-        "replica", [python(), "-m", "proxy"], env=env, ready_url=f"http://127.0.0.1:{admin}/readyz"
-    )
+    replica, port, _ = start_replica(scope, env)
     scope.wait_ready([upstream, replica])
     return port, replica, redis_url, ids
 

@@ -2,15 +2,9 @@
 ``demo`` do: a simulated upstream that enforces per-credential limits exactly
 (``SimulatedUpstream``, also ``python -m proxy.testing.upstream``) and private ``redis-server``
 processes on free ports (``running_redis``, ``running_sentinel``, ``running_cluster``).
-
-The simulated upstream's names are imported on first use, so that ``python -m
-proxy.testing.upstream`` does not find its own module already imported by this package.
 """
 
 from __future__ import annotations
-
-from importlib import import_module
-from typing import TYPE_CHECKING
 
 from proxy.testing.redis import (
     ClusterGroup,
@@ -27,19 +21,17 @@ from proxy.testing.server import (
     free_port,
     wait_until,
 )
-
-if TYPE_CHECKING:
-    from proxy.testing.upstream import (
-        CANCELLED,
-        NO_FAULTS,
-        RESET,
-        CredentialConfig,
-        Faults,
-        Latency,
-        Limits,
-        SimulatedUpstream,
-        UpstreamConfig,
-    )
+from proxy.testing.upstream import (
+    CANCELLED,
+    NO_FAULTS,
+    RESET,
+    CredentialConfig,
+    Faults,
+    Latency,
+    Limits,
+    SimulatedUpstream,
+    UpstreamConfig,
+)
 
 __all__ = [
     "CANCELLED",
@@ -63,10 +55,3 @@ __all__ = [
     "running_sentinel",
     "wait_until",
 ]
-
-
-def __getattr__(name: str) -> object:
-    # Called only for names not bound above: the simulated upstream's.
-    if name in __all__:
-        return getattr(import_module("proxy.testing.upstream"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

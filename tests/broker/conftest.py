@@ -4,9 +4,12 @@ Redis, each time with an empty database, and builds its pools with ``make_pool``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import fakeredis
@@ -18,6 +21,9 @@ from broker import BrokerSettings, Pool, Session, open_store
 #: The backends every ``store`` test runs on. A test needing other OS processes to share its store
 #: narrows this with ``@pytest.mark.parametrize("backend", [pytest.param("redis", id="redis")])``.
 BACKENDS = [pytest.param("fakeredis", id="fakeredis"), pytest.param("redis", id="redis")]
+
+#: A broker client in another OS process (not a test module; see its docstring).
+WORKER = Path(__file__).with_name("worker.py")
 
 MakePool = Callable[..., Coroutine[Any, Any, Pool]]
 MakeSessions = Callable[..., list[Session]]
@@ -138,3 +144,36 @@ def seeded_random() -> Iterator[None]:
     random.seed(20240611)
     yield
     random.setstate(state)
+
+
+@contextlib.asynccontextmanager
+async def ready_workers(
+    *args: str, count: int = 2
+) -> AsyncIterator[list[asyncio.subprocess.Process]]:
+    """``count`` processes of ``worker.py ARGS``, each having printed ``ready`` (they then wait
+    for ``go_all``, so that they start together); any still running at the end is killed."""
+    processes = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, str(WORKER), *args,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )
+        for _ in range(count)
+    ]  # fmt: skip
+    try:
+        for process in processes:
+            assert process.stdout is not None
+            assert await asyncio.wait_for(process.stdout.readline(), 30) == b"ready\n"
+        yield processes
+    finally:
+        for process in processes:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+
+
+async def go_all(processes: Sequence[asyncio.subprocess.Process], timeout_s: float) -> list[bytes]:
+    """Start every ready worker at once; what each printed, once all have finished."""
+    outputs = await asyncio.wait_for(
+        asyncio.gather(*(process.communicate(b"go\n") for process in processes)), timeout_s
+    )
+    return [stdout for stdout, _ in outputs]

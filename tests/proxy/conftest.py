@@ -148,6 +148,24 @@ async def store_now_ms(url: str) -> int:
     return int(seconds) * 1000 + int(microseconds) // 1000
 
 
+async def wait_ready(
+    http: aiohttp.ClientSession, url: str, process: asyncio.subprocess.Process | None = None
+) -> None:
+    """Wait until ``url`` answers 200 (a process started for a test is ready); fail at once if
+    ``process`` exits first, and after about 15 s."""
+    for _ in range(300):
+        if process is not None and process.returncode is not None:
+            pytest.fail(f"the process behind {url} exited with {process.returncode}")
+        try:
+            async with http.get(url) as response:
+                if response.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.05)
+    pytest.fail(f"{url} never became ready")
+
+
 @pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:

@@ -25,6 +25,7 @@ from broker import Strategy
 from proxy.config.settings import HELP
 from proxy.telemetry.logs import REDACTED, Redactor, configure_logging
 from proxy.testing import SimulatedUpstream, free_port
+from tests.proxy.conftest import wait_ready
 
 if TYPE_CHECKING:
     from tests.proxy.conftest import StartReplica, StartUpstream
@@ -99,20 +100,6 @@ class Hook:
         app = web.Application()
         app.router.add_post(HOOK_PATH, self.handle)
         return app
-
-
-async def wait_ready(http: aiohttp.ClientSession, url: str, process: Any) -> None:
-    for _ in range(300):
-        if process.returncode is not None:
-            raise AssertionError(f"replica exited with {process.returncode}")
-        try:
-            async with http.get(url) as response:
-                if response.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.05)
-    raise AssertionError("replica never became ready")
 
 
 @pytest.mark.slow

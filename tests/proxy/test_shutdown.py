@@ -14,20 +14,10 @@ import aiohttp
 import pytest
 import redis.asyncio
 
+from tests.proxy.conftest import wait_ready
+
 if TYPE_CHECKING:
     from tests.proxy.conftest import GatedStream, StartUpstream
-
-
-async def wait_ready(http: aiohttp.ClientSession, url: str) -> None:
-    for _ in range(200):
-        try:
-            async with http.get(url) as response:
-                if response.status == 200:
-                    return
-        except aiohttp.ClientConnectionError:
-            pass
-        await asyncio.sleep(0.05)
-    pytest.fail(f"{url} never became ready")
 
 
 @pytest.mark.slow

@@ -25,6 +25,7 @@ from proxy.testing import (
     SimulatedUpstream,
     UpstreamConfig,
 )
+from tests.proxy.conftest import wait_ready
 
 if TYPE_CHECKING:
     from tests.proxy.conftest import StartUpstream
@@ -266,13 +267,7 @@ async def test_runs_as_its_own_process(
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(100):
-            try:
-                async with http.get(url + "/_sim/stats") as response:
-                    if response.status == 200:
-                        break
-            except aiohttp.ClientConnectionError:
-                await asyncio.sleep(0.05)
+        await wait_ready(http, url + "/_sim/stats", process)
         assert [await call(http, url, "k") for _ in range(2)] == [200, 429]
         async with http.get(url + "/_sim/stats") as response:
             assert (await response.json())["k"]["statuses"] == {"200": 1, "429": 1}
