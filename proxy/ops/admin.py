@@ -154,7 +154,7 @@ def token_middleware(token: str) -> Any:
             return _error(404, "unknown_pool", str(exc))
         except StoreError as exc:
             log.warning("admin request failed: store unavailable", error=str(exc))
-            return _error(503, "store_unavailable", "the session store is unreachable")
+            return _error(503, "store_unavailable", exc.failure.message)
 
     return check
 

@@ -1,11 +1,14 @@
 """Where a replica gets its leases, and what it does while the store is unreachable.
 
 Leases come from the shared pool, through its wait queue (QUEUE_TIMEOUT, QUEUE_MAX). When a call
-to the store fails the replica marks the store down -- one log line -- and, until a background
-probe (with backoff) finds it answering again and has re-synced the sessions -- one more line:
+to the store fails the replica marks the store down -- one log line saying how it failed
+(unreachable, out of memory, credentials refused: ``broker.errors.StoreFailure``), and one more
+whenever a probe finds it failing another way -- and, until a background probe (with backoff)
+finds it answering again and has re-synced the sessions -- one more line:
 
-* ``REDIS_FAILURE_MODE=closed`` (default): requests get 503 ``store_unavailable`` at once and
-  /readyz is false, so a load balancer sends traffic elsewhere;
+* ``REDIS_FAILURE_MODE=closed`` (default): requests get 503 ``store_unavailable`` at once, its
+  message saying how the store failed, and /readyz is false, so a load balancer sends traffic
+  elsewhere;
 * ``open``: the replica serves from a local pool of its own sessions, the same scripts on the
   embedded store; limits then hold per replica only. Back online it re-joins the shared state.
 
@@ -33,6 +36,7 @@ from broker import (
     WaitQueue,
     open_store,
 )
+from broker.errors import StoreFailure, store_failure
 from broker.events import Transition
 from broker.queue import QueueObserver
 from broker.registry import PoolEntry, forget_pool, record_pools
@@ -45,6 +49,13 @@ log = structlog.get_logger(__name__)
 PROBE_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 #: How long a probe waits for the store's PONG.
 PROBE_TIMEOUT_S = 1.0
+#: The log event of a store marked down, by how it failed.
+DOWN_EVENTS = {
+    StoreFailure.UNREACHABLE: "session store unreachable",
+    StoreFailure.OUT_OF_MEMORY: "session store out of memory",
+    StoreFailure.AUTHENTICATION: "session store refused the credentials",
+    StoreFailure.FAILED: "session store failed",
+}
 
 
 @dataclass(slots=True)
@@ -77,6 +88,8 @@ class Leasing:
         self._queue_max = queue_max
         self.served: dict[str, Served] = {}
         self.store_up = True
+        #: How the store failed, while it is down.
+        self.failure: StoreFailure | None = None
         self._local_store: Store | None = None
         self._local: dict[str, Served] = {}
         self._probe: asyncio.Task[None] | None = None
@@ -210,7 +223,8 @@ class Leasing:
             else:
                 return lease, served.pool
         if self.failure_mode != "open":
-            raise StoreError("the session store is unreachable")
+            failure = self.failure or StoreFailure.UNREACHABLE
+            raise StoreError(failure.message, failure=failure)
         local = await self._local_pool(name)
         lease = await local.queue.acquire(exclude=exclude, timeout_s=timeout_s, precharge=precharge)
         return lease, local.pool
@@ -237,9 +251,15 @@ class Leasing:
             return
         self.store_up = False
         self._back.clear()
-        action = "serving from a local pool" if self.failure_mode == "open" else "answering 503"
-        log.error("session store unreachable", error=str(exc), action=action)
+        self._say_down(exc)
         self._probe = asyncio.create_task(self._until_back())
+
+    def _say_down(self, exc: BaseException) -> None:
+        """One ERROR line saying how the store failed (and, while it stays down, another only
+        when it starts failing another way)."""
+        self.failure = store_failure(exc)
+        action = "serving from a local pool" if self.failure_mode == "open" else "answering 503"
+        log.error(DOWN_EVENTS[self.failure], failure=self.failure, error=str(exc), action=action)
 
     async def _until_back(self) -> None:
         attempt = 0
@@ -249,9 +269,12 @@ class Leasing:
             try:
                 await asyncio.wait_for(self.store.ping(), PROBE_TIMEOUT_S)
                 await self.sync_all()  # a restarted store may have lost it all
-            except (StoreError, RedisError, OSError, TimeoutError):
+            except (StoreError, RedisError, OSError, TimeoutError) as exc:
+                if store_failure(exc) is not self.failure:
+                    self._say_down(exc)
                 continue
             self.store_up = True
+            self.failure = None
             self._back.set()
             for served in self.served.values():
                 served.queue.wake()
