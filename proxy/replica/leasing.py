@@ -14,6 +14,9 @@ finds it answering again and has re-synced the sessions -- one more line:
 
 Several pools (see proxy.replica.pools) share the one store client, and in an outage the one
 embedded store. Leases remember the pool that granted them; their release and renewal go back there.
+
+At start-up ``check_store`` turns away a store that answers but will never serve this replica
+(credentials refused, no such database) before anything is written to it.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from redis.exceptions import RedisError
 
 from broker import (
     BrokerSettings,
+    ConfigError,
     Lease,
     NoSessionAvailable,
     Pool,
@@ -49,6 +53,10 @@ log = structlog.get_logger(__name__)
 PROBE_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 #: How long a probe waits for the store's PONG.
 PROBE_TIMEOUT_S = 1.0
+#: How long the start-up check waits for the store's PONG (redis-py's own retries of a dropped
+#: connection, about 2 s, fit in it); a store that does not answer by then is an outage, not a
+#: configuration error: the replica starts unready and waits for it.
+CHECK_TIMEOUT_S = 5.0
 #: The log event of a store marked down, by how it failed.
 DOWN_EVENTS = {
     StoreFailure.UNREACHABLE: "session store unreachable",
@@ -56,6 +64,35 @@ DOWN_EVENTS = {
     StoreFailure.AUTHENTICATION: "session store refused the credentials",
     StoreFailure.FAILED: "session store failed",
 }
+
+
+async def check_store(settings: BrokerSettings, *, outage_ok: bool) -> None:
+    """Turn away a store that answers but will never serve us, before anything is written to
+    it: raises ConfigError naming REDIS_URL when it refuses the credentials or has no such
+    database.
+
+    ``outage_ok``: a store that cannot be reached (or fails otherwise) is no configuration error
+    -- it may come up after the replica -- so that is logged, and the outage handling takes over
+    once the replica runs; without it, StoreError naming the setting (an operator command).
+    """
+    if settings.redis_url is None and not settings.redis_sentinels:
+        return  # the embedded store
+    store = open_store(settings)
+    try:
+        await asyncio.wait_for(store.ping(), CHECK_TIMEOUT_S)
+    except (RedisError, OSError, TimeoutError) as exc:
+        failure = store_failure(exc)
+        if failure is StoreFailure.AUTHENTICATION:
+            raise ConfigError(f"REDIS_URL: {failure.message}: {exc}") from exc
+        if "DB index is out of range" in str(exc):  # SELECT of a database the store lacks
+            raise ConfigError(f"REDIS_URL: the session store has no such database: {exc}") from exc
+        if not outage_ok:
+            setting = "REDIS_SENTINELS" if settings.redis_sentinels else "REDIS_URL"
+            detail = str(exc) or type(exc).__name__  # a timeout says nothing
+            raise StoreError(f"{setting}: {failure.message}: {detail}", failure=failure) from exc
+        log.warning(DOWN_EVENTS[failure], failure=failure, error=str(exc), at="start-up")
+    finally:
+        await store.aclose()
 
 
 @dataclass(slots=True)
