@@ -141,7 +141,8 @@ def token_middleware(token: str) -> Any:
         scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not presented.strip():
             return _error(401, "unauthenticated", "send Authorization: Bearer <ADMIN_TOKEN>")
-        if not hmac.compare_digest(presented.strip().encode(), expected):
+        # aiohttp keeps bytes that are not UTF-8 as surrogates: compare the bytes as sent.
+        if not hmac.compare_digest(presented.strip().encode("utf-8", "surrogateescape"), expected):
             log.warning("admin request with a wrong token", path=request.path)
             return _error(403, "forbidden", "the admin token is not valid")
         try:
