@@ -89,6 +89,9 @@ HELP: dict[str, str] = {
     "ENABLE_METRICS": "true or false: serve Prometheus metrics at /metrics on ADMIN_LISTEN",
     "METRICS_PREFIX": "prefix of every metric name: letters, digits and '_', not starting "
     "with a digit",
+    "METRICS_PER_SESSION": "true or false: label the metrics by session id too (a series per "
+    "session on every replica, for small pools; per-session figures are always in the admin "
+    "API and status)",
     "HEALTH_CHECK_INTERVAL": "seconds between health summaries in the log (one replica of the "
     "fleet writes each; also after every 100 requests), at least 1",
     "ADMIN_TOKEN": "bearer token of the admin API under /admin on ADMIN_LISTEN, at least 16 "
@@ -196,6 +199,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     metrics_prefix: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")] = (
         "session_broker"
     )
+    metrics_per_session: bool = False
     health_check_interval: Annotated[float, msgspec.Meta(ge=1, le=86_400)] = 300.0
     admin_token: Annotated[str, msgspec.Meta(min_length=16)] | None = None
     alert_webhook_url: str | None = None
