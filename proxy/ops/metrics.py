@@ -20,8 +20,10 @@ Redis, the admin API and ``status``. With METRICS_PER_SESSION the counters and t
 unit-budget gauges are labelled by ``session`` too (a series per session and outcome on every
 replica: for small pools). No ``_created`` series, and no label value that is the sum of the
 others (a pool's size is ``*_pool_size``, not a ``state``), so ``sum by`` over any label is
-right. The text is rendered in a worker thread, one rendering shared by concurrent scrapes, so a
-scrape never holds up the event loop that proxies.
+right. The text is rendered in a worker thread, so a scrape does not run on the event loop that
+proxies, and at most once per RENDER_MAX_AGE_S, shared by the scrapes in between, so its CPU (the
+thread still competes with the event loop for the interpreter) is bounded whatever the scrape
+rate.
 
 Sessions are labelled by id, never by secret.
 """
@@ -49,13 +51,22 @@ from broker import BrokerError, Outcome
 from broker.admin import Census
 from broker.events import Transition
 
-__all__ = ["CLUSTER_MAX_AGE_S", "ERROR_OUTCOMES", "CensusRead", "ClusterCollector", "Metrics"]
+__all__ = [
+    "CLUSTER_MAX_AGE_S",
+    "ERROR_OUTCOMES",
+    "RENDER_MAX_AGE_S",
+    "CensusRead",
+    "ClusterCollector",
+    "Metrics",
+]
 
 log = structlog.get_logger(__name__)
 
 #: How long one read of the pool's state serves scrapes: bounds the Redis cost of /metrics per
 #: replica to one small read per this many seconds, whatever the scrape interval.
 CLUSTER_MAX_AGE_S = 5.0
+#: How long one rendering of the text serves scrapes (see ``Metrics.exposition``).
+RENDER_MAX_AGE_S = 1.0
 #: Outcomes that count as errors for the fleet's error rate (429s have their own alert).
 ERROR_OUTCOMES = frozenset(
     {Outcome.AUTH, Outcome.SERVER, Outcome.NETWORK, Outcome.TIMEOUT, Outcome.OTHER}
@@ -324,8 +335,12 @@ class Metrics:
         # (``labels()`` validates and locks on every call).
         self._session_requests: dict[tuple[str, str, Outcome], Counter] = {}
         self._client_responses: dict[int, Counter] = {}
-        #: The rendering under way, which scrapes arriving meanwhile share.
+        #: The last rendering (or the one under way), which scrapes share while it is fresh.
         self._rendering: asyncio.Future[bytes] | None = None
+        self._rendered_at = 0.0
+        #: Seconds a rendering serves later scrapes: the CPU /metrics costs is bounded whatever
+        #: the scrape rate (a scrape interval is 15 s or more; rendering takes milliseconds).
+        self.render_max_age_s = RENDER_MAX_AGE_S
 
     def _whose(self, pool: str, session_id: str) -> tuple[str, ...]:
         """The label values of a per-session figure (see ``per_session``)."""
@@ -405,16 +420,27 @@ class Metrics:
 
     async def exposition(self) -> bytes:
         """The text format, with the pool's gauges no older than CLUSTER_MAX_AGE_S, rendered in
-        a worker thread (the request path's updates take the metrics' own locks meanwhile)."""
+        a worker thread (the request path's updates take the metrics' own locks meanwhile) at
+        most once per ``render_max_age_s``: scrapes in between get the last rendering."""
         await self.cluster.refresh()
-        if self._rendering is None:
+        rendering = self._rendering
+        if rendering is None or (rendering.done() and not self._fresh(rendering)):
             rendering = asyncio.ensure_future(asyncio.to_thread(generate_latest, self.registry))
             rendering.add_done_callback(self._rendered)
             self._rendering = rendering
         # A scrape that goes away leaves the rendering to the others.
-        return await asyncio.shield(self._rendering)
+        return await asyncio.shield(rendering)
+
+    def _fresh(self, rendering: asyncio.Future[bytes]) -> bool:
+        """Whether ``rendering`` (done) may serve this scrape: it did not fail, is young
+        enough, and no newer read of the pools' state came since."""
+        if rendering.cancelled() or rendering.exception() is not None:
+            return False
+        if (self.cluster.read_at or 0.0) > self._rendered_at:
+            return False
+        return time.monotonic() - self._rendered_at < self.render_max_age_s
 
     def _rendered(self, rendering: asyncio.Future[bytes]) -> None:
-        self._rendering = None
+        self._rendered_at = time.monotonic()
         if not rendering.cancelled():
             rendering.exception()  # seen, even when every scrape waiting for it went away

@@ -381,7 +381,8 @@ class CollectProbe(Collector):
 
 
 async def test_rendering_runs_off_the_event_loop() -> None:
-    """/metrics is rendered in a worker thread, once for scrapes that arrive together."""
+    """/metrics is rendered in a worker thread, once for the scrapes that arrive together or
+    while the last rendering is younger than render_max_age_s."""
     metrics = Metrics("sb")
     probe = CollectProbe()
     metrics.registry.register(probe)
@@ -389,5 +390,8 @@ async def test_rendering_runs_off_the_event_loop() -> None:
     assert len(set(texts)) == 1
     assert len(probe.threads) == 1
     assert probe.threads[0] != threading.get_ident()
+    await metrics.exposition()
+    assert len(probe.threads) == 1  # fresh enough: the same text
+    metrics.render_max_age_s = 0.0
     await metrics.exposition()
     assert len(probe.threads) == 2  # a later scrape renders afresh
