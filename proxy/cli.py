@@ -8,13 +8,15 @@ working on this machine with no Redis and no upstream of your own; ``status``, `
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
 from collections.abc import Sequence
 
-from broker import ConfigError
+from broker import ConfigError, StoreError
 from proxy.config.settings import STORE_SETTINGS, add_flags, load_settings
 from proxy.ops.commands import COMMANDS, add_operator_commands, run_operator
+from proxy.replica.leasing import check_store
 from proxy.telemetry.logs import REDACTOR, configure_logging
 
 
@@ -50,6 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             explicit = os.environ.get("LOG_LEVEL") or getattr(args, "LOG_LEVEL", None)
             configure_logging(settings.log_level if explicit else "warning", settings.log_format)
             given = bool(os.environ.get("POOL") or getattr(args, "POOL", None))
+            if settings.redis_url is not None or settings.redis_sentinels:
+                asyncio.run(check_store(settings.broker(), outage_ok=False))
             return run_operator(settings, args, pool_given=given)
         settings = load_settings(os.environ, args if args.command == "serve" else None)
         configure_logging(settings.log_level, settings.log_format)
@@ -59,6 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"session-broker: configuration error: {exc}", file=sys.stderr)
         return 2
+    except StoreError as exc:
+        print(f"session-broker: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"session-broker: cannot start: {exc.strerror or exc}", file=sys.stderr)
         return 1

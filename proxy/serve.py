@@ -5,12 +5,21 @@ flight, streams included, get SHUTDOWN_GRACE seconds to finish; whatever still r
 cancelled, which releases its lease; then the process exits 0.
 
 On SIGHUP the replica re-reads SESSIONS_FILE and syncs it, without a restart.
+
+Start-up fails fast, before anything is written to the store: LISTEN and ADMIN_LISTEN are bound
+first (a taken port stops it naming the setting), then the store is checked (credentials refused
+or no such database stop it naming REDIS_URL; see ``check_store``), and only then does the
+replica start and sync its sessions. SIGTERM and SIGINT stop it at any stage of start-up too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import socket
+from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 
 import structlog
@@ -19,6 +28,7 @@ from aiohttp import web
 from proxy.app import build_ops_app, build_proxy_app
 from proxy.config.pools import load_pools
 from proxy.config.settings import Listen, Settings
+from proxy.replica.leasing import check_store
 from proxy.replica.replica import Replica
 
 log = structlog.get_logger(__name__)
@@ -58,24 +68,60 @@ class RunningReplica:
         log.info("stopped")
 
 
-async def _site(
-    app: web.Application, where: Listen, *, cancel_on_disconnect: bool
-) -> web.AppRunner:
-    # A client that goes away cancels its handler, whose cleanup releases the lease at once.
-    runner = web.AppRunner(
-        app, handler_cancellation=cancel_on_disconnect, access_log=None, shutdown_timeout=1.0
-    )
+async def _bind(name: str, where: Listen) -> list[socket.socket]:
+    """Listening sockets on every address ``where`` names (as aiohttp's TCPSite would bind);
+    raises OSError naming the setting ``name`` when one cannot be had (a port in use)."""
+    loop = asyncio.get_running_loop()
+    bound: list[socket.socket] = []
+    try:
+        found = await loop.getaddrinfo(
+            where.host, where.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+        for family, _, _, _, address in dict.fromkeys(found):
+            bound.append(socket.create_server(address, family=family))
+    except OSError as exc:
+        for sock in bound:
+            sock.close()
+        # The system's words for the errno, without the address the socket module appends.
+        cause = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else exc.strerror
+        raise OSError(exc.errno, f"{name} {where.host}:{where.port}: {cause or exc}") from exc
+    return bound
+
+
+async def _site(runner: web.AppRunner, sockets: Sequence[socket.socket]) -> web.AppRunner:
     await runner.setup()
-    await web.TCPSite(runner, where.host, where.port).start()
+    for sock in sockets:
+        await web.SockSite(runner, sock).start()
     return runner
 
 
-async def start(replica: Replica) -> RunningReplica:
-    settings = replica.settings
-    proxy = await _site(
-        build_proxy_app(replica), settings.listen_address, cancel_on_disconnect=True
+def _runner(app: web.Application, *, cancel_on_disconnect: bool) -> web.AppRunner:
+    # A client that goes away cancels its handler, whose cleanup releases the lease at once.
+    return web.AppRunner(
+        app, handler_cancellation=cancel_on_disconnect, access_log=None, shutdown_timeout=1.0
     )
-    ops = await _site(build_ops_app(replica), settings.admin_address, cancel_on_disconnect=False)
+
+
+async def start(replica: Replica) -> RunningReplica:
+    """Bind both ports, check the store, then start the replica and serve; on any failure (or
+    cancellation) whatever was started is stopped again before the error goes on."""
+    settings = replica.settings
+    bound = await _bind("LISTEN", settings.listen_address)
+    runners: list[web.AppRunner] = []
+    try:
+        admin_sockets = await _bind("ADMIN_LISTEN", settings.admin_address)
+        proxy_sockets, bound = bound, [*bound, *admin_sockets]
+        await check_store(settings.broker(), outage_ok=True)
+        runners.append(_runner(build_proxy_app(replica), cancel_on_disconnect=True))
+        proxy = await _site(runners[-1], proxy_sockets)
+        runners.append(_runner(build_ops_app(replica), cancel_on_disconnect=False))
+        ops = await _site(runners[-1], admin_sockets)
+    except BaseException:
+        for runner in reversed(runners):
+            await runner.cleanup()
+        for sock in bound:  # those no site took over (closing one twice does nothing)
+            sock.close()
+        raise
     running = RunningReplica(replica, proxy, ops)
     loop = type(asyncio.get_running_loop()).__module__.partition(".")[0]  # uvloop or asyncio
     log.info(
@@ -89,13 +135,26 @@ async def start(replica: Replica) -> RunningReplica:
 
 
 async def serve(replica: Replica) -> None:
-    """Serve until SIGTERM or SIGINT, then stop gracefully; reload the sessions on SIGHUP."""
+    """Serve until SIGTERM or SIGINT, then stop gracefully; reload the sessions on SIGHUP. A
+    signal during start-up stops it there; a failed start-up raises its error."""
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     loop.add_signal_handler(signal.SIGHUP, replica.request_reload)
-    running = await start(replica)
+    starting = asyncio.create_task(start(replica))
+    signalled = asyncio.create_task(stopping.wait())
+    try:
+        await asyncio.wait((starting, signalled), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        signalled.cancel()
+    if not starting.done():
+        starting.cancel()
+        with suppress(asyncio.CancelledError):
+            await starting
+        log.info("stopped during start-up")
+        return
+    running = starting.result()
     await stopping.wait()
     await running.stop()
 

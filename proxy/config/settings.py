@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 from urllib.parse import unquote, urlsplit
 
 import msgspec
+from redis.asyncio.connection import parse_url
 
 from broker import BrokerSettings, ConfigError, Strategy
 from broker.constants import DEFAULT_SENTINEL_MASTER
@@ -125,6 +126,9 @@ GROUPS: dict[str, dict[str, str]] = {
         "ENABLE_METRICS": "true or false: serve Prometheus metrics at /metrics on ADMIN_LISTEN",
         "METRICS_PREFIX": "prefix of every metric name: letters, digits and '_', not starting "
         "with a digit",
+        "METRICS_PER_SESSION": "true or false: label the metrics by session id too (a series per "
+        "session on every replica, for small pools; per-session figures are always in the admin "
+        "API and status)",
         "HEALTH_CHECK_INTERVAL": "seconds between health summaries in the log (one replica of the "
         "fleet writes each; also after every 100 requests, at most every 10 s), at least 1",
         "ADMIN_TOKEN": "bearer token of the admin API under /admin on ADMIN_LISTEN, at least 16 "
@@ -238,6 +242,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     metrics_prefix: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")] = (
         "session_broker"
     )
+    metrics_per_session: bool = False
     health_check_interval: Annotated[float, msgspec.Meta(ge=1, le=86_400)] = 300.0
     admin_token: Annotated[str, msgspec.Meta(min_length=16)] | None = None
     alert_webhook_url: str | None = None
@@ -366,8 +371,8 @@ def _check(settings: Settings) -> None:
 def _check_redis(settings: Settings) -> None:
     """The URL's scheme, and a topology that makes sense: Sentinel or Cluster, not both."""
     url = urlsplit(settings.redis_url) if settings.redis_url is not None else None
-    if url is not None and url.scheme not in ("redis", "rediss", "unix"):
-        raise _bad("REDIS_URL", settings.redis_url, "unknown scheme")
+    if settings.redis_url is not None:
+        _check_redis_url(settings.redis_url)
     if settings.redis_sentinels is not None:
         if not settings.sentinel_addresses:
             raise _bad("REDIS_SENTINELS", settings.redis_sentinels, "no host:port given")
@@ -388,6 +393,27 @@ def _check_redis(settings: Settings) -> None:
             )
         if url.path.strip("/") not in ("", "0"):
             raise _bad("REDIS_URL", settings.redis_url, "Redis Cluster has only database 0")
+
+
+def _check_redis_url(value: str) -> None:
+    """What redis-py would fail on only when it first connects, or would silently ignore."""
+    url = urlsplit(value)
+    if url.scheme not in ("redis", "rediss", "unix"):
+        raise _bad("REDIS_URL", value, "unknown scheme")
+    if url.scheme != "unix":
+        try:
+            port = url.port
+        except ValueError:  # not a number, or out of range
+            port = 0
+        if port == 0:
+            raise _bad("REDIS_URL", value, "its port is not a number from 1 to 65535")
+        database = unquote(url.path).strip("/")
+        if database and not database.isdigit():
+            raise _bad("REDIS_URL", value, "its database (the path) is not a number")
+    try:
+        parse_url(value)  # the options in its query, a unix:// URL's ?db=
+    except ValueError as exc:
+        raise _bad("REDIS_URL", value, str(exc).rstrip(".")) from exc
 
 
 def flag_name(name: str) -> str:

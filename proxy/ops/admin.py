@@ -141,7 +141,8 @@ def token_middleware(token: str) -> Any:
         scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not presented.strip():
             return _error(401, "unauthenticated", "send Authorization: Bearer <ADMIN_TOKEN>")
-        if not hmac.compare_digest(presented.strip().encode(), expected):
+        # aiohttp keeps bytes that are not UTF-8 as surrogates: compare the bytes as sent.
+        if not hmac.compare_digest(presented.strip().encode("utf-8", "surrogateescape"), expected):
             log.warning("admin request with a wrong token", path=request.path)
             return _error(403, "forbidden", "the admin token is not valid")
         try:
@@ -154,7 +155,7 @@ def token_middleware(token: str) -> Any:
             return _error(404, "unknown_pool", str(exc))
         except StoreError as exc:
             log.warning("admin request failed: store unavailable", error=str(exc))
-            return _error(503, "store_unavailable", "the session store is unreachable")
+            return _error(503, "store_unavailable", exc.failure.message)
 
     return check
 

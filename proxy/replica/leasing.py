@@ -1,16 +1,22 @@
 """Where a replica gets its leases, and what it does while the store is unreachable.
 
 Leases come from the shared pool, through its wait queue (QUEUE_TIMEOUT, QUEUE_MAX). When a call
-to the store fails the replica marks the store down -- one log line -- and, until a background
-probe (with backoff) finds it answering again and has re-synced the sessions -- one more line:
+to the store fails the replica marks the store down -- one log line saying how it failed
+(unreachable, out of memory, credentials refused: ``broker.errors.StoreFailure``), and one more
+whenever a probe finds it failing another way -- and, until a background probe (with backoff)
+finds it answering again and has re-synced the sessions -- one more line:
 
-* ``REDIS_FAILURE_MODE=closed`` (default): requests get 503 ``store_unavailable`` at once and
-  /readyz is false, so a load balancer sends traffic elsewhere;
+* ``REDIS_FAILURE_MODE=closed`` (default): requests get 503 ``store_unavailable`` at once, its
+  message saying how the store failed, and /readyz is false, so a load balancer sends traffic
+  elsewhere;
 * ``open``: the replica serves from a local pool of its own sessions, the same scripts on the
   embedded store; limits then hold per replica only. Back online it re-joins the shared state.
 
 Several pools (see proxy.config.pools) share the one store client, and in an outage the one
 embedded store. Leases remember the pool that granted them; their release and renewal go back there.
+
+At start-up ``check_store`` turns away a store that answers but will never serve this replica
+(credentials refused, no such database) before anything is written to it.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from redis.exceptions import RedisError
 
 from broker import (
     BrokerSettings,
+    ConfigError,
     Lease,
     NoSessionAvailable,
     Pool,
@@ -33,6 +40,7 @@ from broker import (
     WaitQueue,
     open_store,
 )
+from broker.errors import StoreFailure, store_failure
 from broker.events import Transition
 from broker.queue import QueueObserver
 from broker.registry import PoolEntry, forget_pool, record_pools
@@ -45,6 +53,46 @@ log = structlog.get_logger(__name__)
 PROBE_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 #: How long a probe waits for the store's PONG.
 PROBE_TIMEOUT_S = 1.0
+#: How long the start-up check waits for the store's PONG (redis-py's own retries of a dropped
+#: connection, about 2 s, fit in it); a store that does not answer by then is an outage, not a
+#: configuration error: the replica starts unready and waits for it.
+CHECK_TIMEOUT_S = 5.0
+#: The log event of a store marked down, by how it failed.
+DOWN_EVENTS = {
+    StoreFailure.UNREACHABLE: "session store unreachable",
+    StoreFailure.OUT_OF_MEMORY: "session store out of memory",
+    StoreFailure.AUTHENTICATION: "session store refused the credentials",
+    StoreFailure.FAILED: "session store failed",
+}
+
+
+async def check_store(settings: BrokerSettings, *, outage_ok: bool) -> None:
+    """Turn away a store that answers but will never serve us, before anything is written to
+    it: raises ConfigError naming REDIS_URL when it refuses the credentials or has no such
+    database.
+
+    ``outage_ok``: a store that cannot be reached (or fails otherwise) is no configuration error
+    -- it may come up after the replica -- so that is logged, and the outage handling takes over
+    once the replica runs; without it, StoreError naming the setting (an operator command).
+    """
+    if settings.redis_url is None and not settings.redis_sentinels:
+        return  # the embedded store
+    store = open_store(settings)
+    try:
+        await asyncio.wait_for(store.ping(), CHECK_TIMEOUT_S)
+    except (RedisError, OSError, TimeoutError) as exc:
+        failure = store_failure(exc)
+        if failure is StoreFailure.AUTHENTICATION:
+            raise ConfigError(f"REDIS_URL: {failure.message}: {exc}") from exc
+        if "DB index is out of range" in str(exc):  # SELECT of a database the store lacks
+            raise ConfigError(f"REDIS_URL: the session store has no such database: {exc}") from exc
+        if not outage_ok:
+            setting = "REDIS_SENTINELS" if settings.redis_sentinels else "REDIS_URL"
+            detail = str(exc) or type(exc).__name__  # a timeout says nothing
+            raise StoreError(f"{setting}: {failure.message}: {detail}", failure=failure) from exc
+        log.warning(DOWN_EVENTS[failure], failure=failure, error=str(exc), at="start-up")
+    finally:
+        await store.aclose()
 
 
 @dataclass(slots=True)
@@ -77,6 +125,8 @@ class Leasing:
         self._queue_max = queue_max
         self.served: dict[str, Served] = {}
         self.store_up = True
+        #: How the store failed, while it is down.
+        self.failure: StoreFailure | None = None
         self._local_store: Store | None = None
         self._local: dict[str, Served] = {}
         self._probe: asyncio.Task[None] | None = None
@@ -210,7 +260,8 @@ class Leasing:
             else:
                 return lease, served.pool
         if self.failure_mode != "open":
-            raise StoreError("the session store is unreachable")
+            failure = self.failure or StoreFailure.UNREACHABLE
+            raise StoreError(failure.message, failure=failure)
         local = await self._local_pool(name)
         lease = await local.queue.acquire(exclude=exclude, timeout_s=timeout_s, precharge=precharge)
         return lease, local.pool
@@ -237,9 +288,15 @@ class Leasing:
             return
         self.store_up = False
         self._back.clear()
-        action = "serving from a local pool" if self.failure_mode == "open" else "answering 503"
-        log.error("session store unreachable", error=str(exc), action=action)
+        self._say_down(exc)
         self._probe = asyncio.create_task(self._until_back())
+
+    def _say_down(self, exc: BaseException) -> None:
+        """One ERROR line saying how the store failed (and, while it stays down, another only
+        when it starts failing another way)."""
+        self.failure = store_failure(exc)
+        action = "serving from a local pool" if self.failure_mode == "open" else "answering 503"
+        log.error(DOWN_EVENTS[self.failure], failure=self.failure, error=str(exc), action=action)
 
     async def _until_back(self) -> None:
         attempt = 0
@@ -249,9 +306,12 @@ class Leasing:
             try:
                 await asyncio.wait_for(self.store.ping(), PROBE_TIMEOUT_S)
                 await self.sync_all()  # a restarted store may have lost it all
-            except (StoreError, RedisError, OSError, TimeoutError):
+            except (StoreError, RedisError, OSError, TimeoutError) as exc:
+                if store_failure(exc) is not self.failure:
+                    self._say_down(exc)
                 continue
             self.store_up = True
+            self.failure = None
             self._back.set()
             for served in self.served.values():
                 served.queue.wake()

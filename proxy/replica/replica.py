@@ -59,7 +59,8 @@ class Replica:
         # Operations: secrets kept out of every log line, metrics, the fleet watch.
         REDACTOR.add(settings.secret_values)
         self.id = replica_id()
-        self.metrics = Metrics(settings.metrics_prefix)  # its pools: see _admins_follow
+        # Its pools: see _admins_follow.
+        self.metrics = Metrics(settings.metrics_prefix, per_session=settings.metrics_per_session)
         self.synced = asyncio.Event()
         self.watch = Watch(settings, self.metrics, self, replica_id=self.id, synced=self.synced)
         self.admins: dict[str, PoolAdmin] = {}

@@ -129,10 +129,9 @@ class Attempts:
                 if last is not None and exc.reason == "tried":
                     return last.response
                 return _unavailable(exc)
-            except StoreError:
-                return error_response(
-                    503, "store_unavailable", "the session store is unreachable; retry later"
-                )
+            except StoreError as exc:
+                message = f"{exc.failure.message}; retry later"
+                return error_response(503, "store_unavailable", message)
             if isinstance(result, web.StreamResponse):
                 return result
             last = result

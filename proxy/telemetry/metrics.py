@@ -3,18 +3,27 @@
 Each replica has its own ``CollectorRegistry`` (several replicas may share a process, in tests).
 Two kinds of series:
 
-* this replica's own: upstream attempts per session and outcome, rate-limit events, cooldowns
-  and breaker transitions it caused, attempts per client request, upstream latency, proxy
-  overhead, leases in flight, the wait queue, alerts sent. Summed over replicas (``sum()`` in
-  PromQL) they describe the fleet: each transition is counted by exactly one replica.
-* the pools', read from Redis (``*_pool_*``, ``*_session_breaker``, ``*_session_tpm``,
-  ``*_session_units_available``), labelled by ``pool``: the same on every replica. One collector
-  serves every pool the replica works for. Their cost is bounded: at most one read per pool per
-  ``CLUSTER_MAX_AGE_S`` per replica, however often it is scraped: a housekeeping pass (so a
-  quiet pool shows no cooldown that has run out; at most 256 due entries per set, like any
-  script's), then two round trips: a fixed number of O(1) commands (ZCARD/SCARD), one per
-  priority tier, plus at most ``OPS_SET_LIMIT`` session ids per breaker state and at most
+* this replica's own: upstream attempts per pool and outcome, rate-limit events, cooldowns and
+  breaker transitions it caused, attempts per client request, upstream latency, proxy overhead,
+  leases in flight, the wait queue, alerts sent. Summed over replicas (``sum()`` in PromQL) they
+  describe the fleet: each transition is counted by exactly one replica.
+* the pools', read from Redis (``*_pool_*``), labelled by ``pool``: the same on every replica.
+  One collector serves every pool the replica works for. Their cost is bounded: at most one read
+  per pool per ``CLUSTER_MAX_AGE_S`` per replica, however often it is scraped: a housekeeping
+  pass (so a quiet pool shows no cooldown that has run out; at most 256 due entries per set,
+  like any script's), then two round trips: a fixed number of O(1) commands (ZCARD/SCARD), one
+  per priority tier, plus at most ``OPS_SET_LIMIT`` session ids per breaker state and at most
   ``OPS_SET_LIMIT`` sessions' priority and unit budget (see ``PoolAdmin.census``).
+
+The number of series grows with the pools, not with their sessions: per-session figures live in
+Redis, the admin API and ``status``. With METRICS_PER_SESSION the counters and the breaker and
+unit-budget gauges are labelled by ``session`` too (a series per session and outcome on every
+replica: for small pools). No ``_created`` series, and no label value that is the sum of the
+others (a pool's size is ``*_pool_size``, not a ``state``), so ``sum by`` over any label is
+right. The text is rendered in a worker thread, so a scrape does not run on the event loop that
+proxies, and at most once per RENDER_MAX_AGE_S, shared by the scrapes in between, so its CPU (the
+thread still competes with the event loop for the interpreter) is bounded whatever the scrape
+rate.
 
 Sessions are labelled by id, never by secret.
 """
@@ -32,6 +41,7 @@ from prometheus_client import (
     Gauge,
     Histogram,
     ProcessCollector,
+    disable_created_metrics,
     generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -42,13 +52,22 @@ from broker.admin import Census
 from broker.events import Transition
 from broker.states import SessionState
 
-__all__ = ["CLUSTER_MAX_AGE_S", "ERROR_OUTCOMES", "CensusRead", "ClusterCollector", "Metrics"]
+__all__ = [
+    "CLUSTER_MAX_AGE_S",
+    "ERROR_OUTCOMES",
+    "RENDER_MAX_AGE_S",
+    "CensusRead",
+    "ClusterCollector",
+    "Metrics",
+]
 
 log = structlog.get_logger(__name__)
 
 #: How long one read of the pool's state serves scrapes: bounds the Redis cost of /metrics per
 #: replica to one small read per this many seconds, whatever the scrape interval.
 CLUSTER_MAX_AGE_S = 5.0
+#: How long one rendering of the text serves scrapes (see ``Metrics.exposition``).
+RENDER_MAX_AGE_S = 1.0
 #: Outcomes that count as errors for the fleet's error rate (429s have their own alert).
 ERROR_OUTCOMES = frozenset(
     {Outcome.AUTH, Outcome.SERVER, Outcome.NETWORK, Outcome.TIMEOUT, Outcome.OTHER}
@@ -69,11 +88,15 @@ class ClusterCollector(Collector):
 
     ``reads`` maps a pool's name to the read of its census; a replica passes the pools it works
     for. A pool whose read fails is left out of that scrape (and logged); the others still show.
+    ``per_session``: the breakers and unit budgets of each session too (else the pool's sums).
     """
 
-    def __init__(self, prefix: str, reads: Mapping[str, CensusRead]) -> None:
+    def __init__(
+        self, prefix: str, reads: Mapping[str, CensusRead], *, per_session: bool = False
+    ) -> None:
         self.prefix = prefix
         self.reads = dict(reads)
+        self.per_session = per_session
         self.censuses: dict[str, Census] = {}
         self.read_at: float | None = None
         self._lock = asyncio.Lock()
@@ -96,26 +119,56 @@ class ClusterCollector(Collector):
 
     def _families(self) -> list[GaugeMetricFamily]:
         p = self.prefix
-        return [
+        families = [
             GaugeMetricFamily(
                 f"{p}_pool_sessions",
                 "Sessions of the pool by state, fleet-wide (read from Redis)",
                 labels=["pool", "state"],
             ),
             GaugeMetricFamily(
+                f"{p}_pool_size", "Sessions of the pool, fleet-wide", labels=["pool"]
+            ),
+            GaugeMetricFamily(
                 f"{p}_pool_leases", "Live leases of the pool, fleet-wide", labels=["pool"]
             ),
+            GaugeMetricFamily(
+                f"{p}_pool_tier_available",
+                "Sessions of each priority tier eligible now",
+                labels=["pool", "tier"],
+            ),
+            GaugeMetricFamily(
+                f"{p}_pool_tier_size",
+                "Sessions of each priority tier (only while the pool has at most OPS_SET_LIMIT "
+                "sessions)",
+                labels=["pool", "tier"],
+            ),
+        ]
+        if self.per_session:
+            return [*families, *self._session_families()]
+        return [
+            *families,
+            GaugeMetricFamily(
+                f"{p}_pool_tpm",
+                "Unit budgets of the pool's sessions added up, in units per minute (of the "
+                "first OPS_SET_LIMIT sessions)",
+                labels=["pool"],
+            ),
+            GaugeMetricFamily(
+                f"{p}_pool_units_available",
+                "Units the pool's budgets have left now, added up (of the first OPS_SET_LIMIT "
+                "sessions)",
+                labels=["pool"],
+            ),
+        ]
+
+    def _session_families(self) -> list[GaugeMetricFamily]:
+        p = self.prefix
+        return [
             GaugeMetricFamily(
                 f"{p}_session_breaker",
                 "1 for each session whose circuit breaker is not closed, by its state "
                 "(open, half_open); sessions not listed are closed",
                 labels=["pool", "session", "state"],
-            ),
-            GaugeMetricFamily(
-                f"{p}_pool_tier_sessions",
-                "Sessions of each priority tier: eligible now (available), and all of them "
-                "(total; only while the pool has at most OPS_SET_LIMIT sessions)",
-                labels=["pool", "tier", "state"],
             ),
             GaugeMetricFamily(
                 f"{p}_session_tpm",
@@ -136,34 +189,55 @@ class ClusterCollector(Collector):
         if not self.censuses:
             return
         families = self._families()
-        sessions, leases, breakers, tiers, tpm, units = families
+        sessions, size, leases, tier_available, tier_size, *budgets = families
         for pool, census in sorted(self.censuses.items()):
             for state, count in census.sessions.items():
-                sessions.add_metric([pool, state], count)
+                if state == "total":
+                    size.add_metric([pool], count)
+                else:
+                    sessions.add_metric([pool, state], count)
             leases.add_metric([pool], census.leases)
-            for session_id, state in sorted(census.breakers.items()):
-                breakers.add_metric([pool, session_id, state], 1)
             for tier in census.tiers:
-                tiers.add_metric([pool, str(tier.priority), "available"], tier.available)
+                tier_available.add_metric([pool, str(tier.priority)], tier.available)
                 if tier.sessions is not None:
-                    tiers.add_metric([pool, str(tier.priority), "total"], tier.sessions)
-            for session_id, budget in census.units.items():
-                tpm.add_metric([pool, session_id], budget.tpm)
-                units.add_metric([pool, session_id], budget.available)
+                    tier_size.add_metric([pool, str(tier.priority)], tier.sessions)
+            if self.per_session:
+                breakers, tpm, units = budgets
+                for session_id, state in sorted(census.breakers.items()):
+                    breakers.add_metric([pool, session_id, state], 1)
+                for session_id, budget in census.units.items():
+                    tpm.add_metric([pool, session_id], budget.tpm)
+                    units.add_metric([pool, session_id], budget.available)
+            elif census.units:
+                tpm, units = budgets
+                tpm.add_metric([pool], sum(b.tpm for b in census.units.values()))
+                units.add_metric([pool], sum(b.available for b in census.units.values()))
         yield from families
 
 
 class Metrics:
     """The metric objects of one replica, and the calls the request path makes on them."""
 
-    def __init__(self, prefix: str, *, pools: Mapping[str, CensusRead] | None = None) -> None:
-        """``pools``: the census read of each pool this replica works for, by pool name."""
+    def __init__(
+        self,
+        prefix: str,
+        *,
+        per_session: bool = False,
+        pools: Mapping[str, CensusRead] | None = None,
+    ) -> None:
+        """``per_session``: label by session too (METRICS_PER_SESSION); ``pools``: the census
+        read of each pool this replica works for, by pool name."""
+        # Each counter's ``_created`` twin doubles the series and says nothing a dashboard uses.
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated upstream
         self.registry = CollectorRegistry()
         r, p = self.registry, prefix
+        self.per_session = per_session
+        #: The labels that say whose a per-session figure is: the pool, and the session if asked.
+        by = ["pool", "session"] if per_session else ["pool"]
         self.session_requests = Counter(
             f"{p}_session_requests",
-            "Upstream attempts by pool, session and outcome",
-            ["pool", "session", "outcome"],
+            "Upstream attempts by pool (and session, with METRICS_PER_SESSION) and outcome",
+            [*by, "outcome"],
             registry=r,
         )
         self.client_responses = Counter(
@@ -171,21 +245,22 @@ class Metrics:
         )
         self.rate_limit_events = Counter(
             f"{p}_rate_limit_events",
-            "Rate limits met, by pool, session and source: 429 answers, or headers saying none "
-            "is left",
-            ["pool", "session", "source"],
+            "Rate limits met, by pool (and session) and source: 429 answers, or headers saying "
+            "none is left",
+            [*by, "source"],
             registry=r,
         )
         self.cooldowns_started = Counter(
             f"{p}_cooldowns_started",
-            "Cooldowns this replica's calls started, by pool and session",
-            ["pool", "session"],
+            "Cooldowns this replica's calls started, by pool (and session)",
+            by,
             registry=r,
         )
         self.breaker_transitions = Counter(
             f"{p}_breaker_transitions",
-            "Circuit breaker transitions this replica's calls made, by pool, session and new state",
-            ["pool", "session", "state"],
+            "Circuit breaker transitions this replica's calls made, by pool (and session) and "
+            "new state",
+            [*by, "state"],
             registry=r,
         )
         self.attempts = Histogram(
@@ -249,7 +324,7 @@ class Metrics:
             ["pool", "fallback", "default"],
             registry=r,
         )
-        self.cluster = ClusterCollector(p, pools or {})
+        self.cluster = ClusterCollector(p, pools or {}, per_session=per_session)
         r.register(self.cluster)
         ProcessCollector(registry=r)
         #: This replica's attempts and errors so far, for the fleet's error-rate alert.
@@ -261,6 +336,16 @@ class Metrics:
         # (``labels()`` validates and locks on every call).
         self._session_requests: dict[tuple[str, str, Outcome], Counter] = {}
         self._client_responses: dict[int, Counter] = {}
+        #: The last rendering (or the one under way), which scrapes share while it is fresh.
+        self._rendering: asyncio.Future[bytes] | None = None
+        self._rendered_at = 0.0
+        #: Seconds a rendering serves later scrapes: the CPU /metrics costs is bounded whatever
+        #: the scrape rate (a scrape interval is 15 s or more; rendering takes milliseconds).
+        self.render_max_age_s = RENDER_MAX_AGE_S
+
+    def _whose(self, pool: str, session_id: str) -> tuple[str, ...]:
+        """The label values of a per-session figure (see ``per_session``)."""
+        return (pool, session_id) if self.per_session else (pool,)
 
     # The request path.
 
@@ -272,10 +357,11 @@ class Metrics:
     ) -> None:
         """A lease ended with ``outcome``; ``exhausted``: headers said nothing is left."""
         self.leases_in_flight.dec()
-        series = self._session_requests.get((pool, session_id, outcome))
+        key = (pool, session_id if self.per_session else "", outcome)
+        series = self._session_requests.get(key)
         if series is None:
-            series = self.session_requests.labels(pool, session_id, outcome.value)
-            self._session_requests[pool, session_id, outcome] = series
+            series = self.session_requests.labels(*self._whose(pool, session_id), outcome.value)
+            self._session_requests[key] = series
         series.inc()
         if outcome is Outcome.UNUSED:
             return
@@ -283,9 +369,9 @@ class Metrics:
         if outcome in ERROR_OUTCOMES:
             self.errors_total += 1
         if outcome is Outcome.RATE_LIMITED:
-            self.rate_limit_events.labels(pool, session_id, "429").inc()
+            self.rate_limit_events.labels(*self._whose(pool, session_id), "429").inc()
         elif exhausted:
-            self.rate_limit_events.labels(pool, session_id, "headers").inc()
+            self.rate_limit_events.labels(*self._whose(pool, session_id), "headers").inc()
 
     def fallback_taken(self, pool: str, fallback: str) -> None:
         self.fallback_leases.labels(pool, fallback).inc()
@@ -326,14 +412,36 @@ class Metrics:
     def transitions(self, transitions: Iterable[Transition]) -> None:
         for t in transitions:
             if t.kind == "breaker":
-                self.breaker_transitions.labels(t.pool, t.session_id, t.new).inc()
+                self.breaker_transitions.labels(*self._whose(t.pool, t.session_id), t.new).inc()
             elif t.new == SessionState.COOLING:
-                self.cooldowns_started.labels(t.pool, t.session_id).inc()
+                self.cooldowns_started.labels(*self._whose(t.pool, t.session_id)).inc()
 
     def alert_sent(self, kind: str, status: str) -> None:
         self.alerts_sent.labels(kind, status).inc()
 
     async def exposition(self) -> bytes:
-        """The text format, with the pool's gauges no older than CLUSTER_MAX_AGE_S."""
+        """The text format, with the pool's gauges no older than CLUSTER_MAX_AGE_S, rendered in
+        a worker thread (the request path's updates take the metrics' own locks meanwhile) at
+        most once per ``render_max_age_s``: scrapes in between get the last rendering."""
         await self.cluster.refresh()
-        return generate_latest(self.registry)
+        rendering = self._rendering
+        if rendering is None or (rendering.done() and not self._fresh(rendering)):
+            rendering = asyncio.ensure_future(asyncio.to_thread(generate_latest, self.registry))
+            rendering.add_done_callback(self._rendered)
+            self._rendering = rendering
+        # A scrape that goes away leaves the rendering to the others.
+        return await asyncio.shield(rendering)
+
+    def _fresh(self, rendering: asyncio.Future[bytes]) -> bool:
+        """Whether ``rendering`` (done) may serve this scrape: it did not fail, is young
+        enough, and no newer read of the pools' state came since."""
+        if rendering.cancelled() or rendering.exception() is not None:
+            return False
+        if (self.cluster.read_at or 0.0) > self._rendered_at:
+            return False
+        return time.monotonic() - self._rendered_at < self.render_max_age_s
+
+    def _rendered(self, rendering: asyncio.Future[bytes]) -> None:
+        self._rendered_at = time.monotonic()
+        if not rendering.cancelled():
+            rendering.exception()  # seen, even when every scrape waiting for it went away

@@ -4,11 +4,13 @@ and (where a test needs two replicas to share state) the real Redis of tests/con
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
+import redis
 import redis.asyncio
 from aiohttp import web
 
@@ -26,6 +28,9 @@ TIERED = [
     Session(id="b", secret="secret-b", priority=1),
     Session(id="c", secret="secret-c", tpm=30_000),
 ]
+
+#: An ACL user of the test Redis (see ``acl_user``), and its password.
+ACL_USER, ACL_PASSWORD = "proxy-test", "the-right-password"
 
 StartUpstream = Callable[[web.Application], Awaitable[str]]
 StartReplica = Callable[..., Awaitable[RunningReplica]]
@@ -102,6 +107,23 @@ async def shared_redis(redis_server: str) -> AsyncIterator[str]:
     await client.flushall()
     await client.aclose()
     return redis_server
+
+
+@pytest.fixture
+def acl_user(redis_server: str) -> Iterator[str]:
+    """A REDIS_URL of the test Redis as ACL user ACL_USER, with ``{password}`` to fill in; the
+    user may do anything, with the password ACL_PASSWORD, until the test ends."""
+    client = redis.Redis.from_url(redis_server)
+    client.acl_setuser(
+        ACL_USER, enabled=True, passwords=[f"+{ACL_PASSWORD}"], keys=["*"], channels=["*"],
+        commands=["+@all"],
+    )  # fmt: skip
+    url = urlsplit(redis_server)
+    try:
+        yield f"redis://{ACL_USER}:{{password}}@{url.hostname}:{url.port}/0"
+    finally:
+        client.acl_deluser(ACL_USER)
+        client.close()
 
 
 @pytest.fixture

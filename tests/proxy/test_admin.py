@@ -70,6 +70,41 @@ async def test_token_required(
     assert (await replica.replica.admin.session("a")).state == "available"
 
 
+async def raw_status(url: str, request: bytes) -> int:
+    """The status code a raw HTTP/1.1 request to ``url``'s host and port gets."""
+    host, _, port = url.removeprefix("http://").partition(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(request)
+        status_line = await reader.readline()
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    return int(status_line.split()[1])
+
+
+@pytest.mark.parametrize(
+    ("authorization", "status"),
+    [(b"Bearer \xff\xfe\x80", 403), (TOKEN.encode() + b"\xff", 401), (b"\xc3\x28 x", 401)],
+    ids=["bearer-non-utf8", "no-scheme", "non-utf8-scheme"],
+)
+async def test_token_that_is_not_utf8(
+    start_replica: StartReplica, authorization: bytes, status: int
+) -> None:
+    """An Authorization header with bytes that are not UTF-8 gets 401 or 403, never a 500."""
+    replica = await start_replica(admin_token=TOKEN)
+    request = (
+        b"GET /admin/sessions HTTP/1.1\r\nHost: admin\r\nAuthorization: "
+        + authorization
+        + b"\r\nConnection: close\r\n\r\n"
+    )
+    assert await raw_status(replica.ops_url, request) == status
+    token = TOKEN.encode()
+    for right in (b"Bearer " + token, b"Bearer " + token + b"\xff"):
+        ok = request.replace(authorization, right)
+        assert await raw_status(replica.ops_url, ok) == (200 if right.endswith(token) else 403)
+
+
 @pytest.mark.parametrize(
     ("method", "path", "body", "field", "reason"),
     [
