@@ -138,7 +138,7 @@ if outcome == 'success' then
   end
 elseif outcome == 'auth' and not first_key then
   local at, kind = suspect_of(key)
-  local ok_since = at and (tonumber(redis.call('HGET', kinds_key, request_kind)) or 0) > at
+  local ok_since = at and (tonumber(redis.call('HGET', kinds_key, request_kind)) or 0) >= at
   if at and (kind ~= request_kind or ok_since) then
     disable_for_auth(key)
   else

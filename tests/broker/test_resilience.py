@@ -45,7 +45,9 @@ async def store_ms(pool: Pool) -> int:
 @pytest.mark.parametrize("outcome", FAILURES, ids=lambda o: o.value)
 async def test_breaker_opens_after_threshold(make_pool, outcome: Outcome) -> None:
     """THRESHOLD consecutive failures open the breaker; while open the session is never leased."""
-    pool = await make_pool([Session(id="a", secret="x")], breaker_threshold=3)
+    pool = await make_pool(
+        [Session(id="a", secret="x")], breaker_threshold=3, breaker_timeout_ms=60_000
+    )
     await fail(pool, 2, outcome)
     assert (await pool.session_state("a")).get("breaker", "closed") == "closed"
     await fail(pool, 1, outcome)
