@@ -159,12 +159,23 @@ async def test_expired_probe_frees_its_slot(make_pool) -> None:
 
 @REAL_REDIS_ONLY
 @pytest.mark.slow
-async def test_two_processes_get_exactly_one_probe(make_pool, store) -> None:
-    """Two broker clients in separate processes racing for a half-open session get one probe."""
+@pytest.mark.parametrize("trigger", ["consecutive", "failure-rate"])
+async def test_two_processes_get_exactly_one_probe(make_pool, store, trigger: str) -> None:
+    """Two broker clients in separate processes racing for a half-open session get one probe,
+    whether consecutive failures or the failure-rate window opened it."""
+    window = {"breaker_window": 10, "breaker_min_calls": 6, "breaker_failure_ratio": 0.5}
     pool = await make_pool(
-        [Session(id="a", secret="x")], breaker_threshold=1, breaker_timeout_ms=1500
+        [Session(id="a", secret="x")],
+        breaker_threshold=1 if trigger == "consecutive" else 5,
+        breaker_timeout_ms=1500,
+        **window,
     )
-    await fail(pool, 1)
+    outcomes = (
+        [Outcome.SERVER] if trigger == "consecutive" else [Outcome.SUCCESS, Outcome.SERVER] * 3
+    )
+    for outcome in outcomes:
+        await fail(pool, 1, outcome)
+    assert (await pool.session_state("a"))["breaker"] == "open"
     processes = [
         await asyncio.create_subprocess_exec(
             sys.executable, str(WORKER), "grab", store.url, "10",
