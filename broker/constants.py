@@ -52,12 +52,20 @@ DEFAULT_CLAIM_TTL_MS: Final = 60_000
 SYNC_CHUNK: Final = 5_000
 
 #: Circuit breaker defaults: consecutive failures that open it, how long it stays open at first
-#: (doubling per repeated trip, up to the longest), and the probes a half-open breaker admits
-#: across the whole fleet.
+#: (doubling per trip that follows a failed probe, up to the longest), and the probes a half-open
+#: breaker admits across the whole fleet. The first open is short (about one burst of a flaky
+#: upstream): a session failing 2 s of every 6 s must not be benched for a minute.
 DEFAULT_BREAKER_THRESHOLD: Final = 5
-DEFAULT_BREAKER_TIMEOUT_MS: Final = 60_000
+DEFAULT_BREAKER_TIMEOUT_MS: Final = 2_000
 DEFAULT_BREAKER_TIMEOUT_MAX_MS: Final = 600_000
 DEFAULT_HALF_OPEN_PROBES: Final = 1
+#: Circuit breaker, the failure-rate window beside the consecutive count (as Resilience4j's
+#: count-based window): over the last WINDOW calls that succeeded or failed, once at least
+#: MIN_CALLS were made, a failure ratio at or above RATIO opens it too. Catches a session that
+#: fails often without five failures in a row.
+DEFAULT_BREAKER_WINDOW: Final = 20
+DEFAULT_BREAKER_MIN_CALLS: Final = 10
+DEFAULT_BREAKER_FAILURE_RATIO: Final = 0.5
 
 #: 429s closer together than this (the later one from a request sent after the earlier cooldown
 #: ended) count as a streak: each doubles the cooldown, until a success ends the streak.
@@ -90,6 +98,18 @@ TICKET_TTL_MS: Final = 5_000
 #: The longest a waiting head sleeps without a wake-up before asking the store again: a wake
 #: missed (a dropped pub/sub connection) costs at most this.
 FALLBACK_WAIT_S: Final = 1.0
+#: 401/403 judgement: how long a suspicion (a refusal that may be the request's fault, not the
+#: credential's) lasts, and how long a request kind's last success counts as evidence that the
+#: kind works. Ten minutes: a credential revoked is found on the next request or two, and a
+#: suspicion from long ago says nothing about today.
+AUTH_SUSPECT_WINDOW_MS: Final = 600_000
+#: A request kind's last success is written at most this often (one HSET per kind per second).
+KIND_WRITE_EVERY_MS: Final = 1_000
+#: Most request kinds a pool remembers: when a new one would exceed it the record starts over
+#: (its worst cost: a suspicion judged without a success to compare with), so clients sending
+#: many distinct paths cannot grow it without bound.
+KINDS_MAX: Final = 1_000
+
 #: Alerts: width of one bucket of the fleet's outcome tally. The error-rate window is counted in
 #: whole buckets, so this is its resolution; 10 s keeps the tally at 30 fields for 5 minutes.
 ALERT_BUCKET_MS: Final = 10_000

@@ -11,9 +11,9 @@ How a value reaches the scripts, one way each:
 * code constants (``broker/constants.py``: lease memory, health, the unit window, the streak
   window, the quota slack, housekeeping bounds) are locals of the generated preamble
   (``broker/preamble.py``), never arguments;
-* pool-wide operator settings (strategy, breaker threshold and timeouts, half-open probes, the
-  longest cooldown) are written to the pool hash by ``sync``: the last replica to sync wins, as
-  a pool is one thing for the whole fleet;
+* pool-wide operator settings (strategy, breaker threshold, timeouts and failure-rate window,
+  half-open probes, the longest cooldown) are written to the pool hash by ``sync``: the last
+  replica to sync wins, as a pool is one thing for the whole fleet;
 * per-call facts are ARGV: lease and ticket ids, outcomes, latencies, units, the seed. So are a
   few settings that belong to the caller rather than the pool: the lease TTL (each replica's
   leases live as it renews them), the claim TTL (each replica's own claim), the cooldown a 429
@@ -87,6 +87,9 @@ def _release_args(call: ReleaseCall) -> tuple[EncodableT, ...]:
         call.cooldown_ms,
         call.detail,
         units,
+        # The 401/403 judgement's arguments.
+        call.request_kind,
+        call.refused_by,
     )
 
 
@@ -217,6 +220,9 @@ class Gateway:
         breaker_timeout_max_ms: int,
         half_open_probes: int,
         cooldown_max_ms: int,
+        breaker_window: int,
+        breaker_min_calls: int,
+        breaker_failure_ratio: float,
         generation: str = "",
         sessions: Sequence[Session] = (),
     ) -> SyncReply:
@@ -245,6 +251,9 @@ class Gateway:
             breaker_timeout_max_ms,
             half_open_probes,
             cooldown_max_ms,
+            breaker_window,
+            breaker_min_calls,
+            repr(breaker_failure_ratio),
             *values,
         )
         return SyncReply(int(size), status == "lost")

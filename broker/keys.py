@@ -185,6 +185,14 @@ class PoolKeys:
         "`<10 s bucket>:n` / `:e` -> upstream attempts / errors the replicas reported (the "
         "error-rate alert's window)",
     )
+    kinds = Key(
+        "kinds",
+        "HASH",
+        "`<kind>` -> last success (ms), `<kind>:suspect` -> the session a 401/403 on that kind "
+        "made suspect; a kind is a hash of the method and the path's first two segments (never "
+        "the path); emptied when it reaches 1,000 kinds (the 401/403 judgement, "
+        "docs/how-it-works.md)",
+    )
     summary = Key("summary", "HASH", "`last_at` (ms), `requests`: whose turn the health summary is")
 
     __slots__ = ("base", "name")

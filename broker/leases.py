@@ -13,7 +13,7 @@ class Outcome(StrEnum):
 
     SUCCESS = "success"  # 2xx/3xx, or another 4xx: the client's fault, not the session's
     RATE_LIMITED = "rate_limited"  # 429, or headers saying nothing remains
-    AUTH = "auth"  # 401/403
+    AUTH = "auth"  # 401/403: the session is suspect, or disabled on evidence (lua/release.lua)
     SERVER = "server"  # 5xx
     NETWORK = "network"  # connection refused, reset, DNS
     TIMEOUT = "timeout"
@@ -45,6 +45,11 @@ class Release:
     exhausted_ms: int | None = None
     detail: str = ""
     units: int | None = None
+    #: The 401/403 judgement's facts (docs/how-it-works.md): the request's kind (a hash of its
+    #: method and first path segments, never the path; '' unknown), and the session of this pool
+    #: that answered this same request 401/403 before ('' none).
+    request_kind: str = ""
+    refused_by: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -99,6 +99,9 @@ class Pool:
             breaker_timeout_max_ms=max(config.breaker_timeout_max_ms, config.breaker_timeout_ms),
             half_open_probes=config.half_open_probes,
             cooldown_max_ms=config.rate_limit_cooldown_max_ms,
+            breaker_window=config.breaker_window,
+            breaker_min_calls=config.breaker_min_calls,
+            breaker_failure_ratio=config.breaker_failure_ratio,
         )
 
     async def acquire(
@@ -162,6 +165,8 @@ class Pool:
         exhausted_ms: int | None = None,
         detail: str = "",
         units: int | None = None,
+        request_kind: str = "",
+        refused_by: str = "",
     ) -> Released:
         """End ``lease`` and record ``outcome``. Idempotent: a replay changes nothing.
 
@@ -172,8 +177,19 @@ class Pool:
         ``units`` is what the attempt consumed (e.g. the upstream's ``usage.total_tokens``): it
         replaces the lease's pre-charge in the session's unit budget. None keeps the pre-charge
         (refunded when the outcome is ``unused``). A replayed release counts its units once.
+        ``request_kind`` and ``refused_by`` feed the 401/403 judgement (``Release``'s fields).
         """
-        release = Release(lease, outcome, latency_ms, retry_after_ms, exhausted_ms, detail, units)
+        release = Release(
+            lease,
+            outcome,
+            latency_ms,
+            retry_after_ms,
+            exhausted_ms,
+            detail,
+            units,
+            request_kind,
+            refused_by,
+        )
         result = self._released(release, await self.gateway.release(self._release_call(release)))
         if isinstance(result, LeaseError):
             raise result
@@ -217,6 +233,8 @@ class Pool:
             cooldown,
             release.detail,
             release.units,
+            release.request_kind,
+            release.refused_by,
         )
 
     def _released(self, release: Release, reply: Released) -> Released | LeaseError:

@@ -52,9 +52,15 @@ LUA_CONSTANTS = (
     "HEALTH_ALPHA",
     "HEALTH_FLOOR",
     "HEALTH_LATENCY_TARGET_MS",
+    "AUTH_SUSPECT_WINDOW_MS",
+    "KIND_WRITE_EVERY_MS",
+    "KINDS_MAX",
     # The fallback of the pool-wide settings in a pool hash no sync has written them to yet.
     "DEFAULT_RATE_LIMIT_COOLDOWN_MAX_MS",
     "DEFAULT_HALF_OPEN_PROBES",
+    "DEFAULT_BREAKER_WINDOW",
+    "DEFAULT_BREAKER_MIN_CALLS",
+    "DEFAULT_BREAKER_FAILURE_RATIO",
 )
 
 

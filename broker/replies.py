@@ -57,6 +57,10 @@ class ReleaseCall:
     detail: str
     #: Units the attempt consumed; None keeps the pre-charge (refunded on ``unused``).
     units: int | None
+    #: The 401/403 judgement's facts: the request's kind ('' unknown) and the session that
+    #: answered this same request 401/403 before ('' none).
+    request_kind: str = ""
+    refused_by: str = ""
 
 
 class SyncStep(StrEnum):

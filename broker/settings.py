@@ -6,9 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from broker.constants import (
+    DEFAULT_BREAKER_FAILURE_RATIO,
+    DEFAULT_BREAKER_MIN_CALLS,
     DEFAULT_BREAKER_THRESHOLD,
     DEFAULT_BREAKER_TIMEOUT_MAX_MS,
     DEFAULT_BREAKER_TIMEOUT_MS,
+    DEFAULT_BREAKER_WINDOW,
     DEFAULT_CLAIM_TTL_MS,
     DEFAULT_HALF_OPEN_PROBES,
     DEFAULT_LEASE_TTL_MS,
@@ -52,6 +55,11 @@ class BrokerSettings:
     breaker_threshold: int = DEFAULT_BREAKER_THRESHOLD
     breaker_timeout_ms: int = DEFAULT_BREAKER_TIMEOUT_MS
     breaker_timeout_max_ms: int = DEFAULT_BREAKER_TIMEOUT_MAX_MS
+    #: The failure-rate trigger: over the last ``breaker_window`` calls (successes and
+    #: failures), once ``breaker_min_calls`` were made, a failure ratio >= this opens it too.
+    breaker_window: int = DEFAULT_BREAKER_WINDOW
+    breaker_min_calls: int = DEFAULT_BREAKER_MIN_CALLS
+    breaker_failure_ratio: float = DEFAULT_BREAKER_FAILURE_RATIO
     half_open_probes: int = DEFAULT_HALF_OPEN_PROBES
     #: Socket timeout for each Redis command and connect (seconds).
     redis_timeout_s: float = 2.0

@@ -38,7 +38,8 @@ SESSION_FIELDS = frozenset(
         "leases_expired", "last_used", "n_success", "n_rate_limited", "n_auth", "n_server",
         "n_network", "n_timeout", "n_other", "n_unused", "cooldowns", "last_error",
         "last_error_at", "success_rate", "latency_ms", "health", "health_at", "reset_at",
-        "priority", "tpm", "unit_tat", "units",
+        "priority", "tpm", "unit_tat", "units", "breaker_calls", "auth_suspect_at",
+        "auth_suspect_kind",
     }
 )  # fmt: skip
 #: Pool fields that move; an existing pool keeps its own (its replicas' configuration wins).
@@ -46,6 +47,7 @@ POOL_FIELDS = frozenset(
     {
         "strategy", "epoch_ms", "next_ordinal", "rr_cursor", "breaker_threshold",
         "breaker_timeout_ms", "breaker_timeout_max_ms", "half_open_probes", "cooldown_max_ms",
+        "breaker_window", "breaker_min_calls", "breaker_failure_ratio",
     }
 )  # fmt: skip
 #: Pool fields older releases wrote (now code constants of the scripts): accepted, not imported.

@@ -12,7 +12,7 @@
 -- base's hash tag `{<pool>}`, so it lies in the slot of KEYS[1].
 -- Pool-wide operator settings come from the pool hash, written by sync (the last replica to sync
 -- wins): strategy, breaker_threshold, breaker_timeout_ms, breaker_timeout_max_ms,
--- half_open_probes, cooldown_max_ms. Per-call facts come in ARGV, from ARGV[1].
+-- breaker_window, breaker_min_calls, breaker_failure_ratio, half_open_probes, cooldown_max_ms. Per-call facts come in ARGV, from ARGV[1].
 -- Every script returns its own reply followed by a list of events, one per transition it made:
 -- {session id, 'state', from, to} or {session id, 'breaker', from, to}.
 

@@ -8,11 +8,15 @@
 --       'unused', which refunds it). What acquire pre-charged is settled: the difference is
 --       charged or refunded. The health constants come from the preamble, the longest cooldown
 --       (cooldown_max_ms) from the pool hash (common.lua).
+--       The 401/403 judgement's two (docs/how-it-works.md): 7 the request's kind (a hash of its
+--       method and first path segments; '' unknown), 8 the session that answered this same
+--       request 401/403 before, in this pool ('' none).
 -- Returns {status, session id or '', cooldown deadline ms or 0, events} where status is
 --   'released' (the lease was live), 'late' (it had expired; the outcome still counts),
 --   'duplicate' (released before: nothing changes) or 'unknown' (no such lease remembered).
 local lease_id, outcome, latency = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local cooldown_ms, detail, units = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
+local request_kind, refused_by = ARGV[7] or '', ARGV[8] or ''
 
 -- Housekeeping first: a lease past its expiry is 'late' even if no call has reaped it yet.
 local now = now_ms()
@@ -51,7 +55,7 @@ end
 -- The session's fields read below, in one read; what the steps below write goes out in one
 -- write (`updates`) before the breaker's, which reads back its own counters.
 local h = redis.call('HMGET', key, 'success_rate', 'latency_ms', 'health_at', 'cooldown_until',
-  'rl_streak', 'rl_last_at', 'breaker')
+  'rl_streak', 'rl_last_at', 'breaker', 'auth_suspect_at', 'auth_suspect_kind', 'breaker_calls')
 local updates = {}
 local function update(field, value)
   table.insert(updates, field)
@@ -99,29 +103,97 @@ elseif cooldown_ms >= 0 then
 end
 if outcome == 'success' then update('rl_streak', 0) end
 
-if outcome == 'auth' then
-  -- The credential was refused: out until an operator re-enables it.
-  redis.call('HSET', key, 'disabled_reason', 'auth', 'disabled_at', now)
+-- 401/403: evidence against the credential, or the request's own answer? A refusal makes the
+-- session suspect, nothing more (a cooldown would turn a path refused to everyone into "every
+-- session cooling" for the paths that work); it is disabled (out until an operator re-enables it) when
+-- the same request then succeeds on another session, or on a second refusal while suspect: of
+-- another kind of request, or of this kind after another session succeeded on it. A second
+-- session refusing the same request clears the first one's suspicion: that is the request's
+-- answer. A success clears the session's own suspicion.
+local function disable_for_auth(session_key)
+  redis.call('HSET', session_key, 'disabled_reason', 'auth', 'disabled_at', now)
+  redis.call('HDEL', session_key, 'auth_suspect_at', 'auth_suspect_kind')
+end
+local function suspect_of(suspect_key)
+  local s = redis.call('HMGET', suspect_key, 'auth_suspect_at', 'auth_suspect_kind')
+  local at = tonumber(s[1]) or 0
+  if at > 0 and now - at <= auth_suspect_window_ms then return at, s[2] or '' end
+  return nil
+end
+local first_key = (refused_by ~= '' and refused_by ~= id) and session_prefix .. refused_by or nil
+if first_key and suspect_of(first_key) then
+  if outcome == 'success' then
+    disable_for_auth(first_key)
+    refresh(refused_by, now)
+  elseif outcome == 'auth' then
+    redis.call('HDEL', first_key, 'auth_suspect_at', 'auth_suspect_kind')
+  end
+end
+if outcome == 'success' then
+  if h[8] then redis.call('HDEL', key, 'auth_suspect_at', 'auth_suspect_kind') end
+  local last_ok = tonumber(redis.call('HGET', kinds_key, request_kind)) or 0
+  if now - last_ok >= kind_write_every_ms then
+    if last_ok == 0 and redis.call('HLEN', kinds_key) >= kinds_max then redis.call('DEL', kinds_key) end
+    redis.call('HSET', kinds_key, request_kind, now)
+  end
+elseif outcome == 'auth' and not first_key then
+  local at, kind = suspect_of(key)
+  local ok_since = at and (tonumber(redis.call('HGET', kinds_key, request_kind)) or 0) >= at
+  if at and (kind ~= request_kind or ok_since) then
+    disable_for_auth(key)
+  else
+    redis.call('HSET', key, 'auth_suspect_at', now, 'auth_suspect_kind', request_kind)
+  end
 end
 
--- Circuit breaker: consecutive server/network/timeout failures open it; after its timeout
--- (growing with each trip) it half-opens for a few probes; a probe's success closes it, its
--- failure opens it again.
+-- A failure the upstream answered at once (5xx) or never saw (a connection error) did not use
+-- the session's rate: its slot of the rpm schedule (acquire.lua's GCRA) goes back, never before
+-- now, so an unused schedule builds up no more than its burst. A timeout may have been served:
+-- it keeps its slot.
+local function give_back_slot(session_key)
+  local q = redis.call('HMGET', session_key, 'rpm', 'tat')
+  local rpm, tat = tonumber(q[1]) or 0, tonumber(q[2]) or 0
+  if rpm <= 0 or tat <= now then return end
+  redis.call('HSET', session_key, 'tat', string.format('%.3f', math.max(tat - quota_interval(rpm), now)))
+end
+
+-- Circuit breaker (which outcomes count: server, network, timeout; docs/how-it-works.md). Two
+-- triggers open it: THRESHOLD consecutive failures, or a failure ratio at or above the pool's
+-- over the last `breaker_window` calls (successes and failures, kept as a string of 0s and 1s),
+-- once `breaker_min_calls` were made. After its timeout it half-opens for a few probes,
+-- fleet-wide; a probe's success closes it and ends the escalation, its failure opens it again
+-- (doubling the timeout from the second failed probe in a row on).
 local breaker = h[7] or 'closed'
+local failed = outcome == 'server' or outcome == 'network' or outcome == 'timeout'
+local b = redis.call('HMGET', pool_key, 'breaker_timeout_ms', 'breaker_timeout_max_ms',
+  'breaker_window', 'breaker_min_calls', 'breaker_failure_ratio')
+local window = tonumber(b[3]) or default_breaker_window
+local calls = h[10] or ''
+if failed or outcome == 'success' then
+  calls = string.sub(calls .. (failed and '1' or '0'), -window)
+  update('breaker_calls', calls)
+end
 if outcome == 'success' then update('breaker_failures', 0) end
 if #updates > 0 then redis.call('HSET', key, unpack(updates)) end
 local threshold = tonumber(breaker_threshold) or 0
-local failed = outcome == 'server' or outcome == 'network' or outcome == 'timeout'
 if failed then
   local failures = redis.call('HINCRBY', key, 'breaker_failures', 1)
-  if threshold > 0 and ((breaker == 'half_open' and probe) or (breaker == 'closed' and failures >= threshold)) then
-    local b = redis.call('HMGET', pool_key, 'breaker_timeout_ms', 'breaker_timeout_max_ms')
+  local _, failed_calls = string.gsub(calls, '1', '')
+  local min_calls = tonumber(b[4]) or default_breaker_min_calls
+  local ratio = tonumber(b[5]) or default_breaker_failure_ratio
+  local too_many = failures >= threshold
+    or (#calls >= math.max(min_calls, 1) and failed_calls >= ratio * #calls)
+  if threshold > 0 and ((breaker == 'half_open' and probe) or (breaker == 'closed' and too_many)) then
     local trips = redis.call('HINCRBY', key, 'breaker_trips', 1)
-    local open_for = math.min(tonumber(b[1]) * 2 ^ (trips - 1), tonumber(b[2]))
+    -- One failed probe keeps the first timeout (a flaky session's probe may meet a stray
+    -- error); from the second in a row each doubles it.
+    local open_for = math.min(tonumber(b[1]) * 2 ^ math.max(trips - 2, 0), tonumber(b[2]))
+    -- The window starts over: the calls that opened it must not open it again after the probe.
     redis.call('HSET', key, 'breaker', 'open', 'breaker_until', math.floor(now + open_for),
-      'breaker_opened_at', now)
+      'breaker_opened_at', now, 'breaker_calls', '', 'breaker_failures', 0)
     table.insert(events, {id, 'breaker', breaker, 'open'})
   end
+  if outcome ~= 'timeout' then give_back_slot(key) end
 elseif outcome == 'success' then
   if breaker == 'half_open' and probe then
     redis.call('HSET', key, 'breaker', 'closed', 'breaker_trips', 0)

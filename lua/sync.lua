@@ -11,7 +11,8 @@
 --       the claim), 5 generation (unique per sync: a multi-call sync collects into claim set ..
 --       ':' .. generation), then the pool-wide operator settings, stored in the pool hash (the
 --       last replica to sync sets them): 6 breaker threshold (0 = no breaker), 7 breaker timeout
---       (ms), 8 longest breaker timeout (ms), 9 half-open probes, 10 longest cooldown (ms); then
+--       (ms), 8 longest breaker timeout (ms), 9 half-open probes, 10 longest cooldown (ms),
+--       11 breaker window (calls), 12 breaker minimum calls, 13 breaker failure ratio; then
 --       eight values per session: id, weight, max concurrency (0 = none), rpm (0 = none), burst,
 --       enabled (1|0), priority (integer; higher tiers are preferred), tpm (0 = none).
 -- Returns {sessions in the pool, 'ok' | 'lost', events}: 'lost' answers a renew whose claim had
@@ -23,7 +24,8 @@ local now = now_ms()
 redis.call('HSETNX', pool_key, 'epoch_ms', now)
 redis.call('HSET', pool_key, 'strategy', ARGV[1], 'breaker_threshold', ARGV[6],
   'breaker_timeout_ms', ARGV[7], 'breaker_timeout_max_ms', ARGV[8], 'half_open_probes', ARGV[9],
-  'cooldown_max_ms', ARGV[10])
+  'cooldown_max_ms', ARGV[10], 'breaker_window', ARGV[11], 'breaker_min_calls', ARGV[12],
+  'breaker_failure_ratio', ARGV[13])
 strategy = ARGV[1]
 half_open_probes = tonumber(ARGV[9])
 cooldown_max_ms = tonumber(ARGV[10])
@@ -74,7 +76,7 @@ end
 
 -- 'part' and 'last': record the limits of the sessions named, collect their ids in order.
 local position = redis.call('ZCARD', collecting)
-for i = 11, #ARGV, 8 do
+for i = 14, #ARGV, 8 do
   redis.call('HSET', session_prefix .. ARGV[i], 'weight', ARGV[i + 1], 'max_concurrency',
     ARGV[i + 2], 'rpm', ARGV[i + 3], 'burst', ARGV[i + 4], 'enabled', ARGV[i + 5],
     'priority', ARGV[i + 6], 'tpm', ARGV[i + 7])

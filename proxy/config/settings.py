@@ -18,7 +18,13 @@ import msgspec
 from redis.asyncio.connection import parse_url
 
 from broker import BrokerSettings, ConfigError, Strategy
-from broker.constants import DEFAULT_SENTINEL_MASTER
+from broker.constants import (
+    DEFAULT_BREAKER_FAILURE_RATIO,
+    DEFAULT_BREAKER_MIN_CALLS,
+    DEFAULT_BREAKER_TIMEOUT_MS,
+    DEFAULT_BREAKER_WINDOW,
+    DEFAULT_SENTINEL_MASTER,
+)
 
 __all__ = [
     "FAMILIES",
@@ -114,8 +120,14 @@ GROUPS: dict[str, dict[str, str]] = {
         "failures",
         "CIRCUIT_BREAKER_THRESHOLD": "consecutive 5xx/network/timeout failures that open it, "
         "1-1000",
-        "CIRCUIT_BREAKER_TIMEOUT": "seconds a breaker stays open at first (doubles per repeated "
-        "trip)",
+        "CIRCUIT_BREAKER_WINDOW": "the failure-rate trigger's window: the last calls (successes "
+        "and 5xx/network/timeout failures) it looks at, 1-1000",
+        "CIRCUIT_BREAKER_MIN_CALLS": "calls in the window before its failure ratio counts, "
+        "1-1000 (at most CIRCUIT_BREAKER_WINDOW)",
+        "CIRCUIT_BREAKER_FAILURE_RATIO": "failure ratio over the window that opens it too, "
+        "0-1 exclusive of 0",
+        "CIRCUIT_BREAKER_TIMEOUT": "seconds a breaker stays open at first (doubles per trip "
+        "that follows a failed probe; a probe's success ends the doubling)",
         "CIRCUIT_BREAKER_TIMEOUT_MAX": "longest time a breaker stays open, in seconds",
         "CIRCUIT_BREAKER_HALF_OPEN_PROBES": "requests a half-open breaker admits, fleet-wide, "
         "1-1000",
@@ -219,7 +231,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     unit_precharge: Literal["estimate", "off"] = "estimate"
     circuit_breaker_enabled: bool = True
     circuit_breaker_threshold: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 5
-    circuit_breaker_timeout: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 60.0
+    circuit_breaker_window: Annotated[int, msgspec.Meta(ge=1, le=1000)] = DEFAULT_BREAKER_WINDOW
+    circuit_breaker_min_calls: Annotated[int, msgspec.Meta(ge=1, le=1000)] = (
+        DEFAULT_BREAKER_MIN_CALLS
+    )
+    circuit_breaker_failure_ratio: Annotated[float, msgspec.Meta(gt=0, le=1)] = (
+        DEFAULT_BREAKER_FAILURE_RATIO
+    )
+    circuit_breaker_timeout: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = (
+        DEFAULT_BREAKER_TIMEOUT_MS / 1000
+    )
     circuit_breaker_timeout_max: Annotated[float, msgspec.Meta(gt=0, le=86_400 * 7)] = 600.0
     circuit_breaker_half_open_probes: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 1
     lease_ttl: Annotated[float, msgspec.Meta(ge=1, le=86_400)] = 60.0
@@ -266,6 +287,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
             breaker_timeout_ms=round(self.circuit_breaker_timeout * 1000),
             breaker_timeout_max_ms=round(self.circuit_breaker_timeout_max * 1000),
             half_open_probes=self.circuit_breaker_half_open_probes,
+            breaker_window=self.circuit_breaker_window,
+            breaker_min_calls=self.circuit_breaker_min_calls,
+            breaker_failure_ratio=self.circuit_breaker_failure_ratio,
         )
 
     @property
@@ -365,6 +389,12 @@ def _check(settings: Settings) -> None:
     if settings.circuit_breaker_timeout > settings.circuit_breaker_timeout_max:
         raise _bad(
             "CIRCUIT_BREAKER_TIMEOUT", settings.circuit_breaker_timeout, "larger than its _MAX"
+        )
+    if settings.circuit_breaker_min_calls > settings.circuit_breaker_window:
+        raise _bad(
+            "CIRCUIT_BREAKER_MIN_CALLS",
+            settings.circuit_breaker_min_calls,
+            "larger than CIRCUIT_BREAKER_WINDOW",
         )
 
 

@@ -4,7 +4,9 @@ Each attempt leases from the routed pool, else from each of its fallbacks in tur
 the routed pool up to the queue timeout -- never a session this request already tried. It sends
 with the session's secret, classifies the answer, and releases with that outcome. It retries on
 429 (at once, on another session), 401/403, 5xx and network errors (after a backoff), only while
-nothing has been sent to the client; the last attempt's answer goes back as it is.
+nothing has been sent to the client; the last attempt's answer goes back as it is. A 401/403
+that a second session gave too is the request's answer: it goes back at once
+(proxy.request.judgement).
 
 Each attempt runs inside its lease's ``async with`` (proxy.request.lease), which releases the lease
 whatever ends the attempt. An exception no step expected (a bug) ends only its attempt: logged
@@ -29,6 +31,7 @@ from broker import NoSessionAvailable, Outcome, StoreError
 from proxy.config.pools import PoolPlan
 from proxy.request.body import BodyTimeout, BodyTooLarge, ReplayableBody
 from proxy.request.headers import first_not_utf8
+from proxy.request.judgement import AuthRefusals, outcome_of, request_kind
 from proxy.request.lease import HeldLease, Waits
 from proxy.request.ratelimit_headers import exhausted_ms
 from proxy.request.responses import body_timeout, error_response, header_not_utf8, too_large
@@ -39,7 +42,7 @@ from proxy.request.streaming import Answer, Failure, Streaming, keep_failed, str
 from proxy.request.timing import Timing
 from proxy.telemetry.logs import client_mistake, proxy_fault
 
-__all__ = ["UNAVAILABLE", "Attempts", "Plan", "outcome_of"]
+__all__ = ["UNAVAILABLE", "Attempts", "Plan"]
 
 log = structlog.get_logger(__name__)
 
@@ -69,17 +72,6 @@ UNAVAILABLE = {
     "queued": (503, "requests_queued", "older requests are waiting for a session; retry later"),
     "disabled": (503, "no_session_enabled", "no upstream session is enabled"),
 }
-
-
-def outcome_of(status: int) -> Outcome:
-    """What an upstream status says about the session (other 4xx are the client's own fault)."""
-    if status == 429:
-        return Outcome.RATE_LIMITED
-    if status in (401, 403):
-        return Outcome.AUTH
-    if status >= 500:
-        return Outcome.SERVER
-    return Outcome.SUCCESS
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +108,9 @@ class Attempts:
         #: Session ids this request tried, per pool.
         self.tried: dict[str, set[str]] = {}
         self.made = 0
+        #: What the store's 401/403 judgement is told of this request.
+        self.kind = request_kind(request.method, plan.routed.path_qs)
+        self.refusals = AuthRefusals()
 
     async def run(self) -> web.StreamResponse:
         last: Failure | None = None
@@ -217,7 +212,14 @@ class Attempts:
             timeout_s=wait_s,
             precharge=self.plan.estimate if pool_plan.metered else 0,
         )
-        return HeldLease(lease, pool, pool_plan, self.services)
+        return HeldLease(
+            lease,
+            pool,
+            pool_plan,
+            self.services,
+            request_kind=self.kind,
+            refused_by=self.refusals.first(pool_plan.name),
+        )
 
     async def _backoff(self, attempt: int) -> None:
         settings = self.services.settings
@@ -247,6 +249,9 @@ class Attempts:
                 log.warning("upstream header not UTF-8", header=unreadable, status=sent.status)
                 held.release(answer.outcome, waits=answer.waits, detail=str(sent.status))
                 return header_not_utf8(502, unreadable, "the upstream answer's")
+            if answer.outcome is Outcome.AUTH:
+                self.refusals.refused(held.plan.name, held.lease.session_id)
+                final = final or self.refusals.settled
             if answer.outcome is not Outcome.SUCCESS and not final:
                 return await keep_failed(held, answer)
             return await stream_answer(held, answer, self.streaming)

@@ -55,14 +55,28 @@ class HeldLease:
         "lease",
         "plan",
         "pool",
+        "refused_by",
+        "request_kind",
         "response",
         "sent_at",
     )
 
-    def __init__(self, lease: Lease, pool: Pool, plan: PoolPlan, services: Services) -> None:
+    def __init__(
+        self,
+        lease: Lease,
+        pool: Pool,
+        plan: PoolPlan,
+        services: Services,
+        *,
+        request_kind: str = "",
+        refused_by: str = "",
+    ) -> None:
         self.lease = lease
         self.pool = pool
         self.plan = plan
+        #: The 401/403 judgement's facts for this attempt's release (proxy.request.judgement).
+        self.request_kind = request_kind
+        self.refused_by = refused_by
         self._services = services
         #: When the attempt went upstream (time.monotonic()); None: not yet.
         self.sent_at: float | None = None
@@ -127,7 +141,15 @@ class HeldLease:
         if latency_ms is None:
             latency_ms = self.ms_since_sent()
         release = Release(
-            lease, outcome, latency_ms, waits.retry_after_ms, waits.exhausted_ms, detail, units
+            lease,
+            outcome,
+            latency_ms,
+            waits.retry_after_ms,
+            waits.exhausted_ms,
+            detail,
+            units,
+            self.request_kind,
+            self.refused_by,
         )
         self._services.releases.submit(self.pool, release)
         # Counted after the release is on its way: a failing metrics hook cannot hold it back.

@@ -140,7 +140,9 @@ async def test_auth_rate_limit_and_error_rate_alerts(make_pool) -> None:
     each and resolve when they clear."""
     pool = await make_pool(THREE[:2])
     admin = PoolAdmin(pool)
+    # a's 401 on a request that b then served: a's credential is at fault.
     await pool.release(await pool.acquire(exclude=["b"]), Outcome.AUTH, detail="401")
+    await pool.release(await pool.acquire(exclude=["a"]), Outcome.SUCCESS, refused_by="a")
     changes = await check_alerts(pool, RULES, attempts=0, errors=0)
     assert [(c.name, c.status, c.session_id) for c in changes] == [("auth:a", "firing", "a")]
     await pool.release(await pool.acquire(), Outcome.RATE_LIMITED, retry_after_ms=60_000)

@@ -49,6 +49,9 @@ async def _workload(pool: Pool, redis: Redis) -> set[str]:
         breaker_timeout_max_ms=50,
         half_open_probes=1,
         cooldown_max_ms=60_000,
+        breaker_window=20,
+        breaker_min_calls=10,
+        breaker_failure_ratio=0.5,
     )
     await step()  # the claim set a sync in several calls collects into
     await pool.sync(SESSIONS)
@@ -63,20 +66,21 @@ async def _workload(pool: Pool, redis: Redis) -> set[str]:
     await step()
     await pool.leave_queue(ticket)
     await pool.release(lease, Outcome.SERVER)  # opens b's breaker
-    await pool.release(expired, Outcome.SUCCESS, units=5)  # late
+    await pool.release(expired, Outcome.SUCCESS, units=5, request_kind="k")  # late
     await step()
     await asyncio.sleep(0.1)
     probe = await pool.acquire(exclude=["a"])  # the half-open probe
     await step()
     await pool.release(probe, Outcome.RATE_LIMITED, retry_after_ms=60_000)
     await step()
-    await pool.release(await pool.acquire(), Outcome.AUTH)
+    await pool.release(await pool.acquire(), Outcome.AUTH, request_kind="k")
     admin = PoolAdmin(pool)
     await admin.census()
     await admin.sessions()
     await admin.set_weight("b", 2.0)
     await admin.reset("b")
     await admin.drain("b")
+    await step()
     await admin.enable("b")
     await admin.summary_turn(1, interval_ms=1, every_requests=1, min_gap_ms=1)
     await admin.summary_turn(1, interval_ms=1, every_requests=1, min_gap_ms=1)
