@@ -17,8 +17,7 @@ from broker import Session, Strategy
 from proxy.testing.upstream import SimulatedUpstream
 
 if TYPE_CHECKING:
-    from proxy.replica.serve import RunningReplica
-
+    from proxy.serve import RunningReplica
     from tests.proxy.conftest import StartReplica, StartUpstream
 
 CHAT = "/v1/chat/completions"

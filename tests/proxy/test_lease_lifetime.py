@@ -20,10 +20,9 @@ from proxy.testing.upstream import SimulatedUpstream
 from .test_hostile_input import RawUpstream, settled_leases
 
 if TYPE_CHECKING:
-    from proxy.ops.metrics import Metrics
-    from proxy.replica.serve import RunningReplica
-
     from proxy.replica.replica import Replica
+    from proxy.serve import RunningReplica
+    from proxy.telemetry.metrics import Metrics
     from tests.proxy.conftest import StartReplica
 
 TWO = [Session(id=n, secret=f"secret-{n}") for n in "ab"]

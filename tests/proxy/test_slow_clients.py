@@ -15,8 +15,7 @@ from broker import Session
 from .test_hostile_input import settled_leases, status_of
 
 if TYPE_CHECKING:
-    from proxy.replica.serve import RunningReplica
-
+    from proxy.serve import RunningReplica
     from tests.proxy.conftest import StartReplica
 
 ONE = [Session(id="a", secret="secret-a", max_concurrency=1)]

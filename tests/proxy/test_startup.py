@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 
 import pytest
 import redis
-from proxy.settings import HELP
 
+from proxy.config.settings import HELP
 from tests.proxy.conftest import ACL_PASSWORD
 
 #: Long enough for a loaded machine; a replica that hangs (the bug) never gets there.

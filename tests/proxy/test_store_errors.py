@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import pytest
 import redis.asyncio
-from proxy.replica.serve import start
-from proxy.settings import Settings
 from structlog.testing import capture_logs
 
+from proxy.config.settings import Settings
 from proxy.replica.replica import Replica
+from proxy.serve import start
 from tests.proxy.conftest import ACL_PASSWORD, ACL_USER, SESSIONS
 
 if TYPE_CHECKING:
