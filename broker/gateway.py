@@ -87,6 +87,9 @@ def _release_args(call: ReleaseCall) -> tuple[EncodableT, ...]:
         call.cooldown_ms,
         call.detail,
         units,
+        call.granted_at_ms,
+        int(call.wait_stated),
+        repr(call.seed_rpm),
     )
 
 
@@ -149,8 +152,15 @@ class Gateway:
             *exclude,
         )
         if reply[0] == "ok":
-            _, session_id, lease_id, expiry, probe = reply
-            return Lease(self.keys.name, session_id, lease_id, int(expiry), probe=bool(probe))
+            _, session_id, lease_id, expiry, probe, granted = reply
+            return Lease(
+                self.keys.name,
+                session_id,
+                lease_id,
+                int(expiry),
+                probe=bool(probe),
+                granted_at_ms=int(granted),
+            )
         if reply[0] == "ended":
             return Ended(reply[1])
         _, reason, earliest, now, counts = reply
@@ -217,6 +227,7 @@ class Gateway:
         breaker_timeout_max_ms: int,
         half_open_probes: int,
         cooldown_max_ms: int,
+        rate_learning: bool,
         generation: str = "",
         sessions: Sequence[Session] = (),
     ) -> SyncReply:
@@ -245,6 +256,7 @@ class Gateway:
             breaker_timeout_max_ms,
             half_open_probes,
             cooldown_max_ms,
+            int(rate_learning),
             *values,
         )
         return SyncReply(int(size), status == "lost")

@@ -31,6 +31,9 @@ class Lease:
     expires_at_ms: int
     #: A half-open breaker's probe: its outcome decides whether the breaker closes.
     probe: bool = False
+    #: When the store granted it (store ms; 0 unknown): a 429 of a lease granted before the
+    #: session's last rate decrease does not decrease it again.
+    granted_at_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +48,8 @@ class Release:
     exhausted_ms: int | None = None
     detail: str = ""
     units: int | None = None
+    #: A rate the answer's rate-limit headers state (requests a minute); None: none stated.
+    seed_rpm: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

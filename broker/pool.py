@@ -99,6 +99,7 @@ class Pool:
             breaker_timeout_max_ms=max(config.breaker_timeout_max_ms, config.breaker_timeout_ms),
             half_open_probes=config.half_open_probes,
             cooldown_max_ms=config.rate_limit_cooldown_max_ms,
+            rate_learning=config.rate_learning,
         )
 
     async def acquire(
@@ -162,6 +163,7 @@ class Pool:
         exhausted_ms: int | None = None,
         detail: str = "",
         units: int | None = None,
+        seed_rpm: float | None = None,
     ) -> Released:
         """End ``lease`` and record ``outcome``. Idempotent: a replay changes nothing.
 
@@ -172,8 +174,12 @@ class Pool:
         ``units`` is what the attempt consumed (e.g. the upstream's ``usage.total_tokens``): it
         replaces the lease's pre-charge in the session's unit budget. None keeps the pre-charge
         (refunded when the outcome is ``unused``). A replayed release counts its units once.
+        ``seed_rpm`` is a rate the upstream's headers state (requests a minute): it sets the
+        session's rate before any 429 (docs/learning.md).
         """
-        release = Release(lease, outcome, latency_ms, retry_after_ms, exhausted_ms, detail, units)
+        release = Release(
+            lease, outcome, latency_ms, retry_after_ms, exhausted_ms, detail, units, seed_rpm
+        )
         result = self._released(release, await self.gateway.release(self._release_call(release)))
         if isinstance(result, LeaseError):
             raise result
@@ -217,6 +223,9 @@ class Pool:
             cooldown,
             release.detail,
             release.units,
+            granted_at_ms=release.lease.granted_at_ms,
+            wait_stated=wait is not None,
+            seed_rpm=release.seed_rpm or 0.0,
         )
 
     def _released(self, release: Release, reply: Released) -> Released | LeaseError:
@@ -232,7 +241,9 @@ class Pool:
         )
         if expiry is None:
             raise LeaseError(f"lease {lease.lease_id} is no longer live (released or expired)")
-        return Lease(lease.pool, lease.session_id, lease.lease_id, expiry, lease.probe)
+        return Lease(
+            lease.pool, lease.session_id, lease.lease_id, expiry, lease.probe, lease.granted_at_ms
+        )
 
     async def disable(self, session_id: str, reason: str = DisableReason.OPERATOR) -> SessionState:
         """Take a session out of use, fleet-wide, until ``enable``; returns its new state."""

@@ -11,8 +11,9 @@
 --       the claim), 5 generation (unique per sync: a multi-call sync collects into claim set ..
 --       ':' .. generation), then the pool-wide operator settings, stored in the pool hash (the
 --       last replica to sync sets them): 6 breaker threshold (0 = no breaker), 7 breaker timeout
---       (ms), 8 longest breaker timeout (ms), 9 half-open probes, 10 longest cooldown (ms); then
---       eight values per session: id, weight, max concurrency (0 = none), rpm (0 = none), burst,
+--       (ms), 8 longest breaker timeout (ms), 9 half-open probes, 10 longest cooldown (ms),
+--       11 rate learning (1|0: RATE_LIMIT_LEARNING; off, learned and seeded rates are dropped);
+--       then eight values per session: id, weight, max concurrency (0 = none), rpm (0 = none), burst,
 --       enabled (1|0), priority (integer; higher tiers are preferred), tpm (0 = none).
 -- Returns {sessions in the pool, 'ok' | 'lost', events}: 'lost' answers a renew whose claim had
 -- expired and was dropped (the replica syncs again).
@@ -23,10 +24,11 @@ local now = now_ms()
 redis.call('HSETNX', pool_key, 'epoch_ms', now)
 redis.call('HSET', pool_key, 'strategy', ARGV[1], 'breaker_threshold', ARGV[6],
   'breaker_timeout_ms', ARGV[7], 'breaker_timeout_max_ms', ARGV[8], 'half_open_probes', ARGV[9],
-  'cooldown_max_ms', ARGV[10])
+  'cooldown_max_ms', ARGV[10], 'rate_learning', ARGV[11])
 strategy = ARGV[1]
 half_open_probes = tonumber(ARGV[9])
 cooldown_max_ms = tonumber(ARGV[10])
+rate_learning = ARGV[11] ~= '0'
 epoch_ms = tonumber(redis.call('HGET', pool_key, 'epoch_ms'))
 
 local function claimed(id)
@@ -72,12 +74,28 @@ if step == 'leave' then
   return reply()
 end
 
+-- A session's rate after its configuration: a configured rpm is its rate unless a lower one
+-- was learned or seeded since (a configured rpm is never exceeded); a rate the configuration
+-- gave and no longer gives is dropped, and so are learned and seeded ones with learning off.
+local function configure_rate(key, rpm)
+  local r = redis.call('HMGET', key, 'rate_rpm', 'rate_source')
+  local rate, source = tonumber(r[1]), r[2]
+  local kept = rate_learning and rate ~= nil and source ~= nil and source ~= 'configured'
+  if rpm > 0 and not (kept and rate < rpm) then
+    redis.call('HSET', key, 'rate_rpm', string.format('%.3f', rpm), 'rate_source', 'configured')
+  elseif rpm <= 0 and source ~= nil and not kept then
+    redis.call('HDEL', key, 'rate_rpm', 'rate_source')
+  end
+end
+
 -- 'part' and 'last': record the limits of the sessions named, collect their ids in order.
 local position = redis.call('ZCARD', collecting)
-for i = 11, #ARGV, 8 do
-  redis.call('HSET', session_prefix .. ARGV[i], 'weight', ARGV[i + 1], 'max_concurrency',
+for i = 12, #ARGV, 8 do
+  local key = session_prefix .. ARGV[i]
+  redis.call('HSET', key, 'weight', ARGV[i + 1], 'max_concurrency',
     ARGV[i + 2], 'rpm', ARGV[i + 3], 'burst', ARGV[i + 4], 'enabled', ARGV[i + 5],
     'priority', ARGV[i + 6], 'tpm', ARGV[i + 7])
+  configure_rate(key, tonumber(ARGV[i + 3]) or 0)
   position = position + 1
   redis.call('ZADD', collecting, position, ARGV[i])
 end

@@ -38,6 +38,8 @@ class Waits:
 
     retry_after_ms: int | None
     exhausted_ms: int | None
+    #: The request rate its rate-limit headers state (requests a minute): the session's seed.
+    stated_rpm: float | None = None
 
 
 NO_WAITS = Waits(None, None)
@@ -127,7 +129,14 @@ class HeldLease:
         if latency_ms is None:
             latency_ms = self.ms_since_sent()
         release = Release(
-            lease, outcome, latency_ms, waits.retry_after_ms, waits.exhausted_ms, detail, units
+            lease,
+            outcome,
+            latency_ms,
+            waits.retry_after_ms,
+            waits.exhausted_ms,
+            detail,
+            units,
+            waits.stated_rpm,
         )
         self._services.releases.submit(self.pool, release)
         # Counted after the release is on its way: a failing metrics hook cannot hold it back.

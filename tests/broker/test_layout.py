@@ -49,6 +49,7 @@ async def _workload(pool: Pool, redis: Redis) -> set[str]:
         breaker_timeout_max_ms=50,
         half_open_probes=1,
         cooldown_max_ms=60_000,
+        rate_learning=True,
     )
     await step()  # the claim set a sync in several calls collects into
     await pool.sync(SESSIONS)
