@@ -138,7 +138,9 @@ local function unavailable(forced)
   if total == 0 then reason = 'empty'
   elseif c.available > 0 then reason = 'tried'
   elseif c.disabled == total then reason = 'disabled' end
-  if forced and reason ~= 'empty' and reason ~= 'disabled' then reason, earliest = forced, -1 end
+  -- 'queued' keeps the earliest moment: a waiter behind an older one sleeps until then (a paced
+  -- session's next slot), not until a wake that a grant leaving nothing available never sends.
+  if forced and reason ~= 'empty' and reason ~= 'disabled' then reason = forced end
   local counts = {c.available, c.cooling, c.busy, c.disabled, c.open, c.quota}
   return {'none', reason, earliest, now, counts, events}
 end
