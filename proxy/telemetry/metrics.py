@@ -127,6 +127,13 @@ class ClusterCollector(Collector):
                 "Units each session's budget has left now (0 while overdrawn)",
                 labels=["pool", "session"],
             ),
+            GaugeMetricFamily(
+                f"{p}_pool_rate_sessions",
+                "Sessions of the pool by the source of the rate they are paced at: configured, "
+                "header, learned (none: unpaced; only while the pool has at most OPS_SET_LIMIT "
+                "sessions)",
+                labels=["pool", "source"],
+            ),
         ]
 
     def describe(self) -> Iterable[Metric]:
@@ -136,7 +143,7 @@ class ClusterCollector(Collector):
         if not self.censuses:
             return
         families = self._families()
-        sessions, leases, breakers, tiers, tpm, units = families
+        sessions, leases, breakers, tiers, tpm, units, rates = families
         for pool, census in sorted(self.censuses.items()):
             for state, count in census.sessions.items():
                 sessions.add_metric([pool, state], count)
@@ -150,6 +157,8 @@ class ClusterCollector(Collector):
             for session_id, budget in census.units.items():
                 tpm.add_metric([pool, session_id], budget.tpm)
                 units.add_metric([pool, session_id], budget.available)
+            for source, count in census.rate_sources.items():
+                rates.add_metric([pool, source], count)
         yield from families
 
 

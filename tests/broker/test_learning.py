@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from broker import NoSessionAvailable, Outcome, Pool
+from broker import NoSessionAvailable, Outcome, Pool, Session
+from broker.admin import PoolAdmin
 from broker.constants import PROBE_COOLDOWN_MS, RATE_MAX_RPM, RATE_MIN_RPM
+from proxy.ops.status import render_status, render_summary
 
 WORKER = Path(__file__).with_name("worker.py")
 REAL_REDIS_ONLY = pytest.mark.parametrize("backend", [pytest.param("redis", id="redis")])
@@ -245,3 +247,21 @@ async def test_learning_off_keeps_the_flat_cooldown(make_pool, make_sessions, st
     released = await flat.release(lease, Outcome.RATE_LIMITED, seed_rpm=300)
     assert released.cooldown_until_ms >= before + 7_000
     assert await rate_of(flat) == (None, None)
+
+
+async def test_operators_see_each_rate_and_its_source(make_pool, make_sessions) -> None:
+    """The admin view shows a session's rate and where it came from; the census and the status
+    summary count the pool's sessions by rate source."""
+    pool = await make_pool([*make_sessions(2), Session(id="c", secret="x", rpm=30)])
+    await pool.release(await pool.acquire(exclude=["s1", "c"]), Outcome.SUCCESS, seed_rpm=90)
+    admin = PoolAdmin(pool)
+    views = {v.id: v for v in await admin.sessions()}
+    assert (views["s0"].rate_rpm, views["s0"].rate_source) == (90.0, "header")
+    assert (views["s1"].rate_rpm, views["s1"].rate_source) == (None, None)
+    assert (views["c"].rate_rpm, views["c"].rate_source) == (30.0, "configured")
+    summary = await admin.summary()
+    assert summary.rate_sources == {"configured": 1, "header": 1, "none": 1}
+    assert "rates: 1 configured, 1 header, 1 none" in render_summary(summary)
+    table = render_status(summary, list(views.values()))
+    assert "90/min header" in table
+    assert "RATE" in table.splitlines()[-4]

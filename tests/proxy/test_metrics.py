@@ -253,7 +253,9 @@ async def test_one_collector_serves_several_pools() -> None:
     the scrape while the others still show."""
 
     async def one() -> Census:
-        return census(2, units={"x": UnitBudget(tpm=600, available=300)})
+        counted = census(2, units={"x": UnitBudget(tpm=600, available=300)})
+        counted.rate_sources = {"learned": 1, "none": 1}
+        return counted
 
     async def two() -> Census:
         return census(1)
@@ -270,4 +272,5 @@ async def test_one_collector_serves_several_pools() -> None:
     assert value(found, "sb_pool_sessions", pool="two", state="available") == 1
     assert value(found, "sb_pool_tier_sessions", pool="two", tier="0", state="available") == 1
     assert value(found, "sb_session_units_available", pool="one", session="x") == 300
+    assert value(found, "sb_pool_rate_sessions", pool="one", source="learned") == 1
     assert not [key for key in found if ("pool", "down") in key[1]]
