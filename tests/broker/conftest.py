@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import fakeredis
@@ -138,3 +140,38 @@ def seeded_random() -> Iterator[None]:
     random.seed(20240611)
     yield
     random.setstate(state)
+
+
+#: The replica in another OS process that the multi-process tests start (see worker.py).
+WORKER = Path(__file__).with_name("worker.py")
+
+
+async def run_workers(
+    *args: str, count: int = 2, before_go: Callable[[], Awaitable[None]] | None = None
+) -> list[bytes]:
+    """Start ``count`` worker.py processes with ``args``; once each says ``ready``, await
+    ``before_go`` (if given) and let them all go at once. Their outputs, in order; a process
+    still running when this fails is killed."""
+    processes = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, str(WORKER), *args,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )
+        for _ in range(count)
+    ]  # fmt: skip
+    try:
+        for process in processes:
+            assert process.stdout is not None
+            assert await asyncio.wait_for(process.stdout.readline(), 30) == b"ready\n"
+        if before_go is not None:
+            await before_go()
+        outputs = await asyncio.wait_for(
+            asyncio.gather(*(process.communicate(b"go\n") for process in processes)), 60
+        )
+    finally:
+        for process in processes:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+    assert [process.returncode for process in processes] == [0] * count
+    return [stdout for stdout, _ in outputs]

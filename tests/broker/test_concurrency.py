@@ -7,15 +7,14 @@ import asyncio
 import importlib.util
 import json
 import sys
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 from redis.asyncio import Redis
 
 from broker import Outcome, Session
+from tests.broker.conftest import WORKER, run_workers
 
-WORKER = Path(__file__).with_name("worker.py")
 REAL_REDIS_ONLY = pytest.mark.parametrize("backend", [pytest.param("redis", id="redis")])
 LIMITS = {"s0": 1, "s1": 2, "s2": 3}
 
@@ -68,28 +67,8 @@ async def test_processes_never_exceed_max_concurrency(make_pool, redis: Redis, s
     """Two OS processes racing with many tasks each never exceed a session's max_concurrency."""
     pool = await make_pool(limited_sessions())
     tasks, iterations = 12, 12
-    processes = [
-        await asyncio.create_subprocess_exec(
-            sys.executable, str(WORKER), "race", store.url, str(tasks), str(iterations),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        )
-        for _ in range(2)
-    ]  # fmt: skip
-    try:
-        for process in processes:
-            assert process.stdout is not None
-            ready = await asyncio.wait_for(process.stdout.readline(), timeout=30)
-            assert ready == b"ready\n"
-        outputs = await asyncio.wait_for(
-            asyncio.gather(*(process.communicate(b"go\n") for process in processes)), timeout=60
-        )
-    finally:
-        for process in processes:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
-    assert [process.returncode for process in processes] == [0, 0]
-    results = [worker.RaceResult(**json.loads(stdout)) for stdout, _ in outputs]
+    outputs = await run_workers("race", store.url, str(tasks), str(iterations))
+    results = [worker.RaceResult(**json.loads(stdout)) for stdout in outputs]
     combined = worker.RaceResult()
     for result in results:
         assert result.leases == tasks * iterations

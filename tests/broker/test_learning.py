@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
-from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
@@ -15,8 +13,8 @@ from broker import NoSessionAvailable, Outcome, Pool, Session
 from broker.admin import PoolAdmin
 from broker.constants import PROBE_COOLDOWN_MS, RATE_MAX_RPM, RATE_MIN_RPM
 from proxy.ops.status import render_status, render_summary
+from tests.broker.conftest import run_workers
 
-WORKER = Path(__file__).with_name("worker.py")
 REAL_REDIS_ONLY = pytest.mark.parametrize("backend", [pytest.param("redis", id="redis")])
 
 
@@ -86,30 +84,15 @@ async def test_a_wave_from_two_processes_decreases_once(make_pool, make_sessions
     pool = await make_pool(make_sessions(1))
     await succeed(pool, 5)
     first, stale_success = await pool.acquire(), await pool.acquire()
-    processes = [
-        await asyncio.create_subprocess_exec(
-            sys.executable, str(WORKER), "wave", store.url, "5",
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        )
-        for _ in range(2)
-    ]  # fmt: skip
-    try:
-        for process in processes:
-            assert process.stdout is not None
-            assert await asyncio.wait_for(process.stdout.readline(), timeout=30) == b"ready\n"
+
+    async def decrease() -> None:
         # Every worker lease was granted before this decrease; a success follows it, so only
         # their grant time keeps them from decreasing again.
         await pool.release(first, Outcome.RATE_LIMITED)
         await pool.release(stale_success, Outcome.SUCCESS)
-        outputs = await asyncio.wait_for(
-            asyncio.gather(*(process.communicate(b"go\n") for process in processes)), timeout=60
-        )
-    finally:
-        for process in processes:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
-    assert [json.loads(stdout) for stdout, _ in outputs] == [["released"] * 5] * 2
+
+    outputs = await run_workers("wave", store.url, "5", before_go=decrease)
+    assert [json.loads(stdout) for stdout in outputs] == [["released"] * 5] * 2
     state = await pool.session_state("s0")
     assert state["n_rate_limited"] == "11"
     assert state["rate_decreases"] == "1"

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
 from broker import NoSessionAvailable, Outcome, Pool, Session, UnknownSession
+from tests.broker.conftest import run_workers
 
-WORKER = Path(__file__).with_name("worker.py")
 REAL_REDIS_ONLY = pytest.mark.parametrize("backend", [pytest.param("redis", id="redis")])
 FAILURES = (Outcome.SERVER, Outcome.NETWORK, Outcome.TIMEOUT)
 
@@ -162,27 +160,10 @@ async def test_two_processes_get_exactly_one_probe(make_pool, store) -> None:
         [Session(id="a", secret="x")], breaker_threshold=1, breaker_timeout_ms=1500
     )
     await fail(pool, 1)
-    processes = [
-        await asyncio.create_subprocess_exec(
-            sys.executable, str(WORKER), "grab", store.url, "10",
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        )
-        for _ in range(2)
-    ]  # fmt: skip
-    try:
-        for process in processes:
-            assert process.stdout is not None
-            assert await asyncio.wait_for(process.stdout.readline(), 30) == b"ready\n"
-        await wait_half_open(pool, "a")
-        outputs = await asyncio.wait_for(
-            asyncio.gather(*(process.communicate(b"go\n") for process in processes)), 30
-        )
-    finally:
-        for process in processes:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
-    grabbed = [lease for stdout, _ in outputs for lease in json.loads(stdout)]
+    outputs = await run_workers(
+        "grab", store.url, "10", before_go=lambda: wait_half_open(pool, "a")
+    )
+    grabbed = [lease for stdout in outputs for lease in json.loads(stdout)]
     assert grabbed == [["a", True]]
 
 
