@@ -61,6 +61,11 @@ class SessionView(msgspec.Struct, kw_only=True):
     weight: float
     weight_override: float | None
     rpm: float | None
+    #: The rate the session is paced at (requests a minute; None: unpaced), where it came from
+    #: (configured, header, learned) and when it last went down (docs/learning.md).
+    rate_rpm: float | None
+    rate_source: str | None
+    rate_decreased_at_ms: int | None
     priority: int
     tpm: int | None
     units: int
@@ -122,6 +127,8 @@ class Census(msgspec.Struct, kw_only=True):
     tiers: list[TierCount]
     units: dict[str, UnitBudget]
     sessions_read: int
+    #: Sessions by the source of their rate (configured, header, learned; none: unpaced).
+    rate_sources: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 class PoolSummary(msgspec.Struct, kw_only=True):
@@ -138,6 +145,8 @@ class PoolSummary(msgspec.Struct, kw_only=True):
     units: UnitTotals | None
     sessions_read: int
     alerts: dict[str, int]
+    #: Sessions by the source of their rate, as Census has them.
+    rate_sources: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 def _int(value: str | None, default: int = 0) -> int:
@@ -185,6 +194,9 @@ def view(session_id: str, h: dict[str, str], *, units_left: int | None) -> Sessi
         weight=float(h.get("weight") or 1),
         weight_override=_opt_float(h.get("weight_override")),
         rpm=rpm or None,
+        rate_rpm=_opt_float(h.get("rate_rpm")),
+        rate_source=h.get("rate_source") or None,
+        rate_decreased_at_ms=_opt_int(h.get("rate_decreased_at")),
         priority=_int(h.get("priority")),
         tpm=tpm,
         units=_int(h.get("units")),
@@ -295,7 +307,7 @@ class PoolAdmin:
         )
         breakers |= dict.fromkeys(open_ids, BreakerState.OPEN)
         now = _ms(seconds, micro)
-        tiers, units = await self._tiers_and_units(
+        tiers, units, rate_sources = await self._tiers_and_units(
             [int(t) for t in eligible_tiers], ids, now, complete=len(ids) == total
         )
         return Census(
@@ -305,25 +317,29 @@ class PoolAdmin:
             breakers=breakers,
             tiers=tiers,
             units=units,
+            rate_sources=rate_sources,
             sessions_read=len(ids),
         )
 
     async def _tiers_and_units(
         self, eligible: list[int], ids: list[str], now: int, *, complete: bool
-    ) -> tuple[list[TierCount], dict[str, UnitBudget]]:
-        """The census's second round trip: each eligible tier's size, and the priority and tpm
-        of each session in ``ids``; then what the unit budgets of those with a tpm have left."""
+    ) -> tuple[list[TierCount], dict[str, UnitBudget], dict[str, int]]:
+        """The census's second round trip: each eligible tier's size, and the priority, tpm and
+        rate source of each session in ``ids``; then what the unit budgets of those with a tpm
+        have left."""
         pipe = self.redis.pipeline(transaction=False)
         for priority in eligible:
             pipe.zcard(self.keys.tier(priority))
         for session_id in ids:
-            pipe.hmget(self.keys.session(session_id), "priority", "tpm")
+            pipe.hmget(self.keys.session(session_id), "priority", "tpm", "rate_source")
         replies: list[Any] = await _read(pipe.execute()) if eligible or ids else []
         available = dict(zip(eligible, replies[: len(eligible)], strict=True))
         members: dict[int, int] = {}
         tpms: dict[str, int] = {}
-        for session_id, (priority, tpm) in zip(ids, replies[len(eligible) :], strict=True):
+        sources: dict[str, int] = {}
+        for session_id, (priority, tpm, source) in zip(ids, replies[len(eligible) :], strict=True):
             members[_int(priority)] = members.get(_int(priority), 0) + 1
+            sources[source or "none"] = sources.get(source or "none", 0) + 1
             if _int(tpm):
                 tpms[session_id] = _int(tpm)
         left = await self._units_left(list(tpms), now)
@@ -338,7 +354,7 @@ class PoolAdmin:
             )
             for priority in sorted(available.keys() | members.keys(), reverse=True)
         ]
-        return tiers, units
+        return tiers, units, dict(sorted(sources.items()))
 
     async def summary(self) -> PoolSummary:
         census = await self.census()
@@ -361,6 +377,7 @@ class PoolAdmin:
             breakers=census.breakers,
             tiers=census.tiers,
             units=units,
+            rate_sources=census.rate_sources,
             sessions_read=census.sessions_read,
             alerts={name: int(since) for name, since in sorted(alerts.items())},
         )

@@ -21,7 +21,9 @@ DEFAULT_LEASE_TTL_MS: Final = 60_000
 #: memory costs about 80 bytes per lease, so it is bounded.
 LEASE_MEMORY_MS: Final = 120_000
 
-#: Cooldown after a 429 that carries no usable Retry-After (the predecessor's 60 s).
+#: After a 429 that carries no usable wait: with rate learning on, the cap of the escalating
+#: probe cooldown (PROBE_COOLDOWN_MS doubling per 429 of a streak); with it off, the flat cooldown
+#: the predecessor applied (60 s).
 DEFAULT_RATE_LIMIT_COOLDOWN_MS: Final = 60_000
 
 #: Upper bound for any cooldown, so an absurd Retry-After cannot take a session away for days.
@@ -70,6 +72,48 @@ DEFAULT_BREAKER_FAILURE_RATIO: Final = 0.5
 #: 429s closer together than this (the later one from a request sent after the earlier cooldown
 #: ended) count as a streak: each doubles the cooldown, until a success ends the streak.
 RATE_LIMIT_STREAK_WINDOW_MS: Final = 600_000
+
+#: Rate learning (docs/learning.md). A 429 with no usable wait cools the session for this long
+#: at first, doubling per further 429 of a streak, up to RATE_LIMIT_COOLDOWN: a token bucket has
+#: refilled a little after 1 s, and an exhausted fixed window is found again within a few probes.
+PROBE_COOLDOWN_MS: Final = 1_000
+
+#: The multiplicative decrease: the new rate is this share of the rate the session achieved just
+#: before the 429. The achieved rate is already at or below the true limit, so a gentle cut is
+#: enough (Netflix concurrency-limits' AIMD default, not TCP Reno's 0.5).
+LEARNED_RATE_DECREASE: Final = 0.9
+
+#: The documented range of a learned or seeded rate (requests a minute): below 1 a session is as
+#: good as unused, above 100,000 pacing is meaningless; a configured rpm lowers the top.
+RATE_MIN_RPM: Final = 1
+RATE_MAX_RPM: Final = 100_000
+
+#: The GCRA burst of a learned or seeded rate: a request may be granted up to half an interval
+#: before its slot, so the wait for the next request after a slot opens is not lost for good
+#: (with a burst of 1, a session paced at the limit serves noticeably less than it). Requests
+#: stay at least half an interval apart.
+LEARNED_BURST: Final = 1.5
+
+#: The achieved rate is counted in two buckets of successes this wide (a sliding window): two
+#: fields and one write per success, off by at most one bucket's share, which the decrease absorbs.
+RATE_BUCKET_MS: Final = 5_000
+
+#: Fewer successes than this since the last decrease say too little of the achieved rate: the
+#: next decrease is then from the rate in force (one success in a short span reads as a low rate).
+RATE_SAMPLE_MIN: Final = 4
+
+#: The increase: after a quiet period (no decrease, no increase) of at least RATE_QUIET_MS and
+#: RATE_QUIET_INTERVALS intervals at the current pace, a success of a session driven at its pace
+#: raises the rate by RATE_STEP of it, doubled per consecutive quiet period up to RATE_STEP_MAX:
+#: slow near the limit just found, fast when the limit has grown away from it (CUBIC's idea).
+RATE_QUIET_MS: Final = 1_000
+RATE_QUIET_INTERVALS: Final = 2
+RATE_STEP: Final = 0.03
+RATE_STEP_MAX: Final = 0.25
+
+#: A seed from the upstream's headers rewrites the rate only when it differs from the last seed by
+#: more than this share: no write per request while the upstream says the same.
+RATE_SEED_TOLERANCE: Final = 0.01
 
 #: Requests under an rpm quota are spaced 2% wider than 60000/rpm ms: a grant here and the
 #: request's arrival upstream are milliseconds apart, and that jitter must never tip an upstream

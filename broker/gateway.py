@@ -90,6 +90,9 @@ def _release_args(call: ReleaseCall) -> tuple[EncodableT, ...]:
         # The 401/403 judgement's arguments.
         call.request_kind,
         call.refused_by,
+        call.granted_at_ms,
+        int(call.wait_stated),
+        repr(call.seed_rpm),
     )
 
 
@@ -152,8 +155,15 @@ class Gateway:
             *exclude,
         )
         if reply[0] == "ok":
-            _, session_id, lease_id, expiry, probe = reply
-            return Lease(self.keys.name, session_id, lease_id, int(expiry), probe=bool(probe))
+            _, session_id, lease_id, expiry, probe, granted = reply
+            return Lease(
+                self.keys.name,
+                session_id,
+                lease_id,
+                int(expiry),
+                probe=bool(probe),
+                granted_at_ms=int(granted),
+            )
         if reply[0] == "ended":
             return Ended(reply[1])
         _, reason, earliest, now, counts = reply
@@ -223,6 +233,7 @@ class Gateway:
         breaker_window: int,
         breaker_min_calls: int,
         breaker_failure_ratio: float,
+        rate_learning: bool,
         generation: str = "",
         sessions: Sequence[Session] = (),
     ) -> SyncReply:
@@ -254,6 +265,7 @@ class Gateway:
             breaker_window,
             breaker_min_calls,
             repr(breaker_failure_ratio),
+            int(rate_learning),
             *values,
         )
         return SyncReply(int(size), status == "lost")

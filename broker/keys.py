@@ -101,7 +101,8 @@ class PoolKeys:
         "HASH",
         "`strategy`, `epoch_ms`, `next_ordinal`, `rr_cursor` (tier 0's round-robin cursor; "
         "`rr_cursor:<priority>` for other tiers), the pool-wide operator settings (breaker, "
-        "longest cooldown: the last replica to sync writes them), and `due_at` (ms: no expiry, "
+        "longest cooldown, `rate_learning`: the last replica to sync writes them), and `due_at` "
+        "(ms: no expiry, "
         "cooldown, breaker or quota deadline falls before it; the scripts skip their "
         "housekeeping until then, never for more than 1 s)",
     )
@@ -127,8 +128,8 @@ class PoolKeys:
     quota = Key(
         "quota",
         "ZSET",
-        "session id -> when its rpm quota admits the next request and its unit budget has "
-        "something left, whichever is later (ms)",
+        "session id -> when its pace (its rate: configured, seeded or learned) admits the next "
+        "request and its unit budget has something left, whichever is later (ms)",
     )
     probes = Key("probes", "SET", "lease ids that are half-open probes")
     waiters = Key(

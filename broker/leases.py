@@ -31,6 +31,9 @@ class Lease:
     expires_at_ms: int
     #: A half-open breaker's probe: its outcome decides whether the breaker closes.
     probe: bool = False
+    #: When the store granted it (store ms; 0 unknown): a 429 of a lease granted before the
+    #: session's last rate decrease does not decrease it again.
+    granted_at_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +53,8 @@ class Release:
     #: that answered this same request 401/403 before ('' none).
     request_kind: str = ""
     refused_by: str = ""
+    #: A rate the answer's rate-limit headers state (requests a minute); None: none stated.
+    seed_rpm: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -102,6 +102,7 @@ class Pool:
             breaker_window=config.breaker_window,
             breaker_min_calls=config.breaker_min_calls,
             breaker_failure_ratio=config.breaker_failure_ratio,
+            rate_learning=config.rate_learning,
         )
 
     async def acquire(
@@ -167,6 +168,7 @@ class Pool:
         units: int | None = None,
         request_kind: str = "",
         refused_by: str = "",
+        seed_rpm: float | None = None,
     ) -> Released:
         """End ``lease`` and record ``outcome``. Idempotent: a replay changes nothing.
 
@@ -178,6 +180,8 @@ class Pool:
         replaces the lease's pre-charge in the session's unit budget. None keeps the pre-charge
         (refunded when the outcome is ``unused``). A replayed release counts its units once.
         ``request_kind`` and ``refused_by`` feed the 401/403 judgement (``Release``'s fields).
+        ``seed_rpm`` is a rate the upstream's headers state (requests a minute): it sets the
+        session's rate before any 429 (docs/learning.md).
         """
         release = Release(
             lease,
@@ -189,6 +193,7 @@ class Pool:
             units,
             request_kind,
             refused_by,
+            seed_rpm,
         )
         result = self._released(release, await self.gateway.release(self._release_call(release)))
         if isinstance(result, LeaseError):
@@ -235,6 +240,9 @@ class Pool:
             release.units,
             release.request_kind,
             release.refused_by,
+            granted_at_ms=release.lease.granted_at_ms,
+            wait_stated=wait is not None,
+            seed_rpm=release.seed_rpm or 0.0,
         )
 
     def _released(self, release: Release, reply: Released) -> Released | LeaseError:
@@ -250,7 +258,9 @@ class Pool:
         )
         if expiry is None:
             raise LeaseError(f"lease {lease.lease_id} is no longer live (released or expired)")
-        return Lease(lease.pool, lease.session_id, lease.lease_id, expiry, lease.probe)
+        return Lease(
+            lease.pool, lease.session_id, lease.lease_id, expiry, lease.probe, lease.granted_at_ms
+        )
 
     async def disable(self, session_id: str, reason: str = DisableReason.OPERATOR) -> SessionState:
         """Take a session out of use, fleet-wide, until ``enable``; returns its new state."""

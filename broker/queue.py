@@ -41,6 +41,10 @@ LISTEN_SLICE_S = 0.5
 #: How long closing waits for the wake-up listener and its connection.
 CLOSE_TIMEOUT_S = 1.0
 
+#: The shortest sleep of a head told 'queued' (an older waiter elsewhere has the next session):
+#: the earliest moment may be now, and the older waiter needs a moment to take it.
+QUEUED_PAUSE_S = 0.01
+
 #: Reasons worth waiting for: something frees up by itself.
 WAITABLE = frozenset({Refusal.COOLING, Refusal.QUOTA, Refusal.OPEN, Refusal.BUSY, Refusal.QUEUED})
 
@@ -236,6 +240,8 @@ class WaitQueue:
                 if self._wakes != seen:
                     continue  # a wake arrived while we asked: ask again at once
                 known = exc.retry_after_ms / 1000 if exc.retry_after_ms is not None else None
+                if known is not None and exc.reason == Refusal.QUEUED:
+                    known = max(known, QUEUED_PAUSE_S)
                 await self._sleep(self.fallback_s if known is None else min(known, self.fallback_s))
                 continue
             ticket.held = False  # the store dropped it when it granted the lease

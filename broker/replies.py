@@ -61,6 +61,11 @@ class ReleaseCall:
     #: answered this same request 401/403 before ('' none).
     request_kind: str = ""
     refused_by: str = ""
+    #: Rate learning: when the lease was granted (store ms, 0 unknown), whether a rate_limited
+    #: cooldown is a wait the upstream stated, and a rate its headers state (rpm; 0 none).
+    granted_at_ms: int = 0
+    wait_stated: bool = False
+    seed_rpm: float = 0.0
 
 
 class SyncStep(StrEnum):

@@ -49,6 +49,9 @@ class BrokerSettings:
     lease_ttl_ms: int = DEFAULT_LEASE_TTL_MS
     rate_limit_cooldown_ms: int = DEFAULT_RATE_LIMIT_COOLDOWN_MS
     rate_limit_cooldown_max_ms: int = DEFAULT_RATE_LIMIT_COOLDOWN_MAX_MS
+    #: Learn a rate per session from header-less 429s and rate-limit headers, and cool such a
+    #: 429 with a short probe (rate_limit_cooldown_ms its cap); False keeps the flat cooldown.
+    rate_learning: bool = True
     #: How long a replica's claim on its configured sessions lasts unless renewed (see sync).
     claim_ttl_ms: int = DEFAULT_CLAIM_TTL_MS
     #: Consecutive server/network/timeout failures that open a session's breaker; 0: no breaker.

@@ -40,6 +40,9 @@ SESSION_FIELDS = frozenset(
         "last_error_at", "success_rate", "latency_ms", "health", "health_at", "reset_at",
         "priority", "tpm", "unit_tat", "units", "breaker_calls", "auth_suspect_at",
         "auth_suspect_kind",
+        "rate_rpm", "rate_source", "rate_decreased_at",
+        "rate_raised_at", "rate_raises", "rate_ceiling_rpm", "rate_seed_rpm", "rate_ok_n",
+        "rate_ok_from", "rate_decreases", "rate_increases", "probe_streak", "paced_at",
     }
 )  # fmt: skip
 #: Pool fields that move; an existing pool keeps its own (its replicas' configuration wins).

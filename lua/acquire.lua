@@ -11,7 +11,7 @@
 -- gets 'queued' and, with a ticket id, joins (or renews its place in) the queue. A caller that
 -- finds nothing eligible joins it too. A ticket holder that gets a session leaves the queue and
 -- wakes the next in line.
--- Returns {'ok', session id, lease id, expiry ms, probe (1 | 0), events}
+-- Returns {'ok', session id, lease id, expiry ms, probe (1 | 0), granted at ms, events}
 --      or {'none', reason, earliest ms or -1, now ms, {available, cooling, busy, disabled, open,
 --          quota}, events}, reason being 'empty' | 'disabled' | 'tried' (every eligible one was
 --          tried by this request) | 'queued' (older requests wait) | 'busy' | 'cooling' | 'open'
@@ -28,7 +28,8 @@ local owner = redis.call('HGET', owners_key, lease_id)
 if owner then
   local expiry = redis.call('ZSCORE', leases_key, lease_id)
   local probe = redis.call('SISMEMBER', probes_key, lease_id)
-  if expiry then return {'ok', owner, lease_id, tonumber(expiry), probe, events} end
+  -- A resent call: the grant time is not kept, the expiry less the TTL stands in for it.
+  if expiry then return {'ok', owner, lease_id, tonumber(expiry), probe, tonumber(expiry) - ttl_ms, events} end
   return {'ended', lease_id, events}
 end
 if redis.call('ZSCORE', released_key, lease_id) then return {'ended', lease_id, events} end
@@ -137,7 +138,9 @@ local function unavailable(forced)
   if total == 0 then reason = 'empty'
   elseif c.available > 0 then reason = 'tried'
   elseif c.disabled == total then reason = 'disabled' end
-  if forced and reason ~= 'empty' and reason ~= 'disabled' then reason, earliest = forced, -1 end
+  -- 'queued' keeps the earliest moment: a waiter behind an older one sleeps until then (a paced
+  -- session's next slot), not until a wake that a grant leaving nothing available never sends.
+  if forced and reason ~= 'empty' and reason ~= 'disabled' then reason = forced end
   local counts = {c.available, c.cooling, c.busy, c.disabled, c.open, c.quota}
   return {'none', reason, earliest, now, counts, events}
 end
@@ -171,12 +174,19 @@ if f.breaker == 'half_open' then
   f.probes = redis.call('HINCRBY', key, 'probes', 1)
   redis.call('SADD', probes_key, lease_id)
 end
-if f.rpm > 0 then
-  -- GCRA: this request takes the next slot of the session's rpm schedule, kept to the
+if f.pace_rpm > 0 then
+  -- GCRA: this request takes the next slot of the session's pace (its rate), kept to the
   -- microsecond and rounded up (the slow side of the upstream's limit), like the unit schedule:
   -- rounding each slot up to a whole ms would slow a fast session (rpm 10,000: 6.12 ms a slot)
   -- by up to a sixth.
-  f.tat = math.ceil((math.max(f.tat, now) + quota_interval(f.rpm)) * 1000) / 1000
+  local interval = quota_interval(f.pace_rpm)
+  if f.tat > 0 and now - f.tat < interval then
+    -- Taken within an interval of its slot: demand drives the session at its pace, the guard of
+    -- a learned rate's increase (a rate not used is not raised). Rides on the write below.
+    table.insert(updates, 'paced_at')
+    table.insert(updates, now)
+  end
+  f.tat = math.ceil((math.max(f.tat, now) + interval) * 1000) / 1000
   table.insert(updates, 'tat')
   table.insert(updates, string.format('%.3f', f.tat))
 end
@@ -191,4 +201,4 @@ else
 end
 -- The next in line may take what is left; with nothing left, waking it would be a wasted try.
 if from_queue and redis.call('ZCARD', avail_key) > 0 then redis.call('PUBLISH', wake_channel, '') end
-return {'ok', id, lease_id, expiry, probe, events}
+return {'ok', id, lease_id, expiry, probe, now, events}

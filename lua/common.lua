@@ -17,13 +17,15 @@
 -- {session id, 'state', from, to} or {session id, 'breaker', from, to}.
 
 local pool_meta = redis.call('HMGET', pool_key, 'strategy', 'epoch_ms', 'half_open_probes',
-  'cooldown_max_ms', 'due_at', 'breaker_threshold')
+  'cooldown_max_ms', 'due_at', 'breaker_threshold', 'rate_learning')
 local strategy = pool_meta[1] or 'health'
 local epoch_ms = tonumber(pool_meta[2]) or 0
 local half_open_probes = tonumber(pool_meta[3]) or default_half_open_probes
 local cooldown_max_ms = tonumber(pool_meta[4]) or default_rate_limit_cooldown_max_ms
 local due_at = tonumber(pool_meta[5]) or 0
 local breaker_threshold = pool_meta[6]
+-- Rate learning (docs/learning.md) is on unless sync wrote '0' (RATE_LIMIT_LEARNING=false).
+local rate_learning = pool_meta[7] ~= '0'
 local events = {}
 
 local function now_ms()
@@ -49,11 +51,11 @@ local function quota_interval(rpm)
   return minute_ms / rpm * quota_slack
 end
 
--- When a session's rpm quota (GCRA: one request per interval, bursts of `burst`) admits its
--- next request; 0 without a quota.
+-- When a session's pace (GCRA: one request per interval, bursts of `burst`) admits its next
+-- request; 0 when it is unpaced.
 local function quota_at(f)
-  if f.rpm <= 0 or f.tat == 0 then return 0 end
-  return f.tat - quota_interval(f.rpm) * (math.max(f.burst, 1) - 1)
+  if f.pace_rpm <= 0 or f.tat == 0 then return 0 end
+  return f.tat - quota_interval(f.pace_rpm) * (math.max(f.pace_burst, 1) - 1)
 end
 
 -- A unit (token) budget is a GCRA on units: each unit takes 60000/tpm ms (with the same slack as
@@ -140,9 +142,16 @@ local function read_session(key)
   local v = redis.call('HMGET', key, 'enabled', 'disabled_reason', 'cooldown_until', 'in_flight',
     'max_concurrency', 'ordinal', 'last_used', 'weight', 'health', 'breaker', 'breaker_until',
     'probes', 'rpm', 'burst', 'tat', 'state', 'weight_override', 'priority', 'avail_tier', 'tpm',
-    'unit_tat', 'leases')
+    'unit_tat', 'leases', 'rate_rpm', 'rate_source')
+  -- The pace: the session's rate (configured, seeded from headers or learned from 429s), or its
+  -- configured rpm where no sync has written a rate yet. A configured rpm keeps its burst; a
+  -- learned or seeded rate spaces requests evenly, so the next 429 is rare (LEARNED_BURST).
+  local pace_rpm, pace_burst = tonumber(v[23]) or 0, tonumber(v[14]) or 1
+  if pace_rpm <= 0 then pace_rpm = tonumber(v[13]) or 0
+  elseif v[24] ~= 'configured' then pace_burst = learned_burst end
   -- An operator's weight (admin API, CLI) wins over the configured one until it is cleared.
-  return {enabled = v[1], disabled_reason = v[2], cooldown_until = tonumber(v[3]) or 0,
+  return {pace_rpm = pace_rpm, pace_burst = pace_burst,
+    enabled = v[1], disabled_reason = v[2], cooldown_until = tonumber(v[3]) or 0,
     in_flight = tonumber(v[4]) or 0, max_concurrency = tonumber(v[5]) or 0, ordinal = v[6],
     last_used = v[7], weight = v[17] or v[8], health = v[9], breaker = v[10] or 'closed',
     breaker_until = tonumber(v[11]) or 0, probes = tonumber(v[12]) or 0, rpm = tonumber(v[13]) or 0,

@@ -11,12 +11,17 @@
 --       The 401/403 judgement's two (docs/how-it-works.md): 7 the request's kind (a hash of its
 --       method and first path segments; '' unknown), 8 the session that answered this same
 --       request 401/403 before, in this pool ('' none).
+--       Rate learning (docs/learning.md): 9 when the lease was granted (store ms, acquire's
+--       reply; 0 unknown), 10 whether a rate_limited cooldown (ARGV 4) is a wait the upstream
+--       stated (1) or RATE_LIMIT_COOLDOWN for want of one (0: with learning on, the cap of the
+--       probe cooldown), 11 a rate the answer's headers state (requests a minute; 0 none).
 -- Returns {status, session id or '', cooldown deadline ms or 0, events} where status is
 --   'released' (the lease was live), 'late' (it had expired; the outcome still counts),
 --   'duplicate' (released before: nothing changes) or 'unknown' (no such lease remembered).
 local lease_id, outcome, latency = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local cooldown_ms, detail, units = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
 local request_kind, refused_by = ARGV[7] or '', ARGV[8] or ''
+local granted_at, wait_stated, seed_rpm = tonumber(ARGV[9]) or 0, ARGV[10] == '1', tonumber(ARGV[11]) or 0
 
 -- Housekeeping first: a lease past its expiry is 'late' even if no call has reaped it yet.
 local now = now_ms()
@@ -82,11 +87,107 @@ if outcome ~= 'rate_limited' then
   if avg_latency then update('latency_ms', math.floor(avg_latency + 0.5)) end
 end
 
+-- The learned rate (docs/learning.md): seeded from the headers, decreased once per wave of
+-- 429s with no usable wait, increased after quiet; a probe cooldown instead of a flat one.
+local deadline, old_deadline, probed = 0, tonumber(h[4]) or 0, false
+local learning = rate_learning and (outcome == 'success' or outcome == 'rate_limited' or seed_rpm > 0)
+if learning then
+  local r = redis.call('HMGET', key, 'rate_rpm', 'rate_source', 'rate_decreased_at',
+    'rate_raised_at', 'rate_raises', 'rate_ok_n', 'rate_ok_from', 'probe_streak', 'rpm',
+    'paced_at', 'rate_seed_rpm', 'rl_last_at', 'rate_ceiling_rpm')
+  local rate, source = tonumber(r[1]), r[2]
+  local decreased_at, raised_at = tonumber(r[3]) or 0, tonumber(r[4]) or 0
+  local ok_n, ok_from = tonumber(r[6]) or 0, tonumber(r[7]) or now
+  local configured = tonumber(r[9]) or 0
+  local cap = configured > 0 and configured or rate_max_rpm
+  local last_429 = tonumber(r[12]) or 0
+  local writes = {}
+  local function write(field, value)
+    table.insert(writes, field)
+    table.insert(writes, value)
+  end
+  local function set_rate(value, new_source)
+    rate = math.max(rate_min_rpm, math.min(value, cap))
+    if configured > 0 and rate >= configured then new_source = 'configured' end
+    source = new_source
+    write('rate_rpm', string.format('%.3f', rate))
+    write('rate_source', new_source)
+  end
+  -- A stated rate seeds the session before any 429; rewritten only when the statement changes.
+  local seeded = tonumber(r[11])
+  if seed_rpm > 0 and (not seeded or math.abs(seed_rpm - seeded) > rate_seed_tolerance * seeded) then
+    set_rate(seed_rpm, 'header')
+    write('rate_seed_rpm', string.format('%.3f', seed_rpm))
+    write('rate_raises', 0)
+  end
+  local fresh = granted_at > decreased_at
+  if outcome == 'success' and fresh then
+    -- The achieved rate: successes of leases granted since the last decrease (at the pace in
+    -- force), since ok_from: the window slides (scaled down) once it is twice a bucket long,
+    -- and starts over at the first such success (the probe cooldown and a hole are not time at
+    -- the pace).
+    if now - ok_from >= 2 * rate_bucket_ms then
+      ok_n = ok_n * rate_bucket_ms / (now - ok_from)
+      ok_from = now - rate_bucket_ms
+    end
+    write('rate_ok_n', string.format('%.3f', ok_n + 1))
+    write('rate_ok_from', ok_from)
+  end
+  if outcome == 'success' then
+    write('probe_streak', 0)
+    -- Additive increase: after a quiet period at the pace (no decrease, raise or 429), and only
+    -- if demand drove the session at its pace during it (acquire's paced_at): a rate not used
+    -- is not raised. Below the rate the last 429 came at (the ceiling) the step stays small;
+    -- above it, it doubles per consecutive quiet period, to a cap: slow near the limit just
+    -- found, fast when the limit has grown away from it.
+    if rate and rate < cap then
+      local quiet_from = math.max(decreased_at, raised_at, last_429)
+      local quiet = math.max(rate_quiet_ms, rate_quiet_intervals * quota_interval(rate))
+      if (tonumber(r[10]) or 0) > quiet_from and now - quiet_from >= quiet then
+        local raises = tonumber(r[5]) or 0
+        if rate >= (tonumber(r[13]) or 0) then raises = raises + 1 end
+        local step = math.max(1, rate * math.min(rate_step * 2 ^ raises, rate_step_max))
+        set_rate(rate + step, source == 'header' and 'header' or 'learned')
+        write('rate_raised_at', now)
+        write('rate_raises', raises)
+        redis.call('HINCRBY', key, 'rate_increases', 1)
+      end
+    end
+  elseif outcome == 'rate_limited' and not wait_stated then
+    -- A 429 with no usable wait. It decreases the rate only if its lease was granted after
+    -- the last decrease (one decrease per wave, fleet-wide: NewReno's rule) and the
+    -- session succeeded since then (else it is in a hole, an exhausted window, not too fast).
+    if fresh and ok_n > 0 then
+      -- A few successes say little of a rate: under rate_sample_min the rate in force stands.
+      local achieved = ok_n * minute_ms / math.max(now - ok_from, 1000)
+      local ceiling = achieved
+      if rate then ceiling = ok_n < rate_sample_min and rate or math.min(achieved, rate) end
+      set_rate(learned_rate_decrease * ceiling, 'learned')
+      write('rate_ceiling_rpm', string.format('%.3f', ceiling))
+      write('rate_decreased_at', now)
+      write('rate_ok_n', 0)
+      write('rate_raises', 0)
+      redis.call('HDEL', key, 'rate_ok_from')
+      redis.call('HINCRBY', key, 'rate_decreases', 1)
+    end
+    -- The probe cooldown: short, doubling per 429 of a streak up to RATE_LIMIT_COOLDOWN; a 429
+    -- of a lease granted before the previous 429 says nothing new and does not escalate.
+    local streak = tonumber(r[8]) or 0
+    if granted_at >= last_429 or streak == 0 then streak = streak + 1 end
+    local wait = math.min(probe_cooldown_ms * 2 ^ (streak - 1), math.max(cooldown_ms, 0))
+    deadline = math.max(old_deadline, math.floor(now + wait))
+    write('probe_streak', streak)
+    probed = true
+    redis.call('HSET', key, 'cooldown_until', deadline, 'rl_last_at', now)
+    redis.call('HINCRBY', key, 'cooldowns', 1)
+  end
+  if #writes > 0 then redis.call('HSET', key, unpack(writes)) end
+end
+
 -- Cooldowns are absolute deadlines and only ever move later. Repeated 429s within the streak
 -- window double the wait each time; a 429 from a request sent while the session was already
 -- cooling says nothing new and does not escalate. A success ends the streak.
-local deadline, old_deadline = 0, tonumber(h[4]) or 0
-if outcome == 'rate_limited' then
+if outcome == 'rate_limited' and not probed then
   local streak = tonumber(h[5]) or 0
   if old_deadline <= now then
     streak = (now - (tonumber(h[6]) or 0) > rate_limit_streak_window_ms) and 1 or streak + 1
@@ -96,7 +197,7 @@ if outcome == 'rate_limited' then
   deadline = math.max(old_deadline, math.floor(now + wait))
   redis.call('HSET', key, 'cooldown_until', deadline, 'rl_streak', streak, 'rl_last_at', now)
   redis.call('HINCRBY', key, 'cooldowns', 1)
-elseif cooldown_ms >= 0 then
+elseif outcome ~= 'rate_limited' and cooldown_ms >= 0 then
   deadline = math.max(old_deadline, now + cooldown_ms)
   redis.call('HSET', key, 'cooldown_until', deadline)
   redis.call('HINCRBY', key, 'cooldowns', 1)

@@ -12,8 +12,9 @@
 --       ':' .. generation), then the pool-wide operator settings, stored in the pool hash (the
 --       last replica to sync sets them): 6 breaker threshold (0 = no breaker), 7 breaker timeout
 --       (ms), 8 longest breaker timeout (ms), 9 half-open probes, 10 longest cooldown (ms),
---       11 breaker window (calls), 12 breaker minimum calls, 13 breaker failure ratio; then
---       eight values per session: id, weight, max concurrency (0 = none), rpm (0 = none), burst,
+--       11 breaker window (calls), 12 breaker minimum calls, 13 breaker failure ratio,
+--       14 rate learning (1|0: RATE_LIMIT_LEARNING; off, learned and seeded rates are dropped);
+--       then eight values per session: id, weight, max concurrency (0 = none), rpm (0 = none), burst,
 --       enabled (1|0), priority (integer; higher tiers are preferred), tpm (0 = none).
 -- Returns {sessions in the pool, 'ok' | 'lost', events}: 'lost' answers a renew whose claim had
 -- expired and was dropped (the replica syncs again).
@@ -25,10 +26,11 @@ redis.call('HSETNX', pool_key, 'epoch_ms', now)
 redis.call('HSET', pool_key, 'strategy', ARGV[1], 'breaker_threshold', ARGV[6],
   'breaker_timeout_ms', ARGV[7], 'breaker_timeout_max_ms', ARGV[8], 'half_open_probes', ARGV[9],
   'cooldown_max_ms', ARGV[10], 'breaker_window', ARGV[11], 'breaker_min_calls', ARGV[12],
-  'breaker_failure_ratio', ARGV[13])
+  'breaker_failure_ratio', ARGV[13], 'rate_learning', ARGV[14])
 strategy = ARGV[1]
 half_open_probes = tonumber(ARGV[9])
 cooldown_max_ms = tonumber(ARGV[10])
+rate_learning = ARGV[14] ~= '0'
 epoch_ms = tonumber(redis.call('HGET', pool_key, 'epoch_ms'))
 
 local function claimed(id)
@@ -74,12 +76,28 @@ if step == 'leave' then
   return reply()
 end
 
+-- A session's rate after its configuration: a configured rpm is its rate unless a lower one
+-- was learned or seeded since (a configured rpm is never exceeded); a rate the configuration
+-- gave and no longer gives is dropped, and so are learned and seeded ones with learning off.
+local function configure_rate(key, rpm)
+  local r = redis.call('HMGET', key, 'rate_rpm', 'rate_source')
+  local rate, source = tonumber(r[1]), r[2]
+  local kept = rate_learning and rate ~= nil and source ~= nil and source ~= 'configured'
+  if rpm > 0 and not (kept and rate < rpm) then
+    redis.call('HSET', key, 'rate_rpm', string.format('%.3f', rpm), 'rate_source', 'configured')
+  elseif rpm <= 0 and source ~= nil and not kept then
+    redis.call('HDEL', key, 'rate_rpm', 'rate_source')
+  end
+end
+
 -- 'part' and 'last': record the limits of the sessions named, collect their ids in order.
 local position = redis.call('ZCARD', collecting)
-for i = 14, #ARGV, 8 do
-  redis.call('HSET', session_prefix .. ARGV[i], 'weight', ARGV[i + 1], 'max_concurrency',
+for i = 15, #ARGV, 8 do
+  local key = session_prefix .. ARGV[i]
+  redis.call('HSET', key, 'weight', ARGV[i + 1], 'max_concurrency',
     ARGV[i + 2], 'rpm', ARGV[i + 3], 'burst', ARGV[i + 4], 'enabled', ARGV[i + 5],
     'priority', ARGV[i + 6], 'tpm', ARGV[i + 7])
+  configure_rate(key, tonumber(ARGV[i + 3]) or 0)
   position = position + 1
   redis.call('ZADD', collecting, position, ARGV[i])
 end

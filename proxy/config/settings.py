@@ -106,7 +106,12 @@ GROUPS: dict[str, dict[str, str]] = {
         "QUEUE_MAX": "most requests waiting per replica, at least 1; beyond it: answer at once",
     },
     "Rate limits and unit budgets": {
-        "RATE_LIMIT_COOLDOWN": "seconds a session cools after a 429 without usable Retry-After",
+        "RATE_LIMIT_COOLDOWN": "seconds a session cools at most after a 429 without a usable "
+        "wait: the cap of the probe cooldown (1 s, doubling per 429 in a row); with "
+        "RATE_LIMIT_LEARNING=false, the flat cooldown of every such 429",
+        "RATE_LIMIT_LEARNING": "true: learn a rate per session from header-less 429s and "
+        "rate-limit headers and pace the session at it (docs/learning.md); false: no learned "
+        "rate, a flat RATE_LIMIT_COOLDOWN after each header-less 429 (the predecessor's way)",
         "RATE_LIMIT_COOLDOWN_MAX": "largest cooldown in seconds; longer Retry-After values are cut",
         "RATE_LIMIT_HEADER_FAMILIES": "comma-separated rate-limit header families to learn from: "
         "openai, anthropic, github, ietf; or none",
@@ -226,6 +231,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     retry_count: Annotated[int, msgspec.Meta(ge=1, le=100)] | None = None
     rate_limit_cooldown: Seconds = 60.0
     rate_limit_cooldown_max: Seconds = 3600.0
+    rate_limit_learning: bool = True
     rate_limit_header_families: str = ",".join(FAMILIES)
     usage_header: str = ""
     unit_precharge: Literal["estimate", "off"] = "estimate"
@@ -283,6 +289,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
             lease_ttl_ms=round(self.lease_ttl * 1000),
             rate_limit_cooldown_ms=round(self.rate_limit_cooldown * 1000),
             rate_limit_cooldown_max_ms=round(self.rate_limit_cooldown_max * 1000),
+            rate_learning=self.rate_limit_learning,
             breaker_threshold=self.circuit_breaker_threshold if self.circuit_breaker_enabled else 0,
             breaker_timeout_ms=round(self.circuit_breaker_timeout * 1000),
             breaker_timeout_max_ms=round(self.circuit_breaker_timeout_max * 1000),

@@ -20,7 +20,7 @@ __all__ = ["ago", "duration", "render_status", "render_summary"]
 COLUMNS = ("SESSION", "STATE", "COOLDOWN", "BREAKER", "IN-FLIGHT", "SUCCESS", "LATENCY",
            "LAST ERROR", "WHEN")  # fmt: skip
 #: Optional columns, and the column each one follows.
-TIER_AFTER, UNITS_AFTER = "STATE", "IN-FLIGHT"
+TIER_AFTER, UNITS_AFTER, RATE_AFTER = "STATE", "IN-FLIGHT", "IN-FLIGHT"
 
 
 def duration(ms: int) -> str:
@@ -67,6 +67,7 @@ def _row(v: SessionView, now_ms: int) -> dict[str, str]:
         "BREAKER": breaker,
         "IN-FLIGHT": in_flight,
         "UNITS": budget(v.units_available, v.tpm),
+        "RATE": "-" if v.rate_rpm is None else f"{v.rate_rpm:g}/min {v.rate_source or '?'}",
         "SUCCESS": f"{v.success_rate * 100:.1f}%",
         "LATENCY": latency,
         "LAST ERROR": v.last_error or "-",
@@ -80,8 +81,9 @@ def _tier(priority: int, sessions: int | None, available: int) -> str:
 
 
 def render_summary(summary: PoolSummary) -> str:
-    """The pool's line; then, in a pool of several tiers, a line of tiers (best first); and,
-    when some session has a tpm, the unit budgets added up."""
+    """The pool's line; then, in a pool of several tiers, a line of tiers (best first); when
+    some session has a tpm, the unit budgets added up; when some session is paced, its
+    sessions by the source of their rate."""
     counts = summary.sessions
     shown = [
         f"{n} {state.replace('_', '-')}" for state, n in counts.items() if n and state != "total"
@@ -97,6 +99,9 @@ def render_summary(summary: PoolSummary) -> str:
         units = summary.units
         of = "session" if units.sessions == 1 else "sessions"
         lines.append(f"units {budget(units.available, units.tpm)} ({units.sessions} {of})")
+    if any(source != "none" for source in summary.rate_sources):
+        rates = ", ".join(f"{n} {source}" for source, n in summary.rate_sources.items())
+        lines.append(f"rates: {rates}")
     if len(lines) > 1 and summary.sessions_read < counts.get("total", 0):
         lines.append(f"(tiers and units of the first {summary.sessions_read} sessions)")
     return "\n".join(lines)
@@ -118,12 +123,15 @@ def render_route(name: str, entry: PoolEntry) -> str:
 
 def render_status(summary: PoolSummary, sessions: Sequence[SessionView]) -> str:
     """The summary lines, then the table, aligned for a terminal. The TIER column shows only
-    when the pool has more than one tier, UNITS only when some session has a tpm."""
+    when the pool has more than one tier, UNITS only when some session has a tpm, RATE only
+    when some session is paced."""
     columns = list(COLUMNS)
     if len(summary.tiers) > 1:
         columns.insert(columns.index(TIER_AFTER) + 1, "TIER")
     if any(v.tpm is not None for v in sessions):
         columns.insert(columns.index(UNITS_AFTER) + 1, "UNITS")
+    if any(v.rate_rpm is not None for v in sessions):
+        columns.insert(columns.index(RATE_AFTER) + 1, "RATE")
     cells = [_row(v, summary.now_ms) for v in sessions]
     rows = [columns, *([row[c] for c in columns] for row in cells)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]

@@ -33,7 +33,7 @@ from proxy.request.body import BodyTimeout, BodyTooLarge, ReplayableBody
 from proxy.request.headers import first_not_utf8
 from proxy.request.judgement import AuthRefusals, outcome_of, request_kind
 from proxy.request.lease import HeldLease, Waits
-from proxy.request.ratelimit_headers import exhausted_ms
+from proxy.request.ratelimit_headers import exhausted_ms, stated_rpm
 from proxy.request.responses import body_timeout, error_response, header_not_utf8, too_large
 from proxy.request.retry_after import retry_after_ms
 from proxy.request.routing import Routed
@@ -314,6 +314,7 @@ class Attempts:
         return Waits(
             retry_after_ms(upstream.headers, now_s),
             exhausted_ms(upstream.headers, now_s, families) if families else None,
+            stated_rpm(upstream.headers, now_s, families) if families else None,
         )
 
     def _client_gone(self) -> bool:

@@ -38,6 +38,8 @@ class Waits:
 
     retry_after_ms: int | None
     exhausted_ms: int | None
+    #: The request rate its rate-limit headers state (requests a minute): the session's seed.
+    stated_rpm: float | None = None
 
 
 NO_WAITS = Waits(None, None)
@@ -150,6 +152,7 @@ class HeldLease:
             units,
             self.request_kind,
             self.refused_by,
+            waits.stated_rpm,
         )
         self._services.releases.submit(self.pool, release)
         # Counted after the release is on its way: a failing metrics hook cannot hold it back.

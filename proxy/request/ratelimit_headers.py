@@ -12,6 +12,11 @@ Families (RATE_LIMIT_HEADER_FAMILIES picks which are read):
 ``ietf``       ``RateLimit-Remaining`` / ``RateLimit-Reset`` (delta seconds, drafts up to 06) and
                the structured ``RateLimit: "name";r=0;t=34`` (drafts 07 and later)
 
+The same families state a rate that seeds the session's learned one before any 429
+(``stated_rpm``, docs/learning.md): ``x-ratelimit-limit-requests`` and
+``anthropic-ratelimit-requests-limit`` per minute, ``RateLimit-Policy`` as ``q`` per ``w``
+seconds, and ``x-ratelimit-limit`` per the window its reset tells (a minute or an hour).
+
 A remaining of -1 means unknown (Azure sends it), not exhausted. Malformed values are ignored,
 never fatal: nothing here raises, whatever the upstream sends; a reset too far away to count
 (``1e308``) is clamped to ``WAIT_MAX_MS``, and a value longer than any real one (a 400-digit Go
@@ -160,3 +165,82 @@ def exhausted_ms(headers: Mapping[str, str], now_s: float, families: Collection[
     ]
     # An infinite reset (an overflowing duration) is the longest wait there is, not unusable.
     return (clamped_ms(max(resets)) or 0) if resets else None
+
+
+#: What a stated limit may be to seed a rate: a count of requests in [1, 1,000,000] per a window
+#: in [1 s, 1 day]. Anything else (0, a negative, 1e400, a policy of 10 per 0 s) seeds nothing.
+_SEED_COUNT = (1.0, 1_000_000.0)
+_SEED_WINDOW_S = (1.0, 86_400.0)
+#: Per-minute families: a reset further away than this is a daily limit, not a pace.
+_MINUTE_S = 60.0
+_HOUR_S = 3600.0
+
+
+def _rate(count: float | None, window_s: float | None) -> float | None:
+    """``count`` per ``window_s`` as requests a minute, when both are in the seed range."""
+    if count is None or window_s is None:
+        return None
+    if not (_SEED_COUNT[0] <= count <= _SEED_COUNT[1]):
+        return None
+    if not (_SEED_WINDOW_S[0] <= window_s <= _SEED_WINDOW_S[1]):
+        return None
+    return count * _MINUTE_S / window_s
+
+
+def _openai_rate(headers: Mapping[str, str], now_s: float) -> float | None:
+    reset = go_duration(headers.get("x-ratelimit-reset-requests", ""))
+    if reset is not None and reset > _MINUTE_S:
+        return None  # a daily limit: its reset is hours away, it says nothing of the pace
+    return _rate(nonnegative_number(headers.get("x-ratelimit-limit-requests")), _MINUTE_S)
+
+
+def _anthropic_rate(headers: Mapping[str, str], now_s: float) -> float | None:
+    return _rate(nonnegative_number(headers.get("anthropic-ratelimit-requests-limit")), _MINUTE_S)
+
+
+def _github_rate(headers: Mapping[str, str], now_s: float) -> float | None:
+    # The window is not stated: the reset tells a minute's limit from an hour's (GitHub's).
+    reset = nonnegative_number(headers.get("x-ratelimit-reset"))
+    if reset is None:
+        return None
+    if reset >= _EPOCH_FLOOR:
+        reset -= now_s
+    window = _MINUTE_S if reset <= _MINUTE_S else _HOUR_S if reset <= _HOUR_S else None
+    return _rate(nonnegative_number(headers.get("x-ratelimit-limit")), window)
+
+
+def _policy_rate(headers: Mapping[str, str], now_s: float) -> float | None:
+    """The strictest of ``RateLimit-Policy``'s items: ``10;w=1`` (drafts up to 06) or
+    ``"default";q=100;w=60`` (07 and later)."""
+    value = headers.get("ratelimit-policy")
+    if value is None or len(value) > _POLICY_CHARS_MAX:
+        return None
+    rates = []
+    for item in value.split(","):
+        first, *parts = (part.strip() for part in item.split(";"))
+        params = dict(part.partition("=")[::2] for part in parts if "=" in part)
+        count = params.get("q", first)
+        rate = _rate(nonnegative_number(count), nonnegative_number(params.get("w")))
+        if rate is not None:
+            rates.append(rate)
+    return min(rates, default=None)
+
+
+#: The longest RateLimit-Policy read: real ones hold a few items.
+_POLICY_CHARS_MAX = 1024
+
+_RATE_READERS: dict[str, Callable[[Mapping[str, str], float], float | None]] = {
+    "openai": _openai_rate,
+    "anthropic": _anthropic_rate,
+    "github": _github_rate,
+    "ietf": _policy_rate,
+}
+assert _RATE_READERS.keys() == set(FAMILIES)
+
+
+def stated_rpm(headers: Mapping[str, str], now_s: float, families: Collection[str]) -> float | None:
+    """The request rate (requests a minute) the answer's headers state, the strictest of the
+    families asked for; None when none states one usable. Never raises."""
+    read = (_RATE_READERS[family](headers, now_s) for family in families)
+    rates = [rate for rate in read if rate is not None]
+    return min(rates, default=None)

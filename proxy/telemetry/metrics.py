@@ -142,6 +142,13 @@ class ClusterCollector(Collector):
                 "sessions)",
                 labels=["pool", "tier"],
             ),
+            GaugeMetricFamily(
+                f"{p}_pool_rate_sessions",
+                "Sessions of the pool by the source of the rate they are paced at: configured, "
+                "header, learned (none: unpaced; only while the pool has at most OPS_SET_LIMIT "
+                "sessions)",
+                labels=["pool", "source"],
+            ),
         ]
         if self.per_session:
             return [*families, *self._session_families()]
@@ -189,7 +196,7 @@ class ClusterCollector(Collector):
         if not self.censuses:
             return
         families = self._families()
-        sessions, size, leases, tier_available, tier_size, *budgets = families
+        sessions, size, leases, tier_available, tier_size, rates, *budgets = families
         for pool, census in sorted(self.censuses.items()):
             for state, count in census.sessions.items():
                 if state == "total":
@@ -212,6 +219,8 @@ class ClusterCollector(Collector):
                 tpm, units = budgets
                 tpm.add_metric([pool], sum(b.tpm for b in census.units.values()))
                 units.add_metric([pool], sum(b.available for b in census.units.values()))
+            for source, count in census.rate_sources.items():
+                rates.add_metric([pool, source], count)
         yield from families
 
 

@@ -82,8 +82,9 @@ async def test_cooldown_only_moves_later(make_pool, make_sessions) -> None:
 async def test_rate_limit_without_retry_after_uses_default(
     make_pool, make_sessions, store_now_ms
 ) -> None:
-    """A 429 without a usable Retry-After cools the session for the configured default."""
-    pool = await make_pool(make_sessions(1), rate_limit_cooldown_ms=7_000)
+    """With rate learning off, a 429 without a usable Retry-After cools the session for the
+    configured default."""
+    pool = await make_pool(make_sessions(1), rate_limit_cooldown_ms=7_000, rate_learning=False)
     lease = await pool.acquire()
     before = await store_now_ms()
     released = await pool.release(lease, Outcome.RATE_LIMITED)

@@ -52,6 +52,7 @@ async def _workload(pool: Pool, redis: Redis) -> set[str]:
         breaker_window=20,
         breaker_min_calls=10,
         breaker_failure_ratio=0.5,
+        rate_learning=True,
     )
     await step()  # the claim set a sync in several calls collects into
     await pool.sync(SESSIONS)

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from broker import NoSessionAvailable, Outcome, QueueFull, Session, WaitQueue
+from broker.leases import Ticket
 
 REAL_REDIS_ONLY = pytest.mark.parametrize("backend", [pytest.param("redis", id="redis")])
 
@@ -197,3 +198,19 @@ async def test_no_polling_storm(make_pool, make_queue, redis) -> None:
     # release, and one losing try by the other replica's head when a session frees; plus, over
     # the 1.5 s hold, a fallback retry per head per second. A poll loop would cost thousands.
     assert calls <= 20 * 6, calls
+
+
+async def test_a_waiter_behind_an_older_one_learns_the_paced_slot(make_pool) -> None:
+    """A ticket refused as 'queued' behind an older ticket is told when the paced session's next
+    slot opens, so it sleeps until then rather than until a wake nobody sends."""
+    pool = await make_pool([Session(id="s0", secret="x", rpm=60)])
+    await pool.acquire()  # the session's next slot is a second away
+    older, younger = Ticket("older", 5_000), Ticket("younger", 5_000)
+    with pytest.raises(NoSessionAvailable) as first:
+        await pool.acquire(ticket=older)
+    assert first.value.reason == "quota"
+    with pytest.raises(NoSessionAvailable) as second:
+        await pool.acquire(ticket=younger)
+    assert second.value.reason == "queued"
+    assert second.value.retry_after_ms is not None
+    assert 0 < second.value.retry_after_ms <= 1_100

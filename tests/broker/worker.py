@@ -6,6 +6,8 @@ that several workers start together), then runs ``race()`` and prints its result
 line and keeps renewing them until it is killed.
 ``python worker.py grab URL TASKS``: prints ``ready``, waits for a line on stdin, then TASKS
 tasks try one acquire each at once; prints the leases granted (session id, probe) as JSON.
+``python worker.py wave URL COUNT``: leases COUNT times, prints ``ready``, waits for a line on
+stdin, then releases them all at once as header-less 429s; prints their statuses as JSON.
 
 ``race()`` is also imported by the in-process test, so both observe concurrency the same way.
 """
@@ -121,6 +123,22 @@ async def _grab_main(url: str, tasks: int) -> None:
         await client.aclose()
 
 
+async def _wave_main(url: str, count: int) -> None:
+    settings = BrokerSettings(redis_url=url)
+    client = open_store(settings)
+    try:
+        pool = Pool(client, settings)
+        leases = [await pool.acquire() for _ in range(count)]
+        print("ready", flush=True)
+        await asyncio.to_thread(sys.stdin.readline)
+        released = await asyncio.gather(
+            *(pool.release(lease, Outcome.RATE_LIMITED) for lease in leases)
+        )
+        print(json.dumps([r.status for r in released]), flush=True)
+    finally:
+        await client.aclose()
+
+
 def main(argv: Sequence[str]) -> None:
     mode, url, *numbers = argv
     values = [int(number) for number in numbers]
@@ -130,6 +148,8 @@ def main(argv: Sequence[str]) -> None:
         asyncio.run(_hold_main(url, *values))
     elif mode == "grab":
         asyncio.run(_grab_main(url, *values))
+    elif mode == "wave":
+        asyncio.run(_wave_main(url, *values))
     else:
         raise SystemExit(f"unknown mode {mode!r}")
 

@@ -283,7 +283,9 @@ async def test_one_collector_serves_several_pools() -> None:
     the scrape while the others still show."""
 
     async def one() -> Census:
-        return census(2, units={"x": UnitBudget(tpm=600, available=300)})
+        counted = census(2, units={"x": UnitBudget(tpm=600, available=300)})
+        counted.rate_sources = {"learned": 1, "none": 1}
+        return counted
 
     async def two() -> Census:
         return census(1)
@@ -301,6 +303,7 @@ async def test_one_collector_serves_several_pools() -> None:
     assert value(found, "sb_pool_size", pool="two") == 2
     assert value(found, "sb_pool_tier_available", pool="two", tier="0") == 1
     assert value(found, "sb_pool_units_available", pool="one") == 300
+    assert value(found, "sb_pool_rate_sessions", pool="one", source="learned") == 1
     assert not [key for key in found if ("pool", "down") in key[1]]
     assert not [key for key in found if key[0] == "sb_pool_tpm" and ("pool", "two") in key[1]]
 

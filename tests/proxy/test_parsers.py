@@ -9,7 +9,13 @@ from multidict import CIMultiDict
 
 from proxy.request.auth import key_matches
 from proxy.request.estimate import estimate_units, requested_max_units
-from proxy.request.ratelimit_headers import FAMILIES, exhausted_ms, go_duration, limits
+from proxy.request.ratelimit_headers import (
+    FAMILIES,
+    exhausted_ms,
+    go_duration,
+    limits,
+    stated_rpm,
+)
 from proxy.request.retry_after import WAIT_MAX_MS, parse_retry_after, retry_after_ms
 from proxy.request.routing import requested_model
 from proxy.request.usage import UNITS_MAX, UsageMeter, units_of
@@ -46,6 +52,10 @@ RATE_LIMIT_HEADERS = [
     "ratelimit-remaining",
     "ratelimit-reset",
     "ratelimit",
+    "x-ratelimit-limit-requests",
+    "anthropic-ratelimit-requests-limit",
+    "x-ratelimit-limit",
+    "ratelimit-policy",
 ]
 header_sets = st.dictionaries(st.sampled_from(RATE_LIMIT_HEADERS), header_values)
 #: JSON-ish bodies: arbitrary bytes, and documents nested past any decoder's depth limit.
@@ -89,6 +99,15 @@ def test_rate_limit_headers_never_raise(headers: dict[str, str]) -> None:
     exhausted = exhausted_ms(multi, NOW, FAMILIES)
     assert exhausted is None or 0 <= exhausted <= WAIT_MAX_MS
     assert all(limit.remaining >= 0 for limit in limits(multi, NOW, FAMILIES))
+
+
+@many
+@given(header_sets)
+def test_stated_rates_are_in_range_or_none(headers: dict[str, str]) -> None:
+    """Any mix of rate-limit headers seeds a rate of 1 to 1,000,000 requests per 1 s to 1 day
+    (as requests a minute), or nothing: garbage never seeds."""
+    got = stated_rpm(CIMultiDict(headers), NOW, FAMILIES)
+    assert got is None or 1_000_000 * 60 >= got >= 60 / 86_400
 
 
 @many
