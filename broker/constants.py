@@ -73,9 +73,10 @@ DEFAULT_BREAKER_FAILURE_RATIO: Final = 0.5
 #: ended) count as a streak: each doubles the cooldown, until a success ends the streak.
 RATE_LIMIT_STREAK_WINDOW_MS: Final = 600_000
 
-#: Rate learning (docs/learning.md). A 429 with no usable wait cools the session for this long
-#: at first, doubling per further 429 of a streak, up to RATE_LIMIT_COOLDOWN: a token bucket has
-#: refilled a little after 1 s, and an exhausted fixed window is found again within a few probes.
+#: Rate learning (docs/learning.md). A 429 with no usable wait and no success since the last
+#: decrease (a hole: an exhausted window) cools the session for this long at first, doubling per
+#: further such 429, up to RATE_LIMIT_COOLDOWN: the window's edge is found within a few probes.
+#: A 429 that decreases the rate gets no cooldown: the slower pace spaces the next request.
 PROBE_COOLDOWN_MS: Final = 1_000
 
 #: The multiplicative decrease: the new rate is this share of the rate the session achieved just
@@ -100,12 +101,13 @@ RATE_BUCKET_MS: Final = 5_000
 
 #: Fewer successes than this since the last decrease say too little of the achieved rate: the
 #: next decrease is then from the rate in force (one success in a short span reads as a low rate).
-RATE_SAMPLE_MIN: Final = 4
+RATE_SAMPLE_MIN: Final = 2
 
-#: The increase: after a quiet period (no decrease, no increase) of at least RATE_QUIET_MS and
-#: RATE_QUIET_INTERVALS intervals at the current pace, a success of a session driven at its pace
-#: raises the rate by RATE_STEP of it, doubled per consecutive quiet period up to RATE_STEP_MAX:
-#: slow near the limit just found, fast when the limit has grown away from it (CUBIC's idea).
+#: The increase: after a quiet period (no decrease, increase or 429) of at least RATE_QUIET_MS
+#: and RATE_QUIET_INTERVALS intervals at the current pace, a success of a session driven at its
+#: pace raises the rate: below the rate the last 429 came at, half the way back to it (at least
+#: RATE_STEP of it); above it, RATE_STEP doubled per consecutive quiet period up to
+#: RATE_STEP_MAX: slow near the limit just found, fast when it has grown away (BIC and CUBIC).
 RATE_QUIET_MS: Final = 1_000
 RATE_QUIET_INTERVALS: Final = 2
 RATE_STEP: Final = 0.03

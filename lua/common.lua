@@ -149,6 +149,9 @@ local function read_session(key)
   local pace_rpm, pace_burst = tonumber(v[23]) or 0, tonumber(v[14]) or 1
   if pace_rpm <= 0 then pace_rpm = tonumber(v[13]) or 0
   elseif v[24] ~= 'configured' then pace_burst = learned_burst end
+  -- A learned rate is what got through already: the quota slack (for a limit the upstream
+  -- enforces to the letter) does not go on top of it.
+  if v[24] == 'learned' then pace_rpm = pace_rpm * quota_slack end
   -- An operator's weight (admin API, CLI) wins over the configured one until it is cleared.
   return {pace_rpm = pace_rpm, pace_burst = pace_burst,
     enabled = v[1], disabled_reason = v[2], cooldown_until = tonumber(v[3]) or 0,

@@ -137,16 +137,18 @@ if learning then
     write('probe_streak', 0)
     -- Additive increase: after a quiet period at the pace (no decrease, raise or 429), and only
     -- if demand drove the session at its pace during it (acquire's paced_at): a rate not used
-    -- is not raised. Below the rate the last 429 came at (the ceiling) the step stays small;
-    -- above it, it doubles per consecutive quiet period, to a cap: slow near the limit just
-    -- found, fast when the limit has grown away from it.
+    -- is not raised. Below the rate the last 429 came at (the ceiling) the step is half the way
+    -- back to it; above it, it starts small and doubles per consecutive quiet period, to a cap:
+    -- slow near the limit just found, fast when the limit has grown away from it.
     if rate and rate < cap then
       local quiet_from = math.max(decreased_at, raised_at, last_429)
       local quiet = math.max(rate_quiet_ms, rate_quiet_intervals * quota_interval(rate))
       if (tonumber(r[10]) or 0) > quiet_from and now - quiet_from >= quiet then
-        local raises = tonumber(r[5]) or 0
-        if rate >= (tonumber(r[13]) or 0) then raises = raises + 1 end
-        local step = math.max(1, rate * math.min(rate_step * 2 ^ raises, rate_step_max))
+        local raises, ceiling = tonumber(r[5]) or 0, tonumber(r[13]) or 0
+        if rate >= ceiling then raises = raises + 1 end
+        -- Below the ceiling: half the way back to it at least (BIC's binary search).
+        local step = math.max(1, rate * math.min(rate_step * 2 ^ raises, rate_step_max),
+          (ceiling - rate) / 2)
         set_rate(rate + step, source == 'header' and 'header' or 'learned')
         write('rate_raised_at', now)
         write('rate_raises', raises)
@@ -157,7 +159,8 @@ if learning then
     -- A 429 with no usable wait. It decreases the rate only if its lease was granted after
     -- the last decrease (one decrease per wave, fleet-wide: NewReno's rule) and the
     -- session succeeded since then (else it is in a hole, an exhausted window, not too fast).
-    if fresh and ok_n > 0 then
+    local decreased = fresh and ok_n > 0
+    if decreased then
       -- A few successes say little of a rate: under rate_sample_min the rate in force stands.
       local achieved = ok_n * minute_ms / math.max(now - ok_from, 1000)
       local ceiling = achieved
@@ -170,16 +173,24 @@ if learning then
       redis.call('HDEL', key, 'rate_ok_from')
       redis.call('HINCRBY', key, 'rate_decreases', 1)
     end
-    -- The probe cooldown: short, doubling per 429 of a streak up to RATE_LIMIT_COOLDOWN; a 429
-    -- of a lease granted before the previous 429 says nothing new and does not escalate.
-    local streak = tonumber(r[8]) or 0
-    if granted_at >= last_429 or streak == 0 then streak = streak + 1 end
-    local wait = math.min(probe_cooldown_ms * 2 ^ (streak - 1), math.max(cooldown_ms, 0))
-    deadline = math.max(old_deadline, math.floor(now + wait))
-    write('probe_streak', streak)
     probed = true
-    redis.call('HSET', key, 'cooldown_until', deadline, 'rl_last_at', now)
-    redis.call('HINCRBY', key, 'cooldowns', 1)
+    if fresh and not decreased then
+      -- In a hole: the probe cooldown, short, doubling per 429 of a streak up to
+      -- RATE_LIMIT_COOLDOWN; a 429 of a lease granted before the previous 429 says nothing new
+      -- and does not escalate.
+      local streak = tonumber(r[8]) or 0
+      if granted_at >= last_429 or streak == 0 then streak = streak + 1 end
+      local wait = math.min(probe_cooldown_ms * 2 ^ (streak - 1), math.max(cooldown_ms, 0))
+      deadline = math.max(old_deadline, math.floor(now + wait))
+      write('probe_streak', streak)
+      redis.call('HSET', key, 'cooldown_until', deadline)
+      redis.call('HINCRBY', key, 'cooldowns', 1)
+    else
+      -- A decrease: the slower pace spaces the next request, no cooldown on top of it. A 429 of
+      -- a lease granted before the last decrease: counted, nothing more.
+      deadline = old_deadline > now and old_deadline or 0
+    end
+    redis.call('HSET', key, 'rl_last_at', now)
   end
   if #writes > 0 then redis.call('HSET', key, unpack(writes)) end
 end

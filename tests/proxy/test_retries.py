@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 
 from broker import Session, Strategy
+from broker.constants import PROBE_COOLDOWN_MS
 from proxy.testing import SimulatedUpstream
 
 if TYPE_CHECKING:
@@ -78,13 +79,22 @@ async def test_http_date_retry_after(
 async def test_garbage_retry_after_falls_back_to_the_default(
     start_replica: StartReplica, sim: SimulatedUpstream, http: aiohttp.ClientSession
 ) -> None:
-    """An unusable Retry-After gives the RATE_LIMIT_COOLDOWN default instead."""
-    replica = await start_replica(
-        sessions=[Session(id="a", secret="secret-a")], rate_limit_cooldown=45
+    """With RATE_LIMIT_LEARNING=false, an unusable Retry-After gives the RATE_LIMIT_COOLDOWN
+    default instead; with learning on, the short probe cooldown."""
+    flat = await start_replica(
+        sessions=[Session(id="a", secret="secret-a")],
+        rate_limit_cooldown=45,
+        rate_limit_learning=False,
     )
     sim.force("secret-a", 429, {"Retry-After": "soon"})
-    await post(http, replica.proxy_url)
-    assert 43_000 <= await cooldown_left_ms(replica, "a") <= 45_500
+    await post(http, flat.proxy_url)
+    assert 43_000 <= await cooldown_left_ms(flat, "a") <= 45_500
+    learning = await start_replica(
+        sessions=[Session(id="b", secret="secret-b")], rate_limit_cooldown=45
+    )
+    sim.force("secret-b", 429, {"Retry-After": "soon"})
+    await post(http, learning.proxy_url)
+    assert 0 < await cooldown_left_ms(learning, "b") <= PROBE_COOLDOWN_MS
 
 
 async def test_retry_after_is_clamped(
