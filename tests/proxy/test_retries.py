@@ -85,12 +85,13 @@ async def test_garbage_retry_after_falls_back_to_the_default(
         sessions=[Session(id="a", secret="secret-a")],
         rate_limit_cooldown=45,
         rate_limit_learning=False,
+        pool="flat",  # its own pool: the pool-wide setting is the last syncing replica's
     )
     sim.force("secret-a", 429, {"Retry-After": "soon"})
     await post(http, flat.proxy_url)
     assert 43_000 <= await cooldown_left_ms(flat, "a") <= 45_500
     learning = await start_replica(
-        sessions=[Session(id="b", secret="secret-b")], rate_limit_cooldown=45
+        sessions=[Session(id="b", secret="secret-b")], rate_limit_cooldown=45, pool="learning"
     )
     sim.force("secret-b", 429, {"Retry-After": "soon"})
     await post(http, learning.proxy_url)
