@@ -24,6 +24,8 @@ BACKENDS = [pytest.param("fakeredis", id="fakeredis"), pytest.param("redis", id=
 
 #: A broker client in another OS process (not a test module; see its docstring).
 WORKER = Path(__file__).with_name("worker.py")
+#: Runs a test on the real Redis only (a race across processes needs a server they share).
+REAL_REDIS_ONLY = pytest.mark.parametrize("backend", [pytest.param("redis", id="redis")])
 
 MakePool = Callable[..., Coroutine[Any, Any, Pool]]
 MakeSessions = Callable[..., list[Session]]

@@ -13,9 +13,8 @@ import pytest
 from redis.asyncio import Redis
 
 from broker import Outcome, Session
-from tests.broker.conftest import WORKER, go_all, ready_workers
+from tests.broker.conftest import REAL_REDIS_ONLY, WORKER, go_all, ready_workers
 
-REAL_REDIS_ONLY = pytest.mark.parametrize("backend", [pytest.param("redis", id="redis")])
 LIMITS = {"s0": 1, "s1": 2, "s2": 3}
 
 

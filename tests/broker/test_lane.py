@@ -13,8 +13,7 @@ from redis.asyncio.connection import Connection
 
 from broker import BrokerSettings, Outcome, Pool, Release, Released, Session, StoreError, open_store
 from broker.lane import IDLE_MAX, Lane, _pack
-
-REAL_REDIS_ONLY = pytest.mark.parametrize("backend", [pytest.param("redis", id="redis")])
+from tests.broker.conftest import REAL_REDIS_ONLY
 
 
 async def until_blocked(redis: Redis) -> None:

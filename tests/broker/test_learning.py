@@ -13,9 +13,7 @@ from broker import NoSessionAvailable, Outcome, Pool, Session
 from broker.admin import PoolAdmin
 from broker.constants import PROBE_COOLDOWN_MS, RATE_MAX_RPM, RATE_MIN_RPM
 from proxy.ops.status import render_status, render_summary
-from tests.broker.conftest import go_all, ready_workers
-
-REAL_REDIS_ONLY = pytest.mark.parametrize("backend", [pytest.param("redis", id="redis")])
+from tests.broker.conftest import REAL_REDIS_ONLY, go_all, ready_workers
 
 
 async def succeed(pool: Pool, times: int) -> None:

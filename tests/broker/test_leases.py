@@ -8,16 +8,13 @@ import json
 import os
 import signal
 import sys
-from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
 
 from broker import Lease, LeaseError, NoSessionAvailable, Outcome, Pool, Release, Released
 from broker.keys import PoolKeys
-
-WORKER = Path(__file__).with_name("worker.py")
-REAL_REDIS_ONLY = pytest.mark.parametrize("backend", [pytest.param("redis", id="redis")])
+from tests.broker.conftest import REAL_REDIS_ONLY, WORKER
 
 
 async def acquire_when_free(pool: Pool, *, within_s: float) -> Lease:

@@ -10,8 +10,7 @@ import pytest
 
 from broker import NoSessionAvailable, Outcome, QueueFull, Session, WaitQueue
 from broker.leases import Ticket
-
-REAL_REDIS_ONLY = pytest.mark.parametrize("backend", [pytest.param("redis", id="redis")])
+from tests.broker.conftest import REAL_REDIS_ONLY
 
 
 @pytest.fixture

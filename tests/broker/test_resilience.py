@@ -9,9 +9,8 @@ import json
 import pytest
 
 from broker import NoSessionAvailable, Outcome, Pool, Session, UnknownSession
-from tests.broker.conftest import go_all, ready_workers
+from tests.broker.conftest import REAL_REDIS_ONLY, go_all, ready_workers
 
-REAL_REDIS_ONLY = pytest.mark.parametrize("backend", [pytest.param("redis", id="redis")])
 FAILURES = (Outcome.SERVER, Outcome.NETWORK, Outcome.TIMEOUT)
 
 
