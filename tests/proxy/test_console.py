@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
 from yarl import URL
 
+from broker import Session
 from proxy.ops.console import ASSETS, CONTENT_SECURITY_POLICY
+from proxy.testing import SimulatedUpstream
 from tests.proxy.conftest import SESSIONS
 
 if TYPE_CHECKING:
@@ -132,3 +134,36 @@ async def test_fleet_figures(
     async with http.get(f"{first.ops_url}/admin/fleet", headers=AUTH) as response:
         fleet = await response.json()
     assert [claim["id"] for claim in fleet["replicas"]] == [first.replica.pool.claimant]
+
+
+async def test_fleet_counts_requests_waiting(
+    start_replica: StartReplica,
+    http: aiohttp.ClientSession,
+    shared_redis: str,
+    sim: SimulatedUpstream,
+) -> None:
+    """While a request waits for the pool's one session (at its concurrency limit), the fleet
+    figures count it here, and this replica among the replicas with waiters."""
+    one = [Session(id="a", secret="secret-a", max_concurrency=1)]
+    replica = await start_replica(one, admin_token=TOKEN, redis_url=shared_redis, queue_timeout=10)
+    sim.latency_s = 1.0
+    url = f"{replica.proxy_url}/v1/chat/completions"
+
+    async def chat() -> int:
+        async with http.post(url, json={"model": "m", "messages": []}) as response:
+            await response.read()
+            return response.status
+
+    requests = [asyncio.create_task(chat()) for _ in range(2)]
+    fleet: dict[str, Any] = {}
+    for _ in range(100):
+        async with http.get(f"{replica.ops_url}/admin/fleet", headers=AUTH) as response:
+            fleet = await response.json()
+        if fleet["waiting_here"]:
+            break
+        await asyncio.sleep(0.02)
+    assert (fleet["waiting_here"], fleet["waiting_replicas"]) == (1, 1)
+    assert await asyncio.gather(*requests) == [200, 200]
+    async with http.get(f"{replica.ops_url}/admin/fleet", headers=AUTH) as response:
+        fleet = await response.json()
+    assert (fleet["waiting_here"], fleet["waiting_replicas"]) == (0, 0)
