@@ -169,7 +169,31 @@ async def test_console_in_chromium(
         (await page.text_content('tr[data-session="team-a"] .why')) or ""
     )
     assert await session_state(http, replica, "team-a") == "disabled"
+    # Another action: a weight (one that is not a number is refused in the page).
+    weight = 'tr[data-session="batch"] button[data-action="weight"]'
+    page.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept("heavy")))
+    await page.click(weight)
+    await page.wait_for_selector("#status.error")
+    assert 'not "heavy"' in ((await page.text_content("#status")) or "")
+    page.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept("2.5")))
+    await page.click(weight)
+    cell = 'tr[data-session="batch"] td[data-label="Weight"]'
+    await page.wait_for_function(
+        "sel => document.querySelector(sel).textContent === '2.5 (set; configured 1)'", arg=cell
+    )
+    assert "Session batch reweighed" in ((await page.text_content("#status")) or "")
     await page.screenshot(path=str(tmp_path / "console.png"), full_page=True)
+    # What another operator changes shows at the next refresh, without a reload.
+    async with http.post(
+        f"{replica.ops_url}/admin/sessions/team-b/reset", headers=AUTH
+    ) as response:
+        assert response.status == 200
+    await page.wait_for_function(
+        """() => document.querySelector('tr[data-session="team-b"] .state')
+            .textContent === 'available'""",
+        timeout=10_000,
+    )
+    assert await page.evaluate("localStorage.length") == 0
 
     # A phone: one card per session, nothing wider than the screen.
     phone = await browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True)

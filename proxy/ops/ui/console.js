@@ -172,8 +172,12 @@ async function act(pool, session, action, button) {
     const answer = window.prompt("Weight of " + session.id + " (empty: back to the configured " +
       session.weight + "):", session.weight_override ?? "");
     if (answer === null) return;
+    const weight = answer.trim() === "" ? null : Number(answer);
+    if (weight !== null && !(Number.isFinite(weight) && weight > 0)) {
+      return setStatus("A weight is a number above 0, not " + JSON.stringify(answer) + ".", "error");
+    }
     method = "PUT";
-    body = { weight: answer.trim() === "" ? null : Number(answer) };
+    body = { weight };
   } else if ((action === "drain" || action === "reset") &&
     !window.confirm(action[0].toUpperCase() + action.slice(1) + " " + session.id + "?")) {
     return;
