@@ -1,8 +1,9 @@
 """The console in a real browser: Debian's Chromium driven by Playwright (never a downloaded
 browser), against a live replica on real sockets in front of the simulated upstream, on a real
 Redis. It loads the page, is refused a wrong token, shows every session with its state (one
-cooling after real 429s, with a live countdown), disables a session by its button and shows it
-disabled, fits a phone's screen, and says so when the replica is gone.
+cooling after real 429s, with a live countdown), disables and reweighs sessions by its buttons,
+follows what another operator changed, fits a phone's screen, says so when the replica is gone
+or its store is down, and shows every pool a replica serves.
 
 Outside CI the test skips with a reason when Chromium or Playwright is missing; with CI=true it
 must run (``.ci/run`` installs ``chromium``; ``playwright`` is in the test extra).
@@ -11,6 +12,7 @@ must run (``.ci/run`` installs ``chromium``; ``playwright`` is in the test extra
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,7 +22,7 @@ import aiohttp
 import pytest
 
 from broker import Session
-from proxy.testing import SimulatedUpstream
+from proxy.testing import SimulatedUpstream, running_redis
 from tests.conftest import required_executable
 
 if TYPE_CHECKING:
@@ -233,3 +235,47 @@ async def test_console_in_chromium(
         "Failed to load resource: the server responded with a status of 403 (Forbidden)",
         "Failed to load resource: net::ERR_CONNECTION_REFUSED",
     ]
+
+
+async def test_console_shows_every_pool_and_a_store_outage(
+    browser: Browser,
+    start_replica: StartReplica,
+    redis_executable: str,
+    tmp_path: Path,
+) -> None:
+    """A replica serving two pools shows both, each with its sessions; when its Redis stops, the
+    page says the store is unavailable, in the admin API's words."""
+    document = {
+        "default_pool": "chat",
+        "pools": {
+            "chat": {"sessions": [{"id": "p1", "secret": "secret-p1"}], "fallback": "cheap"},
+            "cheap": {
+                "sessions": [
+                    {"id": "c1", "secret": "secret-c1"},
+                    {"id": "c2", "secret": "secret-c2"},
+                ]
+            },
+        },
+    }
+    path = tmp_path / "sessions.json"
+    path.write_text(json.dumps(document))
+    with running_redis(executable=redis_executable, directory=tmp_path / "redis") as server:
+        replica = await start_replica(
+            None, admin_token=TOKEN, redis_url=server.url, sessions_file=str(path)
+        )
+        page = await browser.new_page()
+        await sign_in(page, replica.ops_url, TOKEN)
+        await page.wait_for_selector('section[data-pool="cheap"] tr[data-session="c2"]')
+        rows = await page.evaluate(
+            """() => Object.fromEntries([...document.querySelectorAll('section.pool')].map(
+                s => [s.dataset.pool,
+                      [...s.querySelectorAll('tbody tr')].map(r => r.dataset.session)]))"""
+        )
+        assert rows == {"chat": ["p1"], "cheap": ["c1", "c2"]}
+        heads = await page.eval_on_selector_all(".pool-head", "hs => hs.map(h => h.textContent)")
+        assert any("Pool chat" in h and "falls back to cheap" in h for h in heads), heads
+    await page.wait_for_function(
+        "() => document.querySelector('#status').textContent.includes('store_unavailable')",
+        timeout=20_000,
+    )
+    assert "503" in ((await page.text_content("#status")) or "")
