@@ -8,7 +8,9 @@ naming the field and the reason. Answers carry session ids and state, never a se
 
 Every route works on one pool: the one named by the ``pool`` query parameter, else the default
 pool (404 ``unknown_pool`` for a pool this replica does not serve). ``GET /admin/pools`` lists
-the pools this replica serves, with their routes, fallback chains and summaries.
+the pools this replica serves, with their routes, fallback chains and summaries; ``GET
+/admin/fleet`` the replicas with a live claim on a pool and those with requests waiting (the
+web console's fleet figures, ``proxy/ops/console.py``).
 """
 
 from __future__ import annotations
