@@ -122,8 +122,13 @@ async def test_console_in_chromium(
     failed: list[str] = []
     page.on("console", lambda m: failed.append(m.text) if m.type == "error" else None)
 
-    await sign_in(page, replica.ops_url, "not-the-token-at-all")
+    await sign_in(page, replica.ops_url, "tökén ✓")
     await page.wait_for_selector("#status.error")
+    assert "cannot carry" in ((await page.text_content("#status")) or "")
+    await sign_in(page, replica.ops_url, "not-the-token-at-all")
+    await page.wait_for_function(
+        "() => document.querySelector('#status').textContent.includes('refused')"
+    )
     assert "token was refused (403)" in ((await page.text_content("#status")) or "")
     assert await page.is_visible("#login")
 

@@ -21,6 +21,7 @@ const ui = {
 };
 let timer = null;
 let paused = false;
+let connected = false;
 let clockOffsetMs = 0; // store clock minus browser clock
 const lastTotals = new Map(); // pool -> {at, attempts, limited}
 
@@ -274,8 +275,7 @@ function poolSection(info, list, fleet) {
   return el("section", { class: "pool", "data-pool": info.name }, head, figures, el("div", { class: "table-wrap" }, table));
 }
 
-async function refresh() {
-  clearTimeout(timer);
+async function load() {
   try {
     const pools = await api("GET", "/pools");
     const sections = await Promise.all(pools.pools.map(async (info) => {
@@ -284,6 +284,7 @@ async function refresh() {
       clockOffsetMs = list.now_ms - Date.now();
       return poolSection(info, list, fleet);
     }));
+    if (!connected) return;
     ui.pools.replaceChildren(...sections);
     if (!sections.length) setStatus("This replica serves no pool yet.");
     else if (ui.status.className !== "done") {
@@ -291,13 +292,32 @@ async function refresh() {
     }
     ui.refreshed.textContent = "updated " + new Date().toLocaleTimeString();
   } catch (err) {
+    if (!connected) return;
     if (err.kind === "token") return showLogin(err.message);
     setStatus(err.message + (ui.pools.children.length ? " Showing the last data read." : ""), "error");
   }
-  if (!paused) timer = setTimeout(refresh, REFRESH_MS);
+}
+
+// One read at a time: a refresh asked for while one runs (after an action) follows it.
+let running = null;
+let again = false;
+async function refresh() {
+  if (running) {
+    again = true;
+    return running;
+  }
+  clearTimeout(timer);
+  running = load();
+  try { await running; } finally { running = null; }
+  if (again) {
+    again = false;
+    return refresh();
+  }
+  if (connected && !paused) timer = setTimeout(refresh, REFRESH_MS);
 }
 
 function showLogin(message, kind = "error") {
+  connected = false;
   clearTimeout(timer);
   sessionStorage.removeItem(TOKEN_KEY);
   ui.pools.replaceChildren();
@@ -308,6 +328,7 @@ function showLogin(message, kind = "error") {
 }
 
 function connect() {
+  connected = true;
   ui.login.hidden = true;
   ui.connected.hidden = false;
   setStatus("Connecting…");
@@ -318,6 +339,10 @@ ui.login.addEventListener("submit", (event) => {
   event.preventDefault();
   const token = ui.token.value.trim();
   if (!token) return;
+  if (!/^[\x21-\x7e]+$/.test(token)) {
+    setStatus("That is not an admin token: it holds characters an HTTP header cannot carry.", "error");
+    return;
+  }
   sessionStorage.setItem(TOKEN_KEY, token);
   ui.token.value = "";
   connect();
