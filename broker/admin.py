@@ -244,8 +244,8 @@ class PoolAdmin:
         return ids
 
     async def sessions(self) -> list[SessionView]:
-        """Every session's view, in configuration order: one pipelined HGETALL (and
-        ZSCORE of the quota set) per session."""
+        """Every session's view, in configuration order: one pipelined HGETALL per session
+        (and the quota set's deadlines)."""
         await self.tidy()
         ids = await self.session_ids()
         return await self._views(ids)
@@ -253,17 +253,24 @@ class PoolAdmin:
     async def _views(self, ids: list[str]) -> list[SessionView]:
         """Views of ``ids``: their hashes and quota deadlines in one round trip, then what the
         unit budgets of those with a tpm have left, in another (only when there are such)."""
+        if not ids:
+            return []
         pipe = self.redis.pipeline(transaction=False)
         for session_id in ids:
             pipe.hgetall(self.keys.session(session_id))
-            pipe.zscore(self.keys.quota, session_id)
-        replies: list[Any] = await _read(pipe.execute()) if ids else []
-        hashes: list[dict[str, str]] = replies[0::2]
+        # Quota deadlines: one session's score, or the quota set whole (one command, and it
+        # holds only the sessions in quota), rather than a ZSCORE per session.
+        if len(ids) == 1:
+            pipe.zscore(self.keys.quota, ids[0])
+        else:
+            pipe.zrange(self.keys.quota, 0, -1, withscores=True)
+        *hashes, deadlines = await _read(pipe.execute())
+        quota = {ids[0]: deadlines} if len(ids) == 1 else dict(deadlines)
         budgets = [sid for sid, h in zip(ids, hashes, strict=True) if _int(h.get("tpm"))]
         left = await self._units_left(budgets, 0)
         return [
-            view(session_id, h, units_left=left.get(session_id), quota_at=quota_at)
-            for session_id, h, quota_at in zip(ids, hashes, replies[1::2], strict=True)
+            view(session_id, h, units_left=left.get(session_id), quota_at=quota.get(session_id))
+            for session_id, h in zip(ids, hashes, strict=True)
         ]
 
     async def _units_left(self, ids: list[str], at_ms: int) -> dict[str, int | None]:
