@@ -19,7 +19,7 @@ __all__ = ["FleetPresence", "ReplicaClaim", "fleet_presence"]
 
 class ReplicaClaim(msgspec.Struct, kw_only=True):
     """A replica that serves the pool: its claim id, and until when its claim holds (ms; it
-    renews it every third of ``CLAIM_TTL``, so a replica past its deadline is gone)."""
+    renews it every third of its claim TTL, so a replica past its deadline is gone)."""
 
     id: str
     claim_until_ms: int
