@@ -47,6 +47,7 @@ class SessionView(msgspec.Struct, kw_only=True):
     ``state`` is the stored state, except that a drained session shows ``draining`` while
     leases are still out on it and ``drained`` once none is. ``units`` counts every unit charged
     so far; ``units_available`` is what its ``tpm`` budget has left now (None without a tpm).
+    ``quota_until_ms``: while its state is ``quota``, when its pace and unit budget admit it again.
     """
 
     id: str
@@ -70,6 +71,7 @@ class SessionView(msgspec.Struct, kw_only=True):
     tpm: int | None
     units: int
     units_available: int | None
+    quota_until_ms: int | None = None
     health: float
     success_rate: float
     latency_ms: int | None
@@ -170,9 +172,12 @@ def _opt_float(value: str | None) -> float | None:
     return None if value in (None, "") else float(value)
 
 
-def view(session_id: str, h: dict[str, str], *, units_left: int | None) -> SessionView:
-    """A session's view from its hash (as ``HGETALL`` returns it) and what its unit budget has
-    left (``lua/units.lua``; None without a tpm)."""
+def view(
+    session_id: str, h: dict[str, str], *, units_left: int | None, quota_at: float | None = None
+) -> SessionView:
+    """A session's view from its hash (as ``HGETALL`` returns it), what its unit budget has
+    left (``lua/units.lua``; None without a tpm) and its score in the quota set (None: not in
+    it)."""
     state = h.get("state", "unknown")
     reason = h.get("disabled_reason") or None
     in_flight = _int(h.get("in_flight"))
@@ -201,6 +206,7 @@ def view(session_id: str, h: dict[str, str], *, units_left: int | None) -> Sessi
         tpm=tpm,
         units=_int(h.get("units")),
         units_available=units_left,
+        quota_until_ms=None if quota_at is None or state != "quota" else int(quota_at),
         health=float(h.get("health") or 1),
         success_rate=float(h.get("success_rate") or 1),
         latency_ms=_opt_int(h.get("latency_ms")),
@@ -238,22 +244,32 @@ class PoolAdmin:
         return ids
 
     async def sessions(self) -> list[SessionView]:
-        """Every session's view, in configuration order: one pipelined HGETALL per session."""
+        """Every session's view, in configuration order: one pipelined HGETALL per session
+        (and the quota set's deadlines)."""
         await self.tidy()
         ids = await self.session_ids()
         return await self._views(ids)
 
     async def _views(self, ids: list[str]) -> list[SessionView]:
-        """Views of ``ids``: their hashes in one round trip, then what the unit budgets of those
-        with a tpm have left, in another (only when there are such)."""
+        """Views of ``ids``: their hashes and quota deadlines in one round trip, then what the
+        unit budgets of those with a tpm have left, in another (only when there are such)."""
+        if not ids:
+            return []
         pipe = self.redis.pipeline(transaction=False)
         for session_id in ids:
             pipe.hgetall(self.keys.session(session_id))
-        hashes: list[dict[str, str]] = await _read(pipe.execute()) if ids else []
+        # Quota deadlines: one session's score, or the quota set whole (one command, and it
+        # holds only the sessions in quota), rather than a ZSCORE per session.
+        if len(ids) == 1:
+            pipe.zscore(self.keys.quota, ids[0])
+        else:
+            pipe.zrange(self.keys.quota, 0, -1, withscores=True)
+        *hashes, deadlines = await _read(pipe.execute())
+        quota = {ids[0]: deadlines} if len(ids) == 1 else dict(deadlines)
         budgets = [sid for sid, h in zip(ids, hashes, strict=True) if _int(h.get("tpm"))]
         left = await self._units_left(budgets, 0)
         return [
-            view(session_id, h, units_left=left.get(session_id))
+            view(session_id, h, units_left=left.get(session_id), quota_at=quota.get(session_id))
             for session_id, h in zip(ids, hashes, strict=True)
         ]
 

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from proxy.ops.admin import add_admin_routes
+from proxy.ops.console import add_console_routes
 from proxy.ops.endpoints import add_ops_routes
 from proxy.replica.replica import REPLICA, Replica
 from proxy.request.auth import api_key_middleware
@@ -53,4 +54,5 @@ def build_ops_app(replica: Replica) -> web.Application:
     add_ops_routes(app)
     if replica.settings.admin_token:
         add_admin_routes(app, replica.settings.admin_token)
+        add_console_routes(app)
     return app

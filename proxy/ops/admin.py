@@ -8,7 +8,9 @@ naming the field and the reason. Answers carry session ids and state, never a se
 
 Every route works on one pool: the one named by the ``pool`` query parameter, else the default
 pool (404 ``unknown_pool`` for a pool this replica does not serve). ``GET /admin/pools`` lists
-the pools this replica serves, with their routes, fallback chains and summaries.
+the pools this replica serves, with their routes, fallback chains and summaries; ``GET
+/admin/fleet`` the replicas with a live claim on a pool and those with requests waiting (the
+web console's fleet figures, ``proxy/ops/console.py``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from aiohttp.typedefs import Handler
 
 from broker import StoreError, UnknownSession
 from broker.admin import RESERVED_REASONS, PoolAdmin, PoolSummary, SessionView
+from broker.fleet import ReplicaClaim, fleet_presence
 from proxy.ops.endpoints import package_version
 from proxy.replica.replica import REPLICA, Replica
 
@@ -73,6 +76,18 @@ class PoolList(msgspec.Struct):
     pool_header: str | None
     default_pool: str | None
     pools: list[PoolInfo]
+
+
+class FleetView(msgspec.Struct, kw_only=True):
+    """Who serves the pool: the replicas with a live claim on it (``replica`` is this one's
+    claim id), how many of them have requests waiting for a session, and how many wait here."""
+
+    pool: str
+    now_ms: int
+    replica: str
+    replicas: list[ReplicaClaim]
+    waiting_replicas: int
+    waiting_here: int
 
 
 class ErrorDetail(msgspec.Struct):
@@ -191,6 +206,22 @@ async def pool_summary(request: web.Request) -> web.Response:
     return _json(await _admin(request).summary())
 
 
+async def fleet(request: web.Request) -> web.Response:
+    admin = _admin(request)
+    presence = await fleet_presence(admin.pool)
+    served = _replica(request).leasing.served.get(admin.pool.name)
+    return _json(
+        FleetView(
+            pool=admin.pool.name,
+            now_ms=presence.now_ms,
+            replica=admin.pool.claimant,
+            replicas=presence.replicas,
+            waiting_replicas=presence.waiting_replicas,
+            waiting_here=served.queue.depth if served is not None else 0,
+        )
+    )
+
+
 async def list_pools(request: web.Request) -> web.Response:
     replica = _replica(request)
     table = replica.table
@@ -267,6 +298,7 @@ def add_admin_routes(app: web.Application, token: str) -> None:
     admin[REPLICA] = app[REPLICA]
     admin.router.add_get("/openapi.json", openapi)
     admin.router.add_get("/pool", pool_summary)
+    admin.router.add_get("/fleet", fleet)
     admin.router.add_get("/pools", list_pools)
     admin.router.add_get("/sessions", list_sessions)
     admin.router.add_get("/sessions/{id}", get_session)
@@ -321,7 +353,10 @@ def _operation(
 
 def openapi_document() -> dict[str, Any]:
     """The OpenAPI 3.1 description of the admin API."""
-    structs = (SessionView, SessionList, PoolSummary, PoolList, DisableBody, WeightBody, ErrorBody)
+    structs = (
+        SessionView, SessionList, PoolSummary, PoolList, FleetView, DisableBody, WeightBody,
+        ErrorBody,
+    )  # fmt: skip
     _, components = msgspec.json.schema_components(
         structs, ref_template="#/components/schemas/{name}"
     )
@@ -340,6 +375,13 @@ def openapi_document() -> dict[str, Any]:
                 "get": _operation(
                     "Counts by state and by tier, unit budgets, leases, breakers, alerts",
                     "PoolSummary",
+                    session=False,
+                )
+            },
+            "/fleet": {
+                "get": _operation(
+                    "The replicas serving the pool, and those with requests waiting",
+                    "FleetView",
                     session=False,
                 )
             },

@@ -320,3 +320,19 @@ async def test_census_of_a_large_pool_reads_a_bounded_number_of_sessions(make_po
         (1, None, 3), (0, None, 2),
     ]  # fmt: skip
     assert set(census.units) == {"u0", "u1"}
+
+
+async def test_quota_deadline_shown_while_the_pace_admits_nothing(make_pool) -> None:
+    """A session paced at 1 rpm shows state quota after its request, and when it is admitted
+    again (``quota_until_ms``, about a minute on); a session not in quota shows None."""
+    pool = await make_pool([Session(id="a", secret="s-a", rpm=1), THREE[1]])
+    admin = PoolAdmin(pool)
+    await pool.release(await pool.acquire(exclude=["b"]), Outcome.SUCCESS)
+    now = await admin.now_ms()
+    paced, other = await admin.sessions()
+    assert paced.state == "quota"
+    assert paced.quota_until_ms is not None
+    # One request a minute, and the 2% slack the quota keeps (a full budget holds rpm/1.02).
+    assert now + 55_000 < paced.quota_until_ms <= now + 62_000
+    assert (other.state, other.quota_until_ms) == ("available", None)
+    assert (await admin.session("a")).quota_until_ms == paced.quota_until_ms

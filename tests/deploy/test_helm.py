@@ -149,12 +149,13 @@ def test_secret_settings_come_from_secrets(render: Any) -> None:
 
 def test_notes_say_how_to_reach_proxy_admin_and_status(render: Any) -> None:
     """NOTES.txt: the sessions Secret to create, the proxy's address and port-forward, the
-    admin API on the ops port, and ``session-broker status``."""
+    admin API and the web console on the ops port, and ``session-broker status``."""
     _, notes = render(EXTERNAL)
     assert "create secret generic session-broker-sessions" in notes
     assert f"svc/{FULLNAME} 8080:8080" in notes
     assert f"deploy/{FULLNAME} 9090:9090" in notes
     assert "/admin/sessions" in notes
+    assert "http://127.0.0.1:9090/ui/" in notes
     assert "session-broker-admin" in notes
     assert "session-broker status" in notes
 

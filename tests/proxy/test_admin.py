@@ -307,7 +307,7 @@ async def test_openapi_document_is_valid_and_served(
     assert status == 200
     validate(document)
     assert set(document["paths"]) == {
-        "/pool", "/pools", "/sessions", "/sessions/{id}", "/sessions/{id}/enable",
+        "/pool", "/pools", "/fleet", "/sessions", "/sessions/{id}", "/sessions/{id}/enable",
         "/sessions/{id}/disable", "/sessions/{id}/drain", "/sessions/{id}/reset",
         "/sessions/{id}/weight", "/openapi.json",
     }  # fmt: skip
