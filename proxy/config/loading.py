@@ -22,7 +22,7 @@ import msgspec
 
 from broker import ConfigError
 from proxy.config.fields import choices
-from proxy.config.settings import HELP, SECRET_FILES, Settings, check, invalid
+from proxy.config.settings import HELP, SECRET_FILES, InvalidSetting, Settings, check, invalid
 
 __all__ = ["Loaded", "load_settings", "read_settings"]
 
@@ -152,7 +152,11 @@ def read_settings(
         name = match.group(1)
         reason = str(exc)[: match.start()].rstrip(" -").replace("`", "")
         raise invalid(name, raw.get(name), reason, source=given[name].source) from exc
-    check(settings)
+    try:
+        check(settings)
+    except InvalidSetting as exc:
+        source = given[exc.name].source if exc.name in given else ""
+        raise exc.came_from(source) from exc
     return Loaded(settings, frozenset(given))
 
 

@@ -34,6 +34,7 @@ __all__ = [
     "SECRET_FILES",
     "SECRET_SETTINGS",
     "STORE_SETTINGS",
+    "InvalidSetting",
     "Listen",
     "SessionHeader",
     "Settings",
@@ -364,12 +365,22 @@ def parse_session_header(value: str) -> SessionHeader | None:
     return SessionHeader(name, template)
 
 
-def invalid(name: str, value: object, reason: str, *, source: str = "") -> ConfigError:
-    """The error about setting ``name``: its value (unless secret), why, and what it accepts;
-    ``source`` says where the value came from when that is not the environment."""
-    shown = "(hidden)" if name in SECRET_SETTINGS else repr(value)
-    where = f" (from {source})" if source else ""
-    return ConfigError(f"invalid setting {name}={shown}{where}: {reason}; accepts {HELP[name]}")
+class InvalidSetting(ConfigError):
+    """Setting ``name`` has a value it does not accept: the message shows the value (unless
+    secret), why, and what it accepts; ``source`` says where the value came from when that is
+    not the environment."""
+
+    def __init__(self, name: str, value: object, reason: str, *, source: str = "") -> None:
+        self.name, self.value, self.reason = name, value, reason
+        shown = "(hidden)" if name in SECRET_SETTINGS else repr(value)
+        where = f" (from {source})" if source else ""
+        super().__init__(f"invalid setting {name}={shown}{where}: {reason}; accepts {HELP[name]}")
+
+    def came_from(self, source: str) -> InvalidSetting:
+        return InvalidSetting(self.name, self.value, self.reason, source=source)
+
+
+invalid = InvalidSetting
 
 
 def _listen(name: str, value: str) -> Listen:
