@@ -85,7 +85,7 @@ def _operate(args: argparse.Namespace) -> int:
     REDACTOR.add(settings.secret_values)
     # A terminal command: the transitions its reads bring about are news to nobody, and its
     # output is for a person (or a script), not a log collector -- unless told otherwise.
-    level = settings.log_level if "LOG_LEVEL" in loaded.given else "warning"
+    level = settings.log_level if "LOG_LEVEL" in loaded.given else "error"
     configure_logging(level, settings.log_format if "LOG_FORMAT" in loaded.given else "console")
     if settings.redis_url is not None or settings.redis_sentinels:
         asyncio.run(check_store(settings.broker(), outage_ok=False))

@@ -143,7 +143,7 @@ GROUPS: dict[str, dict[str, str]] = {
     },
     "Logs, metrics and alerts": {
         "LOG_LEVEL": "one of debug, info, warning, error (in any case); the operator commands "
-        "log only warnings and errors unless it is set",
+        "log only errors unless it is set",
         "LOG_FORMAT": "json (one object per line) or console (for a terminal; the operator "
         "commands' format unless it is set)",
         "ENABLE_METRICS": "serve Prometheus metrics at /metrics on ADMIN_LISTEN",
