@@ -21,8 +21,9 @@ from pathlib import Path
 import msgspec
 
 from broker import ConfigError
+from proxy.config.checks import check
 from proxy.config.fields import choices
-from proxy.config.settings import HELP, SECRET_FILES, InvalidSetting, Settings, check, invalid
+from proxy.config.settings import HELP, SECRET_FILES, InvalidSetting, Settings, invalid
 
 __all__ = ["Loaded", "load_settings", "read_settings"]
 
