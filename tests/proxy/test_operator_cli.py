@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import aiohttp
+import redis.asyncio
 
 from broker import Session, Strategy
 from proxy.config.settings import HELP
@@ -322,3 +323,18 @@ async def test_status_watch_as_json_is_one_document_per_line(
         await process.wait()
     for line in lines:
         assert {s["id"] for s in json.loads(line)["sessions"]} == {"a", "b", "c"}
+
+
+async def test_a_store_failure_is_told_in_an_operators_words(shared_redis: str) -> None:
+    """When Redis refuses a read, the message names the command and what was being read (the
+    key), not an internal module's name; one line, no traceback."""
+    client = redis.asyncio.Redis.from_url(shared_redis)
+    await client.set("sb:pools", "not a hash")
+    await client.aclose()
+    result = await cli("status", env={"REDIS_URL": shared_redis}, terminal=True)
+    assert result.returncode == 1
+    line = result.stderr.strip()
+    assert "\n" not in line
+    assert line.startswith("session-broker: status: reading the fleet's list of pools (sb:pools)")
+    assert "WRONGTYPE" in line
+    assert "registry" not in line
