@@ -68,17 +68,19 @@ def _read_secret(file_name: str, path: str, source: str) -> str:
     return text
 
 
-def _layer(values: Mapping[str, Value | None], source: str) -> dict[str, _Given]:
-    """The settings of one place (flags, environment or a configuration file), ``*_FILE``
-    names replaced by their files' content; an empty value counts as unset."""
+def _layer(
+    values: Mapping[str, Value | None], source: str, wanted: Collection[str]
+) -> dict[str, _Given]:
+    """The ``wanted`` settings of one place (flags, environment or a configuration file),
+    ``*_FILE`` names replaced by their files' content; an empty value counts as unset."""
     given = {
         name: _Given(value, source)
         for name, value in values.items()
-        if name in HELP and value is not None and value != ""
+        if name in wanted and value is not None and value != ""
     }
     for file_name, name in SECRET_FILES.items():
         path = values.get(file_name)
-        if path is None or path == "":
+        if name not in wanted or path is None or path == "":
             continue
         if name in given:
             where = f" ({source})" if source else " (in the environment)"
@@ -136,13 +138,14 @@ def read_settings(
     needs no UPSTREAM_URL or sessions and is not stopped by a setting it does not use (the same
     configuration file serves both).
     """
-    layers = [_layer(_config_file(config), f"--config {config}")] if config else []
-    layers.append(_layer(environ, ""))
+    wanted = set(HELP) if only is None else set(only) & set(HELP)
+    layers = [_layer(_config_file(config), f"--config {config}", wanted)] if config else []
+    layers.append(_layer(environ, "", wanted))
     if flags is not None:
-        layers.append(_layer(vars(flags), "a flag"))
+        layers.append(_layer(vars(flags), "a flag", wanted))
     given: dict[str, _Given] = {}
     for layer in layers:
-        given |= {name: v for name, v in layer.items() if only is None or name in only}
+        given |= layer
     raw = {name: _lowered(name, v.value) for name, v in given.items()}
     try:
         settings = msgspec.convert(raw, Settings, strict=False)

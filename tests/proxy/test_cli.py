@@ -257,11 +257,15 @@ def test_operator_commands_accept_a_configuration_file(tmp_path: Path) -> None:
     """The same configuration file serves serve and the operator commands: the settings an
     operator command does not read are not checked by it."""
     config = tmp_path / "broker.toml"
-    config.write_text('UPSTREAM_URL = "not checked here"\nLOG_LEVEL = "ERROR"\n')
+    config.write_text(
+        'UPSTREAM_URL = "not checked here"\nLOG_LEVEL = "ERROR"\n'
+        f'ADMIN_TOKEN_FILE = "{tmp_path / "only-on-the-replicas"}"\n'
+    )
     loaded = read_settings({}, parse(["status", "--config", str(config)]), config=config,
                            only=STORE_SETTINGS)  # fmt: skip
     assert loaded.settings.log_level == "error"
     assert loaded.settings.upstream_url is None
+    assert loaded.settings.admin_token is None
 
 
 async def test_serve_from_a_configuration_file_and_a_token_file(
