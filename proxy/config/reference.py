@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from proxy.config.fields import accepts, default_text
+from proxy.config.fields import accepts, default_text, is_switch
 from proxy.config.flags import flag_name
 from proxy.config.settings import GROUPS, SECRET_FILES, SECRET_SETTINGS, STORE_SETTINGS
 
@@ -55,7 +55,8 @@ PROXY_API_KEYS_FILE = "/run/secrets/api-keys"
 configuration file): the file's content with its trailing newline dropped, so that no secret
 needs to be a flag or a variable that `ps` shows. Setting a secret and its `_FILE` in the same
 place is an error naming both; a file that cannot be read is an error naming the variable and the
-path, never the content. The variants: FILE_VARIANTS.
+path, never the content. The variants:
+FILE_VARIANTS.
 
 The sessions themselves, and several pools with their own upstreams, are declared in the
 sessions file: [sessions.md](sessions.md). What each setting does to a request is told in
@@ -76,7 +77,10 @@ def _row(name: str, text: str) -> str:
     files = [file_name for file_name, secret in SECRET_FILES.items() if secret == name]
     shown += [f"or from a file: `{file_name}`, `{flag_name(file_name)}`" for file_name in files]
     meaning = _cell(text) + (f" ({', '.join(shown)})" if shown else "")
-    cells = [f"`{name}`", f"`{flag_name(name)}`", default_text(name), accepts(name)]
+    flags = f"`{flag_name(name)}`"
+    if is_switch(name):
+        flags += f", `--no-{flag_name(name)[2:]}`"
+    cells = [f"`{name}`", flags, default_text(name), accepts(name)]
     return "| " + " | ".join([*cells, meaning]) + " |"
 
 
