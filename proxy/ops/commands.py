@@ -45,7 +45,7 @@ def _add_json(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def wants_json(args: argparse.Namespace) -> bool:
+def _wants_json(args: argparse.Namespace) -> bool:
     """``--json``/``--no-json`` when given, else JSON unless standard output is a terminal."""
     chosen: bool | None = getattr(args, "json", None)
     return chosen if chosen is not None else not sys.stdout.isatty()
@@ -79,6 +79,7 @@ def add_operator_commands(
     _add_json(sessions)
     export = commands.add_parser("export", help="the pool's health state as JSON")
     export.add_argument("--output", "-o", help="file to write (default: standard output)")
+    _add_json(export)
     restore = commands.add_parser("import", help="load health state exported before")
     restore.add_argument("file", help="the JSON file, or - for standard input")
     _add_json(restore)
@@ -161,7 +162,7 @@ async def _session_action(admin: PoolAdmin, args: argparse.Namespace) -> str:
             raise ConfigError(f"invalid --reason: {exc}") from exc
     else:
         view = await getattr(admin, args.action)(args.id)
-    if wants_json(args):
+    if _wants_json(args):
         return _json(view)
     summary = await admin.summary()
     return f"{_done(args, view, admin.pool.name)}\n\n{render_status(summary, [view])}"
@@ -188,7 +189,7 @@ async def _run(
 ) -> str:
     async with _admin(settings) as admin:
         if args.command == "status":
-            as_json = wants_json(args)
+            as_json = _wants_json(args)
             if args.watch:
                 await _watch(admin, max(0.2, args.watch), as_json=as_json, every_pool=every_pool)
             return await _status(admin, as_json, every_pool=every_pool)
@@ -198,7 +199,7 @@ async def _run(
             return _json(await export_state(admin))
         assert snapshot is not None
         count = await import_state(admin, parse_snapshot(snapshot))
-        if wants_json(args):
+        if _wants_json(args):
             return _json({"pool": admin.pool.name, "imported": count})
         return f"imported the health state of {count} sessions into pool {admin.pool.name}"
 
@@ -213,7 +214,12 @@ def run_operator(settings: Settings, args: argparse.Namespace, *, pool_given: bo
         text = asyncio.run(_run(settings, args, snapshot, every_pool=not pool_given))
         if args.command == "export" and args.output:
             Path(args.output).write_text(text + "\n", encoding="utf-8")
-            text = f"exported pool {settings.pool} to {args.output}"
+            done = {"pool": settings.pool, "output": args.output}
+            text = (
+                _json(done)
+                if _wants_json(args)
+                else f"exported pool {settings.pool} to {args.output}"
+            )
         print(text)
     except UnknownSession as exc:
         print(f"session-broker: {exc}", file=sys.stderr)
