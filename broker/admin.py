@@ -20,6 +20,7 @@ import msgspec
 
 from broker.constants import OPS_SET_LIMIT
 from broker.errors import UnknownSession
+from broker.events import operator_action
 from broker.gateway import store_call
 from broker.pool import Pool
 from broker.states import BreakerState, DisableReason, SessionState
@@ -418,7 +419,9 @@ class PoolAdmin:
         return await self._set_disabled(session_id, DisableReason.DRAIN)
 
     async def _set_disabled(self, session_id: str, reason: str) -> SessionView:
-        state = await self.gateway.set_disabled(session_id=session_id, reason=reason)
+        done = "enabled" if not reason else "drained" if reason == DisableReason.DRAIN else None
+        with operator_action(done or "disabled"):
+            state = await self.gateway.set_disabled(session_id=session_id, reason=reason)
         return await self._changed(session_id, state)
 
     async def reset(self, session_id: str) -> SessionView:

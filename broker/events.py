@@ -7,7 +7,9 @@ id and the reason, however many replicas there are.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import structlog
@@ -22,6 +24,19 @@ _ROUTINE = frozenset({SessionState.AVAILABLE, SessionState.BUSY, SessionState.PR
 _QUIET = _ROUTINE | {SessionState.QUOTA}
 #: States a session recovers from (worth an info line when it leaves them).
 _SETBACKS = frozenset({SessionState.COOLING, SessionState.OPEN, SessionState.DISABLED})
+#: The operator's action under way in this task ('disabled', 'drained', 'enabled'), so that the
+#: transition it makes is told as what it is: a drain is no credential's failure.
+_OPERATOR_ACTION: ContextVar[str | None] = ContextVar("operator_action", default=None)
+
+
+@contextmanager
+def operator_action(done: str) -> Iterator[None]:
+    """Transitions made inside are logged as ``session <done> by an operator``."""
+    token = _OPERATOR_ACTION.set(done)
+    try:
+        yield
+    finally:
+        _OPERATOR_ACTION.reset(token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,9 +57,12 @@ def parse(pool: str, raw: Iterable[Sequence[str]]) -> list[Transition]:
 
 def emit(transitions: Iterable[Transition]) -> None:
     """Log each transition at a level that matches what an operator must know."""
+    action = _OPERATOR_ACTION.get()
     for t in transitions:
         fields = {"pool": t.pool, "session": t.session_id, "from_state": t.old or None}
-        if t.kind == "breaker":
+        if action is not None and t.kind == "state":
+            log.info(f"session {action} by an operator", **fields, to_state=t.new)
+        elif t.kind == "breaker":
             level = log.warning if t.new == BreakerState.OPEN else log.info
             level(f"circuit breaker {t.new.replace('_', '-')}", **fields)
         elif t.new == SessionState.DISABLED:

@@ -18,6 +18,10 @@ from broker.store import Store
 
 __all__ = ["PoolEntry", "forget_pool", "list_pools", "record_pools"]
 
+#: What failed, as an operator reads it ('... failed: <the Redis error>').
+_READING = f"reading the fleet's list of pools ({POOLS_KEY})"
+_WRITING = f"writing the fleet's list of pools ({POOLS_KEY})"
+
 
 class PoolEntry(msgspec.Struct, kw_only=True):
     """How the fleet serves a pool."""
@@ -35,16 +39,16 @@ async def record_pools(store: Store, entries: Mapping[str, PoolEntry]) -> None:
         fields: dict[FieldT, EncodableT] = {
             name: msgspec.json.encode(entry) for name, entry in entries.items()
         }
-        await store_call("registry", store.hset(POOLS_KEY, mapping=fields))
+        await store_call(_WRITING, store.hset(POOLS_KEY, mapping=fields))
 
 
 async def forget_pool(store: Store, name: str) -> None:
-    await store_call("registry", store.hdel(POOLS_KEY, name))
+    await store_call(_WRITING, store.hdel(POOLS_KEY, name))
 
 
 async def list_pools(store: Store) -> dict[str, PoolEntry]:
     """Every pool some replica recorded, by name; an unreadable entry shows as bare."""
-    raw: dict[str, str] = await store_call("registry", store.hgetall(POOLS_KEY))
+    raw: dict[str, str] = await store_call(_READING, store.hgetall(POOLS_KEY))
     pools: dict[str, PoolEntry] = {}
     for name in sorted(raw):
         try:

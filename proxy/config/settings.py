@@ -1,21 +1,22 @@
-"""The one module that reads the environment (and the equivalent command-line flags).
+"""The settings' declarations: what each one accepts (``GROUPS``), its type, bounds and default
+(``Settings``).
 
-Every setting is an environment variable and a flag of the same name (``LEASE_TTL`` and
-``--lease-ttl``); a flag wins over the variable. A bad value stops start-up with a message that
-names the variable and what it accepts. Everything else receives the typed ``Settings``.
+Every setting is an environment variable, a flag of the same name (``LEASE_TTL`` and
+``--lease-ttl``, proxy/config/flags.py) and a key of the optional configuration file;
+proxy/config/loading.py reads them all, in that order of precedence, and proxy/config/checks.py
+checks what types cannot express. A bad value stops start-up
+with a message that names the variable and what it accepts. Everything else receives the typed
+``Settings``.
 """
 
 from __future__ import annotations
 
-import argparse
 import re
-from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Literal
 from urllib.parse import unquote, urlsplit
 
 import msgspec
-from redis.asyncio.connection import parse_url
 
 from broker import BrokerSettings, ConfigError, Strategy
 from broker.constants import (
@@ -29,14 +30,16 @@ from broker.constants import (
 __all__ = [
     "FAMILIES",
     "GROUPS",
+    "HEADER_NAME",
     "HELP",
+    "SECRET_FILES",
     "SECRET_SETTINGS",
     "STORE_SETTINGS",
+    "InvalidSetting",
     "Listen",
     "SessionHeader",
     "Settings",
-    "flag_name",
-    "load_settings",
+    "invalid",
     "parse_session_header",
 ]
 
@@ -73,19 +76,22 @@ GROUPS: dict[str, dict[str, str]] = {
     },
     "Redis": {
         "REDIS_URL": "redis://, rediss:// or unix:// URL with optional user:password; "
-        "unset runs the embedded in-process store",
+        "required by the operator commands (status, sessions, export, import) unless "
+        "REDIS_SENTINELS is set; unset, serve runs the embedded in-process store (one process, "
+        "shared with nobody)",
         "REDIS_SENTINELS": "comma-separated host:port of Redis Sentinels; they name the master "
         "(REDIS_URL then only gives user, password, database and TLS)",
         "REDIS_SENTINEL_MASTER": "the master's name as the sentinels know it",
         "REDIS_SENTINEL_PASSWORD": "password of the sentinels themselves, if they require one",
-        "REDIS_CLUSTER": "true or false: REDIS_URL is one node of a Redis Cluster",
+        "REDIS_CLUSTER": "REDIS_URL is one node of a Redis Cluster",
         "REDIS_FAILURE_MODE": "closed (503 while the store is unreachable) or open (serve from a "
         "local pool)",
     },
     "Serving": {
-        "LISTEN": "host:port the proxy listens on",
-        "ADMIN_LISTEN": "host:port of the ops endpoints (/healthz, /readyz, /version, /metrics, "
-        "/admin)",
+        "LISTEN": "host:port the proxy listens on (port 1-65535, or 0 for any free port)",
+        "ADMIN_LISTEN": "host:port of the ops endpoints: /healthz (alive), /readyz (store "
+        "reachable, sessions synced, not draining), /version, /metrics (with ENABLE_METRICS) "
+        "and the admin API under /admin with its /admin/openapi.json (with ADMIN_TOKEN)",
         "PROXY_API_KEYS": "comma-separated keys clients must present as 'Authorization: Bearer "
         "<key>' or 'X-Api-Key: <key>' (compared in constant time); unset: no client auth",
         "EVENT_LOOP": "uvloop (libuv's loop, less CPU per request; where it is not installed, "
@@ -97,8 +103,7 @@ GROUPS: dict[str, dict[str, str]] = {
         "RETRY_COUNT": "attempts per request, 1-100 (default: the pool size, at most 10)",
         "LEASE_TTL": "seconds a lease lives unless renewed (a dead replica's leases free up "
         "after it), at least 1",
-        "EXPONENTIAL_BACKOFF_ENABLED": "true or false: back off (full jitter) after "
-        "5xx/network errors",
+        "EXPONENTIAL_BACKOFF_ENABLED": "back off (full jitter) after 5xx/network errors",
         "BACKOFF_BASE": "seconds of the first backoff ceiling (doubles per attempt; each wait "
         "is uniform below its ceiling)",
         "BACKOFF_MAX": "largest backoff ceiling in seconds",
@@ -121,8 +126,7 @@ GROUPS: dict[str, dict[str, str]] = {
         "budgets; empty: read usage.total_tokens from JSON and event-stream bodies",
     },
     "Circuit breaker": {
-        "CIRCUIT_BREAKER_ENABLED": "true or false: open a session's breaker after repeated "
-        "failures",
+        "CIRCUIT_BREAKER_ENABLED": "open a session's breaker after repeated failures",
         "CIRCUIT_BREAKER_THRESHOLD": "consecutive 5xx/network/timeout failures that open it, "
         "1-1000",
         "CIRCUIT_BREAKER_WINDOW": "the failure-rate trigger's window: the last calls (successes "
@@ -138,12 +142,14 @@ GROUPS: dict[str, dict[str, str]] = {
         "1-1000",
     },
     "Logs, metrics and alerts": {
-        "LOG_LEVEL": "one of debug, info, warning, error",
-        "LOG_FORMAT": "json (one object per line) or console (for a terminal)",
-        "ENABLE_METRICS": "true or false: serve Prometheus metrics at /metrics on ADMIN_LISTEN",
+        "LOG_LEVEL": "one of debug, info, warning, error (in any case); the operator commands "
+        "log only errors unless it is set",
+        "LOG_FORMAT": "json (one object per line) or console (for a terminal; the operator "
+        "commands' format unless it is set)",
+        "ENABLE_METRICS": "serve Prometheus metrics at /metrics on ADMIN_LISTEN",
         "METRICS_PREFIX": "prefix of every metric name: letters, digits and '_', not starting "
         "with a digit",
-        "METRICS_PER_SESSION": "true or false: label the metrics by session id too (a series per "
+        "METRICS_PER_SESSION": "label the metrics by session id too (a series per "
         "session on every replica, for small pools; per-session figures are always in the admin "
         "API and status)",
         "HEALTH_CHECK_INTERVAL": "seconds between health summaries in the log (one replica of the "
@@ -174,6 +180,12 @@ SECRET_SETTINGS = frozenset(
         "ALERT_WEBHOOK_URL",
     }
 )
+#: Secrets that may be read from a file instead: ``ADMIN_TOKEN_FILE=/run/secrets/token`` holds
+#: ADMIN_TOKEN's value (its trailing newline dropped), so that no secret needs to be a flag or a
+#: variable that ``ps`` shows. SESSIONS has none: SESSIONS_FILE is the sessions file already.
+SECRET_FILES: dict[str, str] = {
+    f"{name}_FILE": name for name in sorted(SECRET_SETTINGS) if name != "SESSIONS"
+}
 #: What the operator commands (status, sessions, export, import) need: the store and the pool.
 STORE_SETTINGS = (
     "REDIS_URL",
@@ -188,7 +200,7 @@ STORE_SETTINGS = (
 _POOL_NAME = r"^[A-Za-z0-9._-]{1,64}$"
 _SENTINEL_MASTER_NAME = r"^[^\s]{1,128}$"
 #: An HTTP field name (RFC 9110 token).
-_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
+HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,147 +360,34 @@ def parse_session_header(value: str) -> SessionHeader | None:
     the template holds ``{secret}``."""
     name, _, template = value.partition(":")
     name, template = name.strip(), template.strip()
-    if not _HEADER_NAME.fullmatch(name) or "{secret}" not in template:
+    if not HEADER_NAME.fullmatch(name) or "{secret}" not in template:
         return None
     return SessionHeader(name, template)
 
 
-def _bad(name: str, value: object, reason: str) -> ConfigError:
-    shown = "(hidden)" if name in SECRET_SETTINGS else repr(value)
-    return ConfigError(f"invalid setting {name}={shown}: {reason}; accepts {HELP[name]}")
+class InvalidSetting(ConfigError):
+    """Setting ``name`` has a value it does not accept: the message shows the value (unless
+    secret), why, and what it accepts; ``source`` says where the value came from when that is
+    not the environment."""
+
+    def __init__(self, name: str, value: object, reason: str, *, source: str = "") -> None:
+        self.name, self.value, self.reason = name, value, reason
+        shown = "(hidden)" if name in SECRET_SETTINGS else repr(value)
+        where = f" (from {source})" if source else ""
+        super().__init__(f"invalid setting {name}={shown}{where}: {reason}; accepts {HELP[name]}")
+
+    def came_from(self, source: str) -> InvalidSetting:
+        return InvalidSetting(self.name, self.value, self.reason, source=source)
+
+
+invalid = InvalidSetting
 
 
 def _listen(name: str, value: str) -> Listen:
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise _bad(name, value, "not host:port")
+    if not sep or not port.isdigit():
+        raise invalid(name, value, "not host:port")
+    if int(port) > 65535:
+        reason = f"port {int(port)} is out of range (1-65535, or 0 for any free port)"
+        raise invalid(name, value, reason)
     return Listen(host.strip("[]") or "0.0.0.0", int(port))
-
-
-def _check(settings: Settings) -> None:
-    """Checks msgspec's types cannot express: URL forms, addresses, the header template."""
-    if settings.upstream_url is not None:
-        url = urlsplit(settings.upstream_url)
-        if url.scheme not in ("http", "https") or not url.hostname:
-            raise _bad("UPSTREAM_URL", settings.upstream_url, "not an http(s) URL with a host")
-    _check_redis(settings)
-    if settings.alert_webhook_url is not None:
-        url = urlsplit(settings.alert_webhook_url)
-        if url.scheme not in ("http", "https") or not url.hostname:
-            raise _bad("ALERT_WEBHOOK_URL", settings.alert_webhook_url, "not an http(s) URL")
-    settings.listen_address  # noqa: B018 - parsing is the check
-    settings.admin_address  # noqa: B018
-    if parse_session_header(settings.session_header) is None:
-        raise _bad("SESSION_HEADER", settings.session_header, "not 'Name: ...{secret}...'")
-    if settings.pool_header != "none" and not _HEADER_NAME.fullmatch(settings.pool_header):
-        raise _bad("POOL_HEADER", settings.pool_header, "not a header name")
-    if settings.backoff_base > settings.backoff_max:
-        raise _bad("BACKOFF_BASE", settings.backoff_base, "larger than BACKOFF_MAX")
-    if settings.rate_limit_cooldown > settings.rate_limit_cooldown_max:
-        raise _bad("RATE_LIMIT_COOLDOWN", settings.rate_limit_cooldown, "larger than its _MAX")
-    unknown = set(settings.header_families) - set(FAMILIES)
-    if unknown:
-        raise _bad(
-            "RATE_LIMIT_HEADER_FAMILIES",
-            settings.rate_limit_header_families,
-            f"unknown {', '.join(sorted(unknown))}",
-        )
-    if settings.circuit_breaker_timeout > settings.circuit_breaker_timeout_max:
-        raise _bad(
-            "CIRCUIT_BREAKER_TIMEOUT", settings.circuit_breaker_timeout, "larger than its _MAX"
-        )
-    if settings.circuit_breaker_min_calls > settings.circuit_breaker_window:
-        raise _bad(
-            "CIRCUIT_BREAKER_MIN_CALLS",
-            settings.circuit_breaker_min_calls,
-            "larger than CIRCUIT_BREAKER_WINDOW",
-        )
-
-
-def _check_redis(settings: Settings) -> None:
-    """The URL's scheme, and a topology that makes sense: Sentinel or Cluster, not both."""
-    url = urlsplit(settings.redis_url) if settings.redis_url is not None else None
-    if settings.redis_url is not None:
-        _check_redis_url(settings.redis_url)
-    if settings.redis_sentinels is not None:
-        if not settings.sentinel_addresses:
-            raise _bad("REDIS_SENTINELS", settings.redis_sentinels, "no host:port given")
-        if settings.redis_cluster:
-            raise _bad(
-                "REDIS_CLUSTER", "true", "Sentinel (REDIS_SENTINELS) and Cluster exclude each other"
-            )
-        if url is not None and url.scheme == "unix":
-            raise _bad(
-                "REDIS_URL", settings.redis_url, "a unix:// socket cannot be used with Sentinel"
-            )
-    if settings.redis_cluster:
-        if url is None:
-            raise _bad("REDIS_CLUSTER", "true", "REDIS_URL must name a node of the cluster")
-        if url.scheme == "unix":
-            raise _bad(
-                "REDIS_URL", settings.redis_url, "Redis Cluster is reached over TCP, not unix://"
-            )
-        if url.path.strip("/") not in ("", "0"):
-            raise _bad("REDIS_URL", settings.redis_url, "Redis Cluster has only database 0")
-
-
-def _check_redis_url(value: str) -> None:
-    """What redis-py would fail on only when it first connects, or would silently ignore."""
-    url = urlsplit(value)
-    if url.scheme not in ("redis", "rediss", "unix"):
-        raise _bad("REDIS_URL", value, "unknown scheme")
-    if url.scheme != "unix":
-        try:
-            port = url.port
-        except ValueError:  # not a number, or out of range
-            port = 0
-        if port == 0:
-            raise _bad("REDIS_URL", value, "its port is not a number from 1 to 65535")
-        database = unquote(url.path).strip("/")
-        if database and not database.isdigit():
-            raise _bad("REDIS_URL", value, "its database (the path) is not a number")
-    try:
-        parse_url(value)  # the options in its query, a unix:// URL's ?db=
-    except ValueError as exc:
-        raise _bad("REDIS_URL", value, str(exc).rstrip(".")) from exc
-
-
-def flag_name(name: str) -> str:
-    """The flag of a setting: ``LEASE_TTL`` is ``--lease-ttl``."""
-    return "--" + name.lower().replace("_", "-")
-
-
-def add_flags(parser: argparse.ArgumentParser, *, only: Collection[str] | None = None) -> None:
-    """One flag per setting (of ``only``, when given), named after its variable."""
-    for name, text in HELP.items():
-        if only is None or name in only:
-            parser.add_argument(flag_name(name), dest=name, metavar="VALUE", help=f"{name}: {text}")
-
-
-def load_settings(
-    environ: Mapping[str, str],
-    flags: argparse.Namespace | None = None,
-    *,
-    only: Collection[str] | None = None,
-) -> Settings:
-    """Settings from the environment, overridden by flags; raises ConfigError when invalid.
-
-    With ``only`` (e.g. STORE_SETTINGS for the operator commands), just those settings are read
-    and checked; the others keep their defaults, so a command that never forwards a request
-    needs no UPSTREAM_URL or sessions and is not stopped by a setting it does not use.
-    """
-    names = [name for name in HELP if only is None or name in only]
-    raw: dict[str, str] = {name: environ[name] for name in names if environ.get(name, "") != ""}
-    if flags is not None:
-        raw |= {name: getattr(flags, name) for name in names if getattr(flags, name, None)}
-    try:
-        settings = msgspec.convert(raw, Settings, strict=False)
-    except msgspec.ValidationError as exc:
-        match = re.search(r"at `\$\.([A-Z_]+)`", str(exc))
-        if match is None:
-            raise ConfigError(f"invalid settings: {exc}") from exc
-        name = match.group(1)
-        reason = str(exc)[: match.start()].rstrip(" -")
-        raise _bad(name, raw.get(name), reason.replace("`", "")) from exc
-    _check(settings)
-    return settings

@@ -1,10 +1,13 @@
 """The operator commands, reading and writing the fleet's Redis directly (from a laptop too):
 
-``status`` (a table; ``--json``; ``--watch``), ``sessions enable|disable|drain|reset|weight ID``,
-``export`` and ``import`` of the pool's health state as JSON. They need REDIS_URL (or the
-Sentinel / Cluster settings) and POOL; never UPSTREAM_URL or the sessions' secrets. ``status``
-without a POOL shows every pool the fleet's replicas recorded (broker.registry), each with how
-requests reach it and what it falls back to.
+``status`` (a table; ``--watch``), ``sessions enable|disable|drain|reset|weight ID``, ``export``
+and ``import`` of the pool's health state as JSON. They need REDIS_URL (or the Sentinel /
+Cluster settings) and POOL; never UPSTREAM_URL or the sessions' secrets. ``status`` without a
+POOL shows every pool the fleet's replicas recorded (broker.registry), each with how requests
+reach it and what it falls back to.
+
+What they print is for a person on a terminal (lines and tables) and JSON for a program: when
+standard output is not a terminal, or with ``--json`` (``--no-json`` forces the lines).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 import msgspec
 
 from broker import BrokerError, ConfigError, Pool, UnknownSession, open_store
-from broker.admin import PoolAdmin
+from broker.admin import PoolAdmin, SessionView
 from broker.registry import list_pools
 from broker.snapshot import SnapshotError, export_state, import_state, parse_snapshot
 from proxy.config.settings import Settings
@@ -33,25 +36,53 @@ COMMANDS = ("status", "sessions", "export", "import")
 ACTIONS = ("enable", "disable", "drain", "reset", "weight")
 
 
+def _add_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--json",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="JSON for programs (the default when standard output is not a terminal)",
+    )
+
+
+def _wants_json(args: argparse.Namespace) -> bool:
+    """``--json``/``--no-json`` when given, else JSON unless standard output is a terminal."""
+    chosen: bool | None = getattr(args, "json", None)
+    return chosen if chosen is not None else not sys.stdout.isatty()
+
+
+def _json(document: object, *, indent: bool = True) -> str:
+    encoded = msgspec.json.encode(document)
+    return (msgspec.json.format(encoded) if indent else encoded).decode()
+
+
 def add_operator_commands(
     commands: argparse._SubParsersAction[argparse.ArgumentParser],
 ) -> list[argparse.ArgumentParser]:
     """The operator subcommands; returns their parsers (the CLI adds the store's flags)."""
     status = commands.add_parser("status", help="the pool's sessions as a table (from Redis)")
-    status.add_argument("--json", action="store_true", help="JSON for scripts")
+    _add_json(status)
     status.add_argument(
-        "--watch", nargs="?", type=float, const=2.0, metavar="SECONDS", help="refresh every 2 s"
+        "--watch",
+        nargs="?",
+        type=float,
+        const=2.0,
+        metavar="SECONDS",
+        help="show it again every SECONDS seconds (2 when no number follows) until Ctrl-C; "
+        "with JSON, one document per line",
     )
     sessions = commands.add_parser("sessions", help="act on one session, fleet-wide")
     sessions.add_argument("action", choices=ACTIONS)
     sessions.add_argument("id", help="session id")
     sessions.add_argument("weight", nargs="?", help="for weight: a number > 0, or 'default'")
     sessions.add_argument("--reason", default="operator", help="for disable: why (shown)")
-    sessions.add_argument("--json", action="store_true", help="JSON for scripts")
+    _add_json(sessions)
     export = commands.add_parser("export", help="the pool's health state as JSON")
     export.add_argument("--output", "-o", help="file to write (default: standard output)")
+    _add_json(export)
     restore = commands.add_parser("import", help="load health state exported before")
     restore.add_argument("file", help="the JSON file, or - for standard input")
+    _add_json(restore)
     return [status, sessions, export, restore]
 
 
@@ -77,9 +108,11 @@ def _admin_of(admin: PoolAdmin, name: str) -> PoolAdmin:
     return PoolAdmin(Pool(admin.pool.redis, replace(admin.pool.settings, pool=name)))
 
 
-async def _status(admin: PoolAdmin, as_json: bool, *, every_pool: bool = False) -> str:
+async def _status(
+    admin: PoolAdmin, as_json: bool, *, every_pool: bool = False, lines: bool = False
+) -> str:
     """The status of ``admin``'s pool; with ``every_pool``, of each pool the fleet recorded
-    (``admin``'s own when none is)."""
+    (``admin``'s own when none is). ``lines``: JSON on one line."""
     recorded = await list_pools(admin.pool.redis)
     names = list(recorded) if every_pool and recorded else [admin.pool.name]
     documents = []
@@ -98,14 +131,17 @@ async def _status(admin: PoolAdmin, as_json: bool, *, every_pool: bool = False) 
         texts.append(f"{render_route(name, route)}\n{text}" if route and routed else text)
     if as_json:
         document = documents[0] if len(documents) == 1 else {"pools": documents}
-        return msgspec.json.format(msgspec.json.encode(document)).decode()
+        return _json(document, indent=not lines)
     return "\n\n".join(texts)
 
 
-async def _watch(admin: PoolAdmin, every_s: float, *, every_pool: bool) -> None:
+async def _watch(admin: PoolAdmin, every_s: float, *, as_json: bool, every_pool: bool) -> None:
+    """Status again and again: on a terminal, in place; as JSON, one document per line."""
     while True:
-        table = await _status(admin, as_json=False, every_pool=every_pool)
-        sys.stdout.write("\x1b[H\x1b[2J" + table + f"\n\n(every {every_s:g} s; Ctrl-C to stop)\n")
+        shown = await _status(admin, as_json, every_pool=every_pool, lines=as_json)
+        if not as_json:
+            shown = f"\x1b[H\x1b[2J{shown}\n\n(every {every_s:g} s; Ctrl-C to stop)"
+        sys.stdout.write(shown + "\n")
         sys.stdout.flush()
         await asyncio.sleep(every_s)
 
@@ -126,10 +162,26 @@ async def _session_action(admin: PoolAdmin, args: argparse.Namespace) -> str:
             raise ConfigError(f"invalid --reason: {exc}") from exc
     else:
         view = await getattr(admin, args.action)(args.id)
-    if args.json:
-        return msgspec.json.format(msgspec.json.encode(view)).decode()
+    if _wants_json(args):
+        return _json(view)
     summary = await admin.summary()
-    return render_status(summary, [view])
+    return f"{_done(args, view, admin.pool.name)}\n\n{render_status(summary, [view])}"
+
+
+def _done(args: argparse.Namespace, view: SessionView, pool: str) -> str:
+    """What an action did, in a sentence."""
+    name = f"session {view.id} of pool {pool}"
+    if args.action == "drain":
+        out = f"; the {view.in_flight} leases out finish first" if view.in_flight else ""
+        return f"{name} drained: no new leases{out}"
+    if args.action == "disable":
+        return f"{name} disabled for the whole fleet ({args.reason})"
+    if args.action == "enable":
+        return f"{name} enabled: back in use"
+    if args.action == "reset":
+        return f"{name} reset: cooldown, breaker and counters cleared"
+    weight = "its configured weight" if view.weight_override is None else f"{view.weight:g}"
+    return f"{name} now weighs {weight}"
 
 
 async def _run(
@@ -137,15 +189,18 @@ async def _run(
 ) -> str:
     async with _admin(settings) as admin:
         if args.command == "status":
+            as_json = _wants_json(args)
             if args.watch:
-                await _watch(admin, max(0.2, args.watch), every_pool=every_pool)
-            return await _status(admin, args.json, every_pool=every_pool)
+                await _watch(admin, max(0.2, args.watch), as_json=as_json, every_pool=every_pool)
+            return await _status(admin, as_json, every_pool=every_pool)
         if args.command == "sessions":
             return await _session_action(admin, args)
         if args.command == "export":
-            return msgspec.json.format(msgspec.json.encode(await export_state(admin))).decode()
+            return _json(await export_state(admin))
         assert snapshot is not None
         count = await import_state(admin, parse_snapshot(snapshot))
+        if _wants_json(args):
+            return _json({"pool": admin.pool.name, "imported": count})
         return f"imported the health state of {count} sessions into pool {admin.pool.name}"
 
 
@@ -159,7 +214,12 @@ def run_operator(settings: Settings, args: argparse.Namespace, *, pool_given: bo
         text = asyncio.run(_run(settings, args, snapshot, every_pool=not pool_given))
         if args.command == "export" and args.output:
             Path(args.output).write_text(text + "\n", encoding="utf-8")
-            text = f"exported pool {settings.pool} to {args.output}"
+            done = {"pool": settings.pool, "output": args.output}
+            text = (
+                _json(done)
+                if _wants_json(args)
+                else f"exported pool {settings.pool} to {args.output}"
+            )
         print(text)
     except UnknownSession as exc:
         print(f"session-broker: {exc}", file=sys.stderr)
@@ -170,6 +230,6 @@ def run_operator(settings: Settings, args: argparse.Namespace, *, pool_given: bo
     except ConfigError:
         raise
     except BrokerError as exc:
-        print(f"session-broker: {exc}", file=sys.stderr)
+        print(f"session-broker: {args.command}: {exc}", file=sys.stderr)
         return 1
     return 0

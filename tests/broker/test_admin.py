@@ -8,10 +8,12 @@ import math
 
 import msgspec
 import pytest
+from structlog.testing import capture_logs
 
 from broker import NoSessionAvailable, Outcome, Pool, Session, Strategy, UnknownSession
 from broker.admin import PoolAdmin, UnitTotals
 from broker.alerts import AlertRules, check_alerts
+from broker.events import Transition, emit
 from broker.snapshot import SnapshotError, export_state, import_state, parse_snapshot
 
 THREE = [Session(id=n, secret=f"secret-{n}") for n in "abc"]
@@ -39,6 +41,24 @@ async def test_drain_shows_draining_until_the_last_lease_ends(make_pool) -> None
     assert (await pool.release(lease, Outcome.SUCCESS)).status == "released"
     view = await admin.session("a")
     assert (view.state, view.in_flight, view.outcomes["success"]) == ("drained", 0, 1)
+
+
+async def test_operator_actions_are_logged_as_what_they_are(make_pool) -> None:
+    """A drain, a disable and an enable are logged as an operator's (info), not as the
+    'session disabled' warning that a credential refused by the upstream earns."""
+    admin = PoolAdmin(await make_pool(THREE[:2]))
+    with capture_logs() as logs:
+        await admin.drain("a")
+        await admin.disable("b", "rotating")
+        await admin.enable("a")
+        emit([Transition("default", "b", "state", "available", "disabled")])  # not an operator's
+    told = [(entry["event"], entry["log_level"], entry.get("session")) for entry in logs]
+    assert told == [
+        ("session drained by an operator", "info", "a"),
+        ("session disabled by an operator", "info", "b"),
+        ("session enabled by an operator", "info", "a"),
+        ("session disabled", "warning", "b"),
+    ]
 
 
 async def test_reserved_disable_reasons_are_refused(make_pool) -> None:

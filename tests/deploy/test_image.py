@@ -16,7 +16,8 @@ import pytest
 import yaml
 
 from proxy.cli import _parser
-from proxy.config.settings import HELP, load_settings
+from proxy.config.loading import load_settings
+from proxy.config.settings import HELP
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from proxy.config.settings import HELP, Settings, load_settings
+from proxy.config.loading import load_settings
+from proxy.config.settings import HELP, Settings
 from tests.deploy.conftest import (
     OLDEST_KUBERNETES,
     PROXY_LABELS,

@@ -1,11 +1,13 @@
 """The operator CLI against a real Redis, as an operator runs it from a laptop: status,
-session actions, export and import into a fresh Redis; only REDIS_URL and POOL are needed."""
+session actions, export and import into a fresh Redis; only REDIS_URL and POOL are needed.
+On a terminal they print lines and tables, and JSON when their output goes to a program."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import pty
 import shutil
 import subprocess
 import sys
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import aiohttp
+import redis.asyncio
 
 from broker import Session, Strategy
 from proxy.config.settings import HELP
@@ -26,10 +29,43 @@ CHAT = "/v1/chat/completions"
 BODY = {"model": "m", "messages": []}
 
 
-async def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def on_terminal(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` with its standard output on a pseudo-terminal, as an operator would."""
+    terminal, child_end = pty.openpty()
+    try:
+        process = subprocess.Popen(
+            argv, env=env, stdout=child_end, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
+        )
+    finally:
+        os.close(child_end)
+    chunks = []
+    try:
+        while True:
+            try:
+                chunk = os.read(terminal, 65536)
+            except OSError:  # EIO: the process closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(terminal)
+    assert process.stderr is not None
+    stderr = process.stderr.read().decode()
+    process.stderr.close()
+    returncode = process.wait(timeout=60)
+    stdout = b"".join(chunks).decode().replace("\r\n", "\n")
+    return subprocess.CompletedProcess(argv, returncode, stdout, stderr)
+
+
+async def cli(
+    *args: str, env: dict[str, str], terminal: bool = False
+) -> subprocess.CompletedProcess[str]:
     command = shutil.which("session-broker")
     argv = [command] if command else [sys.executable, "-m", "proxy"]
     clean = {k: v for k, v in os.environ.items() if k not in HELP}
+    if terminal:
+        return await asyncio.to_thread(on_terminal, [*argv, *args], clean | env)
     return await asyncio.to_thread(
         subprocess.run,
         [*argv, *args],
@@ -68,11 +104,12 @@ async def traffic(start_replica: StartReplica, redis_url: str, sim: SimulatedUps
 async def test_status_table_and_json(
     start_replica: StartReplica, shared_redis: str, sim: SimulatedUpstream
 ) -> None:
-    """status shows every session with its state, cooldown, breaker and last error; --json the
-    same for scripts. UPSTREAM_URL is neither needed nor read (here it is even invalid)."""
+    """status shows every session with its state, cooldown, breaker and last error on a
+    terminal; JSON the same for programs (piped, or --json). UPSTREAM_URL is neither needed nor
+    read (here it is even invalid)."""
     await traffic(start_replica, shared_redis, sim)
     env = {"REDIS_URL": shared_redis, "UPSTREAM_URL": "not a url", "LISTEN": "nonsense"}
-    table = await cli("status", env=env)
+    table = await cli("status", env=env, terminal=True)
     assert table.returncode == 0, table.stderr
     lines = table.stdout.splitlines()
     assert lines[0].startswith("pool default (round-robin): 3 sessions")
@@ -86,12 +123,17 @@ async def test_status_table_and_json(
     assert "rate_limited: 429" in rows["b"]
     assert "disabled (auth)" in rows["c"]
     assert "auth: 401" in rows["c"]
-    document = await cli("status", "--json", env=env)
-    assert document.returncode == 0, document.stderr
-    parsed = json.loads(document.stdout)
-    states = {s["id"]: s["state"] for s in parsed["sessions"]}
-    assert states == {"a": "available", "b": "cooling", "c": "disabled"}
-    assert parsed["summary"]["sessions"]["cooling"] == 1
+    assert table.stderr == ""  # no log line on the terminal
+    piped = await cli("status", env=env)
+    document = await cli("status", "--json", env=env, terminal=True)
+    for result in (piped, document):
+        assert result.returncode == 0, result.stderr
+        parsed = json.loads(result.stdout)
+        states = {s["id"]: s["state"] for s in parsed["sessions"]}
+        assert states == {"a": "available", "b": "cooling", "c": "disabled"}
+        assert parsed["summary"]["sessions"]["cooling"] == 1
+    forced = await cli("status", "--no-json", env=env)
+    assert forced.stdout.splitlines()[0].startswith("pool default (round-robin): 3 sessions")
     assert "TIER" not in lines[2]  # one tier, no unit budget: no columns for them
     assert "UNITS" not in lines[2]
     no_secrets(table.stdout, table.stderr, document.stdout, document.stderr)
@@ -124,7 +166,7 @@ async def test_status_shows_tiers_and_unit_budgets(
             break
         await asyncio.sleep(0.02)
     env = {"REDIS_URL": shared_redis}
-    table = await cli("status", env=env)
+    table = await cli("status", env=env, terminal=True)
     assert table.returncode == 0, table.stderr
     lines = table.stdout.splitlines()
     assert lines[1] == "tier 1: 2/2 available; tier 0: 1/1 available"
@@ -174,9 +216,13 @@ async def test_session_actions(
     assert (reset["state"], reset["cooldown_until_ms"]) == ("available", 0)
     assert (await state("weight", "b", "2.5"))["weight_override"] == 2.5
     assert (await state("weight", "b", "default"))["weight_override"] is None
-    table = await cli("sessions", "enable", "a", env=env)
+    table = await cli("sessions", "enable", "a", env=env, terminal=True)
     assert table.returncode == 0
+    assert table.stdout.startswith("session a of pool default enabled: back in use\n")
     assert "available" in table.stdout
+    drained = await cli("sessions", "drain", "a", env=env, terminal=True)
+    assert drained.stdout.startswith("session a of pool default drained: no new leases")
+    assert drained.stderr == ""
     unknown = await cli("sessions", "reset", "nope", env=env)
     assert unknown.returncode == 1
     assert "no session 'nope'" in unknown.stderr
@@ -211,9 +257,10 @@ async def test_export_then_import_into_a_fresh_redis_reproduces_status(
     result = await cli("export", "-o", str(exported), env={"REDIS_URL": shared_redis})
     assert result.returncode == 0, result.stderr
     no_secrets(exported.read_text())
-    result = await cli("import", str(exported), env={"REDIS_URL": fresh_redis})
+    result = await cli("import", str(exported), env={"REDIS_URL": fresh_redis}, terminal=True)
     assert result.returncode == 0, result.stderr
     assert "3 sessions" in result.stdout
+    assert result.stderr == ""
 
     async def status(url: str) -> dict[str, object]:
         result = await cli("status", "--json", env={"REDIS_URL": url})
@@ -232,3 +279,62 @@ async def test_export_then_import_into_a_fresh_redis_reproduces_status(
     result = await cli("import", str(garbage), env={"REDIS_URL": fresh_redis})
     assert result.returncode == 1
     assert "format" in result.stderr
+
+
+async def test_operator_logs_are_console_lines_telling_a_drain_as_a_drain(
+    start_replica: StartReplica, shared_redis: str, sim: SimulatedUpstream
+) -> None:
+    """With LOG_LEVEL=info an operator command logs to stderr as console lines, not JSON;
+    the transition a drain makes is logged as a drain by an operator, not as 'session
+    disabled' (the warning a failing credential earns)."""
+    await start_replica(redis_url=shared_redis)
+    env = {"REDIS_URL": shared_redis, "LOG_LEVEL": "info"}
+    drained = await cli("sessions", "drain", "a", env=env, terminal=True)
+    assert drained.returncode == 0, drained.stderr
+    assert "session drained by an operator" in drained.stderr
+    assert "session disabled" not in drained.stderr
+    assert not [line for line in drained.stderr.splitlines() if line.startswith("{")]
+    disabled = await cli("sessions", "disable", "b", env=env, terminal=True)
+    assert "session disabled by an operator" in disabled.stderr
+    enabled = await cli("sessions", "enable", "a", env=env | {"LOG_FORMAT": "json"})
+    logged = [json.loads(line) for line in enabled.stderr.splitlines()]
+    assert {"event": "session enabled by an operator", "to_state": "available"}.items() <= (
+        logged[-1].items()
+    )
+
+
+async def test_status_watch_as_json_is_one_document_per_line(
+    start_replica: StartReplica, shared_redis: str
+) -> None:
+    """status --watch SECONDS into a pipe: one JSON document per line, every SECONDS."""
+    await start_replica(redis_url=shared_redis)
+    command = shutil.which("session-broker")
+    argv = [command] if command else [sys.executable, "-m", "proxy"]
+    clean = {k: v for k, v in os.environ.items() if k not in HELP}
+    process = await asyncio.create_subprocess_exec(
+        *argv, "status", "--watch", "0.2", env=clean | {"REDIS_URL": shared_redis},
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stdout is not None
+    try:
+        lines = [await asyncio.wait_for(process.stdout.readline(), 20) for _ in range(3)]
+    finally:
+        process.terminate()
+        await process.wait()
+    for line in lines:
+        assert {s["id"] for s in json.loads(line)["sessions"]} == {"a", "b", "c"}
+
+
+async def test_a_store_failure_is_told_in_an_operators_words(shared_redis: str) -> None:
+    """When Redis refuses a read, the message names the command and what was being read (the
+    key), not an internal module's name; one line, no traceback."""
+    client = redis.asyncio.Redis.from_url(shared_redis)
+    await client.set("sb:pools", "not a hash")
+    await client.aclose()
+    result = await cli("status", env={"REDIS_URL": shared_redis}, terminal=True)
+    assert result.returncode == 1
+    line = result.stderr.strip()
+    assert "\n" not in line
+    assert line.startswith("session-broker: status: reading the fleet's list of pools (sb:pools)")
+    assert "WRONGTYPE" in line
+    assert "registry" not in line

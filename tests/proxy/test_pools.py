@@ -447,7 +447,7 @@ async def test_status_shows_every_pool_with_its_routes_and_fallbacks(
     what it falls back to; POOL narrows it to one; a pool leaves the list with its last replica."""
     path = _file(tmp_path, TWO_POOLS)
     replica = await start_replica(None, sessions_file=str(path), redis_url=shared_redis)
-    shown = await cli("status", env={"REDIS_URL": shared_redis})
+    shown = await cli("status", env={"REDIS_URL": shared_redis}, terminal=True)
     assert shown.returncode == 0, shown.stderr
     text = shown.stdout
     assert "== pool cheap: path /cheap/..." in text

@@ -14,8 +14,9 @@ import msgspec.inspect
 import pytest
 
 from broker import ConfigError, Strategy
+from proxy.config.loading import load_settings
 from proxy.config.reference import render
-from proxy.config.settings import GROUPS, HELP, Settings, load_settings
+from proxy.config.settings import GROUPS, HELP, Settings
 
 BASE = {"UPSTREAM_URL": "http://127.0.0.1:1", "SESSIONS": "k1,k2"}
 CONFIGURATION = Path(__file__).parent.parent.parent / "docs" / "configuration.md"

@@ -7,7 +7,7 @@ import pytest
 
 from broker import ConfigError
 from broker.store import SentinelMaster, open_store
-from proxy.config.settings import load_settings
+from proxy.config.loading import load_settings
 
 BASE = {"UPSTREAM_URL": "http://127.0.0.1:1", "SESSIONS": "k1"}
 
