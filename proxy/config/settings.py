@@ -91,7 +91,8 @@ GROUPS: dict[str, dict[str, str]] = {
         "LISTEN": "host:port the proxy listens on (port 1-65535, or 0 for any free port)",
         "ADMIN_LISTEN": "host:port of the ops endpoints: /healthz (alive), /readyz (store "
         "reachable, sessions synced, not draining), /version, /metrics (with ENABLE_METRICS) "
-        "and the admin API under /admin with its /admin/openapi.json (with ADMIN_TOKEN)",
+        "and, with ADMIN_TOKEN, the admin API under /admin with its /admin/openapi.json and the "
+        "web console at /ui/",
         "PROXY_API_KEYS": "comma-separated keys clients must present as 'Authorization: Bearer "
         "<key>' or 'X-Api-Key: <key>' (compared in constant time); unset: no client auth",
         "EVENT_LOOP": "uvloop (libuv's loop, less CPU per request; where it is not installed, "
@@ -154,8 +155,8 @@ GROUPS: dict[str, dict[str, str]] = {
         "API and status)",
         "HEALTH_CHECK_INTERVAL": "seconds between health summaries in the log (one replica of the "
         "fleet writes each; also after every 100 requests, at most every 10 s), at least 1",
-        "ADMIN_TOKEN": "bearer token of the admin API under /admin on ADMIN_LISTEN, at least 16 "
-        "characters; unset: no admin API",
+        "ADMIN_TOKEN": "bearer token of the admin API under /admin on ADMIN_LISTEN (the web "
+        "console at /ui/ asks for it), at least 16 characters; unset: no admin API and no console",
         "ALERT_WEBHOOK_URL": "http(s) URL that alerts are POSTed to as JSON with a "
         "Slack-compatible 'text'; unset: no alerts",
         "ALERT_ERROR_RATE": "fleet-wide share of failed upstream attempts (5xx, network, timeout, "
