@@ -24,7 +24,8 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from broker import StoreError, UnknownSession
-from broker.admin import RESERVED_REASONS, PoolAdmin, PoolSummary, SessionView
+from broker.admin import RESERVED_REASONS, PoolSummary, SessionView
+from broker.shard_admin import AnyAdmin
 from proxy.ops.endpoints import package_version
 from proxy.replica.replica import REPLICA, Replica
 
@@ -164,7 +165,7 @@ def _replica(request: web.Request) -> Replica:
     return request.app[REPLICA]
 
 
-def _admin(request: web.Request) -> PoolAdmin:
+def _admin(request: web.Request) -> AnyAdmin:
     """The admin of the pool the ``pool`` parameter names, else of the default pool."""
     replica = _replica(request)
     name = request.query.get("pool")
