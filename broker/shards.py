@@ -253,6 +253,10 @@ class ShardedPool:
         raise self._combined(refusals)
 
     def _refused(self, k: int, refusal: NoSessionAvailable, ticket: Ticket | None) -> None:
+        if ticket is not None:
+            self._queued.setdefault(ticket.id, set()).add(k)
+        if refusal.reason == Refusal.TRIED:
+            return  # says what this request excluded, not what the shard has
         news = self._news[k]
         memory = REFUSAL_MEMORY_S
         if refusal.retry_after_ms is not None and refusal.reason not in (
@@ -262,8 +266,6 @@ class ShardedPool:
             memory = min(memory, refusal.retry_after_ms / 1000)
         news.refused_until = time.monotonic() + memory
         news.refusal = refusal
-        if ticket is not None:
-            self._queued.setdefault(ticket.id, set()).add(k)
 
     def _combined(self, refusals: list[NoSessionAvailable]) -> NoSessionAvailable:
         """One refusal for the request, from those of the shards asked and, for the others,
