@@ -12,8 +12,11 @@ its nodes: a composition of ordinary ``Pool`` objects, one per shard, each with 
   concurrency are kept by one script on one slot, exactly as in an unsharded pool.
 * **Choice.** An acquire asks the better of two shards drawn at random, by what this replica
   already knows of them (no extra round trip): a shard that refused lately is skipped for
-  ``REFUSAL_MEMORY_S`` (or until the earliest moment it said one frees, when sooner), and among
-  the others the one with more sessions not leased by this replica goes first. When the chosen
+  ``REFUSAL_MEMORY_S`` (or until the earliest moment it said one frees, when sooner), and of the
+  others the less loaded goes first: the leases this replica holds there and was granted there
+  lately (fading by half every ``GRANT_HALF_LIFE_S``), per session the shard has. So traffic
+  spreads over the shards in proportion to their sessions, and away from a shard whose leases
+  last long or that refuses. When the chosen
   shard has nothing eligible the others are asked in turn, best first; the refusal of a request
   that none can serve sums their counts and gives the earliest moment any of them named.
 * **Leases** carry their shard in their id (``<id>@<k>``): a release or renewal goes to the
@@ -26,6 +29,7 @@ that read a whole pool -- is set out in docs/scaling.md.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import secrets
 import time
@@ -62,6 +66,10 @@ MAX_SHARDS = 64
 #: unless it named an earlier moment: long enough that a pool with one shard spent does not pay
 #: a wasted round trip per request, short enough that a shard freeing up is soon used again.
 REFUSAL_MEMORY_S = 0.1
+#: How fast what this replica sent to a shard fades from its choice (seconds to halve).
+GRANT_HALF_LIFE_S = 1.0
+#: The load of a shard this replica's configuration puts no session in: asked last.
+_NO_SESSIONS = 1e9
 #: Separates a lease's own id from its shard's index.
 LEASE_SHARD_SEPARATOR = "@"
 #: Candidate hash tags tried per shard before settling for the first (the chance that none of
@@ -118,15 +126,32 @@ class _ShardNews:
     sessions: int = 0
     #: Leases this replica holds on it (granted through this object, not yet released).
     held: int = 0
+    #: Leases this replica was granted on it lately: each counts 1 when granted, halving every
+    #: GRANT_HALF_LIFE_S (so the choice follows what this replica sent where).
+    granted: float = 0.0
+    granted_at: float = 0.0
     #: Passed over until then (time.monotonic()), after a refusal.
     refused_until: float = 0.0
     #: The last refusal: its reason, earliest moment (store ms), store clock and counts.
     refusal: NoSessionAvailable | None = None
 
-    def score(self, now: float) -> int:
+    def load(self, now: float) -> float:
+        """Leases held and granted lately per session (lower is better); infinite while the
+        shard is passed over after a refusal."""
         if now < self.refused_until:
-            return -1
-        return max(self.sessions - self.held, 0)
+            return math.inf
+        if not self.sessions:
+            return _NO_SESSIONS
+        return (self.held + self._granted(now)) / self.sessions
+
+    def _granted(self, now: float) -> float:
+        return self.granted * math.pow(0.5, (now - self.granted_at) / GRANT_HALF_LIFE_S)
+
+    def grant(self, now: float) -> None:
+        self.granted = self._granted(now) + 1
+        self.granted_at = now
+        self.held += 1
+        self.refused_until = 0.0
 
 
 class ShardedPool:
@@ -209,12 +234,12 @@ class ShardedPool:
         first; those that refused lately are left out, unless ``everything`` (a waiting
         request must see every shard) or all did (the first pick is asked anyway)."""
         now = time.monotonic()
-        scores = [news.score(now) for news in self._news]
+        loads = [news.load(now) for news in self._news]
         first, second = random.sample(range(self.count), 2)
-        pick = second if scores[second] > scores[first] else first
-        rest = sorted((k for k in range(self.count) if k != pick), key=lambda k: -scores[k])
+        pick = second if loads[second] < loads[first] else first
+        rest = sorted((k for k in range(self.count) if k != pick), key=lambda k: loads[k])
         if not everything:
-            rest = [k for k in rest if scores[k] >= 0]
+            rest = [k for k in rest if loads[k] < math.inf]
         return [pick, *rest]
 
     async def acquire(
@@ -245,8 +270,7 @@ class ShardedPool:
                 self._refused(k, refusal, ticket)
                 refusals.append(refusal)
                 continue
-            self._news[k].held += 1
-            self._news[k].refused_until = 0.0
+            self._news[k].grant(time.monotonic())
             if ticket is not None:
                 await self._unqueue(ticket, granted_at=k)
             return replace(lease, pool=self.name)
