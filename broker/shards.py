@@ -7,8 +7,8 @@ its nodes: a composition of ordinary ``Pool`` objects, one per shard, each with 
   (what ``redis-cli --cluster create`` makes), ``N`` shards on ``N`` nodes land one per node. The
   names depend on ``P`` and ``N`` only, so every replica and operator command agrees on them.
   ``N = 1`` is the pool itself, keys and all, with no wrapper (``open_pool``).
-* **Placement.** A session lives in exactly one shard, ``shard_of`` (a CRC-32 of its id, modulo
-  ``N``): every replica syncs it there, so its cooldown, quota, learned rate, breaker and
+* **Placement.** A session lives in exactly one shard, ``shard_of`` (a BLAKE2b hash of its id,
+  modulo ``N``): every replica syncs it there, so its cooldown, quota, learned rate, breaker and
   concurrency are kept by one script on one slot, exactly as in an unsharded pool.
 * **Choice.** An acquire asks the better of two shards drawn at random, by what this replica
   already knows of them (no extra round trip): a shard that refused lately is skipped for
@@ -29,11 +29,11 @@ that read a whole pool -- is set out in docs/scaling.md.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import math
 import random
 import secrets
 import time
-import zlib
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 
@@ -106,8 +106,10 @@ def shard_names(pool: str, shards: int) -> tuple[str, ...]:
 
 
 def shard_of(session_id: str, shards: int) -> int:
-    """The shard a session lives in: the same on every replica (not Python's salted hash)."""
-    return zlib.crc32(session_id.encode()) % shards
+    """The shard a session lives in: the same on every replica (not Python's salted hash; and
+    not a CRC, whose low bits barely differ between ids like ``s1``, ``s2``, ...)."""
+    digest = hashlib.blake2b(session_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % shards
 
 
 def shard_of_lease(lease_id: str, shards: int) -> int | None:

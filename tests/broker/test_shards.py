@@ -44,6 +44,14 @@ async def sharded(
     return pool
 
 
+def one_per_shard(shards: int = 3) -> list[Session]:
+    """Sessions ``s<i>``, the first of each shard, in shard order."""
+    firsts: dict[int, Session] = {}
+    for i in range(100):
+        firsts.setdefault(shard_of(f"s{i}", shards), Session(id=f"s{i}", secret=f"secret-{i}"))
+    return [firsts[k] for k in range(shards)]
+
+
 @pytest.fixture
 async def pools(store: Store) -> AsyncIterator[list[ShardedPool]]:
     """Sharded pools the test made (their clients are closed after it)."""
@@ -183,7 +191,7 @@ async def test_cooling_shards_say_the_earliest_moment(
     store: Store, make_sessions: MakeSessions, pools: list[ShardedPool]
 ) -> None:
     """All sessions cooling, each in its shard: the refusal is 'cooling' with the soonest end."""
-    sessions = make_sessions(3)
+    sessions = one_per_shard()
     pool = await sharded(store, sessions)
     pools.append(pool)
     for n, session in enumerate(sessions):
@@ -302,7 +310,7 @@ async def test_all_rate_limited_is_the_whole_pools(
 ) -> None:
     """all_rate_limited fires once every shard is spent, not when one is; it ends with the first
     shard that frees up."""
-    sessions = make_sessions(3)
+    sessions = one_per_shard()
     pool = await sharded(store, sessions)
     pools.append(pool)
     rules = AlertRules(error_rate=0.5, window_ms=60_000)
@@ -316,6 +324,27 @@ async def test_all_rate_limited_is_the_whole_pools(
     assert names == ["all_rate_limited"]
     summary = await open_admin(pool).summary()
     assert "all_rate_limited" in summary.alerts
-    await pool.shard_for("s0").gateway.reset_session(session_id="s0")
+    first = sessions[0].id
+    await pool.shard_for(first).gateway.reset_session(session_id=first)
     changes = await check_alerts(pool, rules, attempts=0, errors=0)
     assert [(c.name, c.status) for c in changes] == [("all_rate_limited", "resolved")]
+
+
+async def test_traffic_follows_the_shards_sizes(
+    store: Store, make_sessions: MakeSessions, pools: list[ShardedPool]
+) -> None:
+    """Requests one after another spread over the shards in proportion to their sessions (the
+    best of two by load per session), not by the first shard drawn."""
+    sessions = make_sessions(30)
+    pool = await sharded(store, sessions)
+    pools.append(pool)
+    sizes = [sum(shard_of(s.id, 3) == k for s in sessions) for k in range(3)]
+    grants = [0, 0, 0]
+    for _ in range(300):
+        lease = await pool.acquire()
+        k = shard_of_lease(lease.lease_id, 3)
+        assert k is not None
+        grants[k] += 1
+        await pool.release(lease, Outcome.SUCCESS)
+    for k in range(3):
+        assert abs(grants[k] / 300 - sizes[k] / 30) < 0.08, (grants, sizes)
