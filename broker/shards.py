@@ -34,7 +34,7 @@ import math
 import random
 import secrets
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, replace
 
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
@@ -181,8 +181,6 @@ class ShardedPool:
             for shard in shard_names(self.name, self.count)
         ]
         self._news = [_ShardNews() for _ in self.shards]
-        #: Shards where a waiting request's ticket is queued, by ticket id.
-        self._queued: dict[str, set[int]] = {}
 
     def _relabel(self, listener: TransitionListener) -> TransitionListener:
         """Transitions reach the listener under the pool's name (metrics and alerts see one
@@ -231,18 +229,21 @@ class ShardedPool:
 
     # Leases.
 
-    def _order(self, *, everything: bool) -> list[int]:
-        """The shards to ask, in turn: the better of two drawn at random, then the others best
-        first; those that refused lately are left out, unless ``everything`` (a waiting
-        request must see every shard) or all did (the first pick is asked anyway)."""
+    def _order(self, *, everything: bool) -> Iterator[int]:
+        """The shards to ask, in turn: the better of two drawn at random, then (only when it
+        refused: most acquires need no more) the others best first; those that refused lately
+        are left out, unless ``everything`` (a waiting request must see every shard)."""
         now = time.monotonic()
-        loads = [news.load(now) for news in self._news]
-        first, second = random.sample(range(self.count), 2)
-        pick = second if loads[second] < loads[first] else first
-        rest = sorted((k for k in range(self.count) if k != pick), key=lambda k: loads[k])
-        if not everything:
-            rest = [k for k in rest if loads[k] < math.inf]
-        return [pick, *rest]
+        first = random.randrange(self.count)
+        second = (first + 1 + random.randrange(self.count - 1)) % self.count
+        news = self._news
+        pick = second if news[second].load(now) < news[first].load(now) else first
+        if news[pick].load(now) == math.inf:  # both refused lately: the best of them all
+            pick = min(range(self.count), key=lambda k: news[k].load(now))
+        yield pick
+        loads = [n.load(now) for n in news]
+        rest = sorted((k for k in range(self.count) if k != pick), key=loads.__getitem__)
+        yield from (k for k in rest if everything or loads[k] < math.inf)
 
     async def acquire(
         self,
@@ -257,7 +258,7 @@ class ShardedPool:
         ``Pool.acquire``; a given ``lease_id`` gets the shard's index appended."""
         base = lease_id or secrets.token_hex(16)
         excluded: list[list[str]] = [[] for _ in self.shards]
-        for session_id in exclude:
+        for session_id in exclude:  # each shard is told of its own sessions only
             excluded[shard_of(session_id, self.count)].append(session_id)
         refusals: list[NoSessionAvailable] = []
         for k in self._order(everything=ticket is not None):
@@ -275,12 +276,21 @@ class ShardedPool:
             self._news[k].grant(time.monotonic())
             if ticket is not None:
                 await self._unqueue(ticket, granted_at=k)
-            return replace(lease, pool=self.name)
+            # The pool's name, not the shard's (metrics and logs see one pool); built directly,
+            # dataclasses.replace costs several times more.
+            return Lease(
+                self.name,
+                lease.session_id,
+                lease.lease_id,
+                lease.expires_at_ms,
+                lease.probe,
+                lease.granted_at_ms,
+            )
         raise self._combined(refusals)
 
     def _refused(self, k: int, refusal: NoSessionAvailable, ticket: Ticket | None) -> None:
         if ticket is not None:
-            self._queued.setdefault(ticket.id, set()).add(k)
+            ticket.shards.add(k)
         if refusal.reason == Refusal.TRIED:
             return  # says what this request excluded, not what the shard has
         news = self._news[k]
@@ -316,13 +326,15 @@ class ShardedPool:
     async def _unqueue(self, ticket: Ticket, *, granted_at: int) -> None:
         """A waiting request was served: its ticket leaves the other shards' queues at once
         (there it would hold the line until it lapsed)."""
-        queued = self._queued.pop(ticket.id, set()) - {granted_at}
+        queued = ticket.shards - {granted_at}
+        ticket.shards = set()
         if queued:
             await asyncio.gather(*(self.shards[k].leave_queue(ticket) for k in queued))
 
     async def leave_queue(self, ticket: Ticket) -> None:
         """Give up a place in the wait queue of every shard that holds it."""
-        queued = self._queued.pop(ticket.id, set(range(self.count)))
+        queued = ticket.shards or set(range(self.count))
+        ticket.shards = set()
         await asyncio.gather(*(self.shards[k].leave_queue(ticket) for k in queued))
 
     def _shard_of_lease(self, lease: Lease) -> Pool:
@@ -356,6 +368,8 @@ class ShardedPool:
         """``Pool.release`` on the shard that granted ``lease``."""
         shard = self._shard_of_lease(lease)
         self._returned(lease)
+        if refused_by and self.shard_for(refused_by) is not shard:
+            refused_by = ""  # the 401/403 judgement weighs evidence within a shard
         return await shard.release(
             lease,
             outcome,
@@ -373,6 +387,7 @@ class ShardedPool:
         """``Pool.release_many``, each shard's releases in one call, the shards concurrently.
         Raises StoreError only when no shard could be reached."""
         results: list[Released | BrokerError | None] = [None] * len(releases)
+        sent = list(releases)
         groups: dict[int, list[int]] = {}
         for at, release in enumerate(releases):
             k = shard_of_lease(release.lease.lease_id, self.count)
@@ -382,12 +397,11 @@ class ShardedPool:
                 )
                 continue
             self._returned(release.lease)
+            if release.refused_by and shard_of(release.refused_by, self.count) != k:
+                sent[at] = replace(release, refused_by="")  # as in release()
             groups.setdefault(k, []).append(at)
         answers = await asyncio.gather(
-            *(
-                self.shards[k].release_many([releases[at] for at in ats])
-                for k, ats in groups.items()
-            ),
+            *(self.shards[k].release_many([sent[at] for at in ats]) for k, ats in groups.items()),
             return_exceptions=True,
         )
         failures = [a for a in answers if isinstance(a, BaseException)]
