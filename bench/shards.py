@@ -1,13 +1,14 @@
 """One pool over several shards on a Redis Cluster: the busiest node's Redis time per request.
 
-Starts a private three-master cluster (``proxy.testing.running_cluster``), syncs one pool of
-``--sessions`` sessions spread over 1 shard (the baseline: the whole pool on one node) and over
-``--shards`` shards, and drives each with ``--tasks`` concurrent requests -- a request is one
+Starts a private cluster of ``--masters`` masters (``proxy.testing.running_cluster``), syncs one
+pool of ``--sessions`` sessions spread over 1 shard (the baseline: the whole pool on one node) and
+over ``--shards`` shards, and drives each with ``--tasks`` concurrent requests -- a request is one
 acquire and one release through the cluster client, what a replica sends per upstream attempt --
 alternating the layouts, ``--repeats`` times each. A third layout is the control: as many
 separate, unsharded pools as shards, one per node, the sessions and the requests split evenly
-among them -- what a perfect spread would cost on the same machine in the same run. Before each run every node's statistics are
-reset; after it, each node's Redis time is read two ways, side by side (docs/benchmarks.md):
+among them -- what a perfect spread would cost on the same machine in the same run. Before each
+run every node's statistics are reset; after it, each node's Redis time is read two ways, side by
+side (docs/benchmarks.md):
 
 * scripts: ``INFO commandstats`` usec of EVALSHA, EVAL and FCALL (a script's own commands are
   inside it), per request;
@@ -18,7 +19,7 @@ spread (min-max) of each layout, their ratios to one shard, and the bar: with 3 
 the busiest node's Redis CPU per request at most 0.45x that of one shard (the CPU reading:
 commandstats swells when cores are shared). Exits 1 if the bar fails.
 
-    python -m bench.shards [--shards 3] [--sessions 300] [--requests 6000] [--repeats 3]
+    python -m bench.shards [--masters 3] [--shards 3] [--sessions 300] [--requests 6000]
 """
 
 from __future__ import annotations
@@ -196,6 +197,7 @@ def report(runs: list[Run], shards: int) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.shards", description=__doc__)
     parser.add_argument("--shards", type=int, default=3)
+    parser.add_argument("--masters", type=int, default=3, help="cluster masters to start")
     parser.add_argument("--sessions", type=int, default=300)
     parser.add_argument("--requests", type=int, default=6000, help="per run")
     parser.add_argument("--tasks", type=int, default=32, help="concurrent requests")
@@ -204,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with (
         tempfile.TemporaryDirectory(prefix="bench-shards-") as directory,
-        running_cluster(masters=3, directory=Path(directory)) as cluster,
+        running_cluster(masters=args.masters, directory=Path(directory)) as cluster,
     ):
         runs = asyncio.run(measure(cluster.nodes, args))
     ok = report(runs, args.shards)
