@@ -23,6 +23,7 @@ from broker import (
     Session,
     ShardedPool,
     Ticket,
+    WaitQueue,
     open_pool,
 )
 from broker.alerts import AlertRules, check_alerts
@@ -348,3 +349,30 @@ async def test_traffic_follows_the_shards_sizes(
         await pool.release(lease, Outcome.SUCCESS)
     for k in range(3):
         assert abs(grants[k] / 300 - sizes[k] / 30) < 0.08, (grants, sizes)
+
+
+async def test_a_waiting_request_is_woken_by_any_shard(
+    store: Store, make_sessions: MakeSessions, pools: list[ShardedPool]
+) -> None:
+    """A WaitQueue over a sharded pool listens to every shard's wake channel: a session freed in
+    any shard serves the waiter, well before its fallback poll."""
+    sessions = make_sessions(6, max_concurrency=1)
+    pool = await sharded(store, sessions)
+    pools.append(pool)
+    queue = WaitQueue(pool, max_waiting=10, fallback_s=30.0)
+    queue.start()
+    try:
+        held = [await pool.acquire() for _ in range(6)]
+        frees = (held.pop(0), held.pop())
+        for freed in frees:
+            waiter = asyncio.create_task(queue.acquire(timeout_s=10.0))
+            await asyncio.sleep(0.2)
+            assert not waiter.done()
+            await pool.release(freed, Outcome.SUCCESS)
+            lease = await asyncio.wait_for(waiter, 5.0)
+            assert lease.session_id == freed.session_id
+            held.append(lease)
+        results = await pool.release_many([Release(lease, Outcome.SUCCESS) for lease in held])
+        assert [getattr(r, "status", r) for r in results] == ["released"] * 6
+    finally:
+        await queue.close()
