@@ -37,7 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from broker import BrokerSettings, Outcome, Session, open_pool, open_store
-from broker.shards import AnyPool, shard_names
+from broker.shard_layout import shard_names
+from broker.shards import AnyPool
 from proxy.testing import RedisNode, running_cluster
 
 #: The bar: the busiest node's Redis time per request, sharded over unsharded, at most this.

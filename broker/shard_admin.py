@@ -14,7 +14,8 @@ from broker.admin import Census, PoolAdmin, PoolSummary, SessionView, TierCount,
 from broker.constants import OPS_SET_LIMIT
 from broker.errors import UnknownSession
 from broker.pool import Pool
-from broker.shards import AnyPool, ShardedPool, shard_of
+from broker.shard_layout import shard_of
+from broker.shards import AnyPool, ShardedPool
 
 __all__ = ["AnyAdmin", "ShardedAdmin", "merge_census", "open_admin"]
 

@@ -1,12 +1,12 @@
 """One pool spread over several hash slots ("shards"), so that a Redis Cluster spreads it over
 its nodes: a composition of ordinary ``Pool`` objects, one per shard, each with its own hash tag.
 
-* **Layout.** Shard ``k`` of pool ``P`` spread over ``N`` shards is the pool named by
-  ``shard_names`` (``P#k``, or ``P#k.j`` for the first ``j`` that puts its hash tag in the
-  ``k``-th ``N``-th of the cluster's slot space): on a cluster whose nodes hold equal runs of slots
-  (what ``redis-cli --cluster create`` makes), ``N`` shards on ``N`` nodes land one per node. The
-  names depend on ``P`` and ``N`` only, so every replica and operator command agrees on them.
-  ``N = 1`` is the pool itself, keys and all, with no wrapper (``open_pool``).
+* **Layout** (broker/shard_layout.py). Shard ``k`` of pool ``P`` spread over ``N`` shards is
+  the pool named by ``shard_names`` (``P#k``, or ``P#k.j`` for the first ``j`` that puts its hash
+  tag in the ``k``-th ``N``-th of the cluster's slot space): on a cluster whose nodes hold equal
+  runs of slots (what ``redis-cli --cluster create`` makes), ``N`` shards on ``N`` nodes land one
+  per node. The names depend on ``P`` and ``N`` only, so every replica and operator command
+  agrees on them. ``N = 1`` is the pool itself, keys and all, with no wrapper (``open_pool``).
 * **Placement.** A session lives in exactly one shard, ``shard_of`` (a BLAKE2b hash of its id,
   modulo ``N``): every replica syncs it there, so its cooldown, quota, learned rate, breaker and
   concurrency are kept by one script on one slot, exactly as in an unsharded pool.
@@ -16,9 +16,9 @@ its nodes: a composition of ordinary ``Pool`` objects, one per shard, each with 
   others the less loaded goes first: the leases this replica holds there and was granted there
   lately (fading by half every ``GRANT_HALF_LIFE_S``), per session the shard has. So traffic
   spreads over the shards in proportion to their sessions, and away from a shard whose leases
-  last long or that refuses. When the chosen
-  shard has nothing eligible the others are asked in turn, best first; the refusal of a request
-  that none can serve sums their counts and gives the earliest moment any of them named.
+  last long or that refuses. When the chosen shard has nothing eligible the others are asked in
+  turn, best first; the refusal of a request that none can serve sums their counts and gives the
+  earliest moment any of them named.
 * **Leases** carry their shard in their id (``<id>@<k>``): a release or renewal goes to the
   shard that granted it, by the lease alone.
 
@@ -29,15 +29,12 @@ that read a whole pool -- is set out in docs/scaling.md.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import math
 import random
 import secrets
 import time
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, replace
-
-from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from broker.errors import BrokerError, LeaseError, NoSessionAvailable, StoreError
 from broker.events import Transition
@@ -46,22 +43,12 @@ from broker.leases import Lease, Outcome, Release, Released, Ticket
 from broker.pool import Pool
 from broker.sessions import Session
 from broker.settings import BrokerSettings
+from broker.shard_layout import LEASE_SHARD_SEPARATOR, shard_names, shard_of, shard_of_lease
 from broker.states import DisableReason, Refusal, SessionState
 from broker.store import Store
 
-__all__ = [
-    "MAX_SHARDS",
-    "REFUSAL_MEMORY_S",
-    "AnyPool",
-    "ShardedPool",
-    "open_pool",
-    "shard_names",
-    "shard_of",
-    "shard_of_lease",
-]
+__all__ = ["REFUSAL_MEMORY_S", "AnyPool", "ShardedPool", "open_pool"]
 
-#: The most shards one pool may have: far more than the nodes of any cluster it would run on.
-MAX_SHARDS = 64
 #: How long a shard that refused an acquire is passed over by this replica's acquires (seconds),
 #: unless it named an earlier moment: long enough that a pool with one shard spent does not pay
 #: a wasted round trip per request, short enough that a shard freeing up is soon used again.
@@ -70,11 +57,6 @@ REFUSAL_MEMORY_S = 0.1
 GRANT_HALF_LIFE_S = 1.0
 #: The load of a shard this replica's configuration puts no session in: asked last.
 _NO_SESSIONS = 1e9
-#: Separates a lease's own id from its shard's index.
-LEASE_SHARD_SEPARATOR = "@"
-#: Candidate hash tags tried per shard before settling for the first (the chance that none of
-#: them lands in its share of the slots is below 1e-9 for any shard count up to MAX_SHARDS).
-_TAG_SEARCH = 2_000
 
 #: How much a refusal reason says a shard may soon serve: a combined refusal keeps the highest.
 _REASON_RANK: dict[str, int] = {
@@ -87,37 +69,6 @@ _REASON_RANK: dict[str, int] = {
     Refusal.DISABLED: 2,
     Refusal.EMPTY: 1,
 }
-
-
-def shard_names(pool: str, shards: int) -> tuple[str, ...]:
-    """The names (hash tags) of the shards of ``pool`` spread over ``shards``."""
-    if not 1 <= shards <= MAX_SHARDS:
-        raise ValueError(f"shards must be 1-{MAX_SHARDS}, not {shards}")
-    if shards == 1:
-        return (pool,)
-    names = []
-    for k in range(shards):
-        low = k * REDIS_CLUSTER_HASH_SLOTS // shards
-        high = (k + 1) * REDIS_CLUSTER_HASH_SLOTS // shards
-        candidates = (f"{pool}#{k}" + (f".{j}" if j else "") for j in range(_TAG_SEARCH))
-        fitting = (name for name in candidates if low <= key_slot(name.encode()) < high)
-        names.append(next(fitting, f"{pool}#{k}"))
-    return tuple(names)
-
-
-def shard_of(session_id: str, shards: int) -> int:
-    """The shard a session lives in: the same on every replica (not Python's salted hash; and
-    not a CRC, whose low bits barely differ between ids like ``s1``, ``s2``, ...)."""
-    digest = hashlib.blake2b(session_id.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % shards
-
-
-def shard_of_lease(lease_id: str, shards: int) -> int | None:
-    """The shard a lease id names; None when it names none of ``shards``."""
-    _, separator, index = lease_id.rpartition(LEASE_SHARD_SEPARATOR)
-    if not separator or not index.isdigit() or int(index) >= shards:
-        return None
-    return int(index)
 
 
 @dataclass(slots=True)

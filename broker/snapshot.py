@@ -22,7 +22,7 @@ import msgspec
 from broker.admin import PoolAdmin
 from broker.gateway import store_call
 from broker.shard_admin import AnyAdmin, ShardedAdmin
-from broker.shards import shard_of
+from broker.shard_layout import shard_of
 
 __all__ = [
     "FORMAT",

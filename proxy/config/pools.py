@@ -37,7 +37,7 @@ import msgspec
 
 from broker import ConfigError, Session, Strategy, load_sessions
 from broker.sessions import read_file, sessions_from
-from broker.shards import MAX_SHARDS
+from broker.shard_layout import MAX_SHARDS
 from proxy.config.settings import SessionHeader, Settings, parse_session_header
 
 __all__ = ["PoolPlan", "PoolTable", "load_pools", "single_pool"]

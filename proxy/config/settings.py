@@ -25,7 +25,7 @@ from broker.constants import (
     DEFAULT_BREAKER_WINDOW,
     DEFAULT_SENTINEL_MASTER,
 )
-from broker.shards import MAX_SHARDS
+from broker.shard_layout import MAX_SHARDS
 
 __all__ = [
     "FAMILIES",

@@ -28,7 +28,7 @@ from broker import (
 )
 from broker.alerts import AlertRules, check_alerts
 from broker.shard_admin import ShardedAdmin, open_admin
-from broker.shards import shard_names, shard_of, shard_of_lease
+from broker.shard_layout import shard_names, shard_of, shard_of_lease
 from broker.snapshot import export_state, import_state
 from tests.broker.conftest import MakeSessions, Store
 

@@ -12,7 +12,7 @@ import aiohttp
 import redis.asyncio
 
 from broker.registry import list_pools
-from broker.shards import shard_names, shard_of
+from broker.shard_layout import shard_names, shard_of
 from tests.proxy.test_operator_cli import cli
 
 if TYPE_CHECKING:

@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 from redis.crc import key_slot
 
-from broker.shards import shard_names, shard_of
+from broker.shard_layout import shard_names, shard_of
 from proxy.config.pools import load_pools
 from proxy.config.settings import Settings
 from proxy.replica.replica import Replica
