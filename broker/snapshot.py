@@ -105,11 +105,12 @@ async def _export(admin: PoolAdmin) -> Snapshot:
         "export", redis.zrange(keys.members, 0, -1, withscores=True)
     )
     pipe = redis.pipeline(transaction=False)
-    pipe.time()
     pipe.hgetall(keys.pool)
     for session_id, _ in members:
         pipe.hgetall(keys.session(session_id))
-    (seconds, micro), pool_hash, *hashes = await store_call("export", pipe.execute())
+    # TIME beside the pipeline, not in it: a cluster client refuses TIME in a pipeline.
+    seconds, micro = await store_call("export", redis.time())
+    pool_hash, *hashes = await store_call("export", pipe.execute())
     sessions = [
         SessionState(
             id=session_id,

@@ -1,6 +1,6 @@
 """One pool spread over 3 shards on a three-node Redis Cluster, end to end: a replica serves it
 through real sockets, each shard's keys sit on their own node, requests reach sessions of every
-shard, and the admin API shows one pool."""
+shard, and the admin API shows one pool; alerts, the census and snapshots read across nodes."""
 
 from __future__ import annotations
 
@@ -13,7 +13,11 @@ import pytest
 from aiohttp import web
 from redis.crc import key_slot
 
+from broker import BrokerSettings, Outcome, Session, ShardedPool, open_pool, open_store
+from broker.alerts import AlertRules, check_alerts
+from broker.shard_admin import open_admin
 from broker.shard_layout import shard_names, shard_of
+from broker.snapshot import export_state
 from proxy.config.pools import load_pools
 from proxy.config.settings import Settings
 from proxy.replica.replica import Replica
@@ -89,3 +93,34 @@ async def test_a_replica_serves_one_pool_from_three_nodes(nodes: list[RedisNode]
     for node in nodes:  # the unsharded layout is not used
         with node.client() as client:
             assert list(client.scan_iter(match="sb:{wide}:*")) == []
+
+
+async def test_alerts_snapshots_and_the_census_cross_nodes(nodes: list[RedisNode]) -> None:
+    """Through the cluster client: the pool-wide all_rate_limited reads every shard's alerts
+    (on three nodes), and the census and a snapshot add the shards up."""
+    settings = BrokerSettings(
+        redis_url=f"redis://127.0.0.1:{nodes[1].port}/0", redis_cluster=True, shards=3
+    )
+    store = open_store(settings)
+    try:
+        pool = open_pool(store, settings, name="spread")
+        assert isinstance(pool, ShardedPool)
+        firsts: dict[int, Session] = {}
+        for n in range(100):
+            firsts.setdefault(shard_of(f"x{n}", 3), Session(id=f"x{n}", secret=f"secret-{n}"))
+        sessions = list(firsts.values())
+        await pool.sync(sessions)
+        rules = AlertRules(error_rate=0.5, window_ms=60_000)
+        names = []
+        for session in sessions:
+            lease = await pool.acquire(exclude=[s.id for s in sessions if s is not session])
+            await pool.release(lease, Outcome.RATE_LIMITED, retry_after_ms=60_000)
+            names += [c.name for c in await check_alerts(pool, rules, attempts=1, errors=0)]
+        assert names == ["all_rate_limited"]
+        admin = open_admin(pool)
+        census = await admin.census()
+        assert census.sessions["cooling"] == 3
+        snapshot = await export_state(admin)
+        assert sorted(s.id for s in snapshot.sessions) == sorted(s.id for s in sessions)
+    finally:
+        await store.aclose()
