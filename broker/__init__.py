@@ -20,6 +20,7 @@ from broker.queue import WaitQueue
 from broker.selection import Strategy
 from broker.sessions import Session, load_sessions, session_id_for
 from broker.settings import BrokerSettings
+from broker.shards import ShardedPool, open_pool
 from broker.store import open_store
 
 __all__ = [
@@ -36,12 +37,14 @@ __all__ = [
     "Release",
     "Released",
     "Session",
+    "ShardedPool",
     "StoreError",
     "Strategy",
     "Ticket",
     "UnknownSession",
     "WaitQueue",
     "load_sessions",
+    "open_pool",
     "open_store",
     "session_id_for",
 ]

@@ -13,6 +13,7 @@ read has a tpm.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable
 from typing import Any
 
@@ -294,7 +295,6 @@ class PoolAdmin:
         pass. Two round trips, and a third when some session has a tpm; see Census."""
         await self.tidy()
         pipe = self.redis.pipeline(transaction=False)
-        pipe.time()
         keys = self.keys
         for key in (keys.members, keys.avail, keys.cooling, keys.open, keys.quota):
             pipe.zcard(key)
@@ -306,9 +306,12 @@ class PoolAdmin:
         pipe.srandmember(self.keys.half_open, limit)
         pipe.zrange(self.keys.tiers, 0, limit - 1)
         pipe.zrange(self.keys.members, 0, limit - 1)
-        replies: list[Any] = await _read(pipe.execute())
-        (seconds, micro), total, available, cooling, open_, quota, disabled, half_open = replies[:8]
-        leases, open_ids, half_open_ids, eligible_tiers, ids = replies[8:]
+        # TIME beside the pipeline, not in it: a cluster client refuses TIME in a pipeline.
+        (seconds, micro), replies = await asyncio.gather(
+            _read(self.redis.time()), _read(pipe.execute())
+        )
+        total, available, cooling, open_, quota, disabled, half_open = replies[:7]
+        leases, open_ids, half_open_ids, eligible_tiers, ids = replies[7:]
         counts = {
             "total": total,
             "available": available,

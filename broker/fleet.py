@@ -12,7 +12,7 @@ import msgspec
 
 from broker.constants import OPS_SET_LIMIT
 from broker.gateway import store_call
-from broker.pool import Pool
+from broker.shards import AnyPool, ShardedPool
 
 __all__ = ["FleetPresence", "ReplicaClaim", "fleet_presence"]
 
@@ -34,18 +34,31 @@ class FleetPresence(msgspec.Struct, kw_only=True):
     waiting_replicas: int
 
 
-async def fleet_presence(pool: Pool, *, limit: int = OPS_SET_LIMIT) -> FleetPresence:
-    """The pool's live claims and waiting replicas, at the store's clock."""
-    pipe = pool.redis.pipeline(transaction=False)
-    pipe.time()
-    pipe.zrange(pool.keys.claims, 0, limit - 1, desc=True, withscores=True)
-    pipe.zcard(pool.keys.waiters)
-    replies: list[Any] = await store_call("read", pipe.execute())
-    (seconds, microseconds), claims, waiting = replies
+async def fleet_presence(pool: AnyPool, *, limit: int = OPS_SET_LIMIT) -> FleetPresence:
+    """The pool's live claims and waiting replicas, at the store's clock. A pool spread over
+    shards is read shard by shard: a replica claims every shard and waits on every shard, so
+    claims are merged by replica and the waiting count is the largest of any shard's."""
+    shards = pool.shards if isinstance(pool, ShardedPool) else [pool]
+    # The clock beside the pipelines, not in them: a Cluster client refuses TIME in a pipeline.
+    seconds, microseconds = await store_call("read", pool.redis.time())
     now = int(seconds) * 1000 + int(microseconds) // 1000
-    live = [
-        ReplicaClaim(id=replica, claim_until_ms=int(until))
-        for replica, until in claims
-        if until > now
-    ]
-    return FleetPresence(now_ms=now, replicas=live, waiting_replicas=int(waiting))
+    until: dict[str, int] = {}
+    waiting = 0
+    for shard in shards:
+        pipe = shard.redis.pipeline(transaction=False)
+        pipe.zrange(shard.keys.claims, 0, limit - 1, desc=True, withscores=True)
+        pipe.zcard(shard.keys.waiters)
+        replies: list[Any] = await store_call("read", pipe.execute())
+        claims, waiters = replies
+        for replica, deadline in claims:
+            until[replica] = max(until.get(replica, 0), int(deadline))
+        waiting = max(waiting, int(waiters))
+    live = sorted(
+        (
+            ReplicaClaim(id=replica, claim_until_ms=deadline)
+            for replica, deadline in until.items()
+            if deadline > now
+        ),
+        key=lambda claim: -claim.claim_until_ms,
+    )[:limit]
+    return FleetPresence(now_ms=now, replicas=live, waiting_replicas=waiting)

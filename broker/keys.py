@@ -241,7 +241,8 @@ FLEET_KEYS = (
     (
         POOLS_KEY,
         "HASH",
-        "pool name -> JSON: strategy, default, fallback, path prefix, models, as the replicas "
+        "pool name -> JSON: strategy, default, fallback, path prefix, models, shards, as the "
+        "replicas "
         "serving it last recorded at sync (for `status`; outside every pool's hash tag, never "
         "read or written on a request's path)",
     ),

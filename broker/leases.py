@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from broker.states import LeaseStatus
@@ -81,3 +81,5 @@ class Ticket:
     arrival_ms: int = 0
     #: Whether the store holds the ticket now (it does after a refusal, not after a grant).
     held: bool = False
+    #: The shards of a pool spread over several that hold it (broker/shards.py).
+    shards: set[int] = field(default_factory=set)

@@ -44,6 +44,11 @@ class Pool:
         self.claimant = uuid.uuid4().hex
         self._claimed: Sequence[Session] | None = None
 
+    @property
+    def wake_channels(self) -> list[str]:
+        """Where the scripts say a session became available (``WaitQueue`` listens)."""
+        return [self.keys.wake_channel]
+
     async def sync(self, sessions: Sequence[Session]) -> int:
         """Claim ``sessions`` (ids and limits only; never secrets) for this replica.
 

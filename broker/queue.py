@@ -31,7 +31,7 @@ from redis.exceptions import RedisError
 from broker.constants import FALLBACK_WAIT_S, TICKET_TTL_MS
 from broker.errors import NoSessionAvailable, QueueFull, StoreError
 from broker.leases import Lease, Ticket
-from broker.pool import Pool
+from broker.shards import AnyPool
 from broker.states import Refusal
 
 log = structlog.get_logger(__name__)
@@ -73,7 +73,7 @@ class WaitQueue:
 
     def __init__(
         self,
-        pool: Pool,
+        pool: AnyPool,
         *,
         max_waiting: int,
         fallback_s: float = FALLBACK_WAIT_S,
@@ -117,7 +117,7 @@ class WaitQueue:
         while not self._closing:
             pubsub = self.pool.redis.pubsub()
             try:
-                await pubsub.subscribe(self.pool.keys.wake_channel)
+                await pubsub.subscribe(*self.pool.wake_channels)
                 delay = 0.1
                 self.wake()  # anything published while we were away is caught up by a retry
                 while not self._closing:

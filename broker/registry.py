@@ -31,6 +31,8 @@ class PoolEntry(msgspec.Struct, kw_only=True):
     fallback: str | None = None
     path_prefix: str | None = None
     models: list[str] = msgspec.field(default_factory=list)
+    #: Hash slots the pool is spread over (broker/shards.py): how operators find its keys.
+    shards: int = 1
 
 
 async def record_pools(store: Store, entries: Mapping[str, PoolEntry]) -> None:

@@ -46,6 +46,8 @@ class BrokerSettings:
     redis_cluster: bool = False
     pool: str = DEFAULT_POOL
     strategy: Strategy = Strategy.HEALTH
+    #: Hash slots the pool is spread over (broker/shards.py); 1 keeps it in one.
+    shards: int = 1
     lease_ttl_ms: int = DEFAULT_LEASE_TTL_MS
     rate_limit_cooldown_ms: int = DEFAULT_RATE_LIMIT_COOLDOWN_MS
     rate_limit_cooldown_max_ms: int = DEFAULT_RATE_LIMIT_COOLDOWN_MAX_MS

@@ -5,16 +5,24 @@ predecessor kept them in its sessions.json).
 Never exported: secrets (Redis has none) and lease state (live leases do not move; in-flight
 counts start at zero on the new store). Deadlines are absolute store milliseconds, so a cooldown
 still runs out when it would have, given the two stores' clocks agree.
+
+A pool spread over shards (broker/shards.py) exports as one pool: its sessions shard by shard,
+the pool fields of its first shard. An import places each session in the shard it lives in under
+the importing pool's shard count, so a snapshot also carries a pool's history from one shard
+count to another.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
 from broker.admin import PoolAdmin
 from broker.gateway import store_call
+from broker.shard_admin import AnyAdmin, ShardedAdmin
+from broker.shard_layout import shard_of
 
 __all__ = [
     "FORMAT",
@@ -76,18 +84,33 @@ class Snapshot(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     sessions: list[SessionState]
 
 
-async def export_state(admin: PoolAdmin) -> Snapshot:
-    """The pool's health state now (members in configuration order)."""
+async def export_state(admin: AnyAdmin) -> Snapshot:
+    """The pool's health state now (members in configuration order; shard by shard)."""
+    if isinstance(admin, ShardedAdmin):
+        parts = await asyncio.gather(*(_export(shard) for shard in admin.shards))
+        return Snapshot(
+            format=FORMAT,
+            version=1,
+            pool=admin.pool.name,
+            exported_at_ms=max(part.exported_at_ms for part in parts),
+            pool_fields=parts[0].pool_fields,
+            sessions=[session for part in parts for session in part.sessions],
+        )
+    return await _export(admin)
+
+
+async def _export(admin: PoolAdmin) -> Snapshot:
     redis, keys = admin.redis, admin.keys
     members: list[tuple[str, float]] = await store_call(
         "export", redis.zrange(keys.members, 0, -1, withscores=True)
     )
     pipe = redis.pipeline(transaction=False)
-    pipe.time()
     pipe.hgetall(keys.pool)
     for session_id, _ in members:
         pipe.hgetall(keys.session(session_id))
-    (seconds, micro), pool_hash, *hashes = await store_call("export", pipe.execute())
+    # TIME beside the pipeline, not in it: a cluster client refuses TIME in a pipeline.
+    seconds, micro = await store_call("export", redis.time())
+    pool_hash, *hashes = await store_call("export", pipe.execute())
     sessions = [
         SessionState(
             id=session_id,
@@ -126,11 +149,14 @@ def parse_snapshot(data: bytes | str | dict[str, Any]) -> Snapshot:
     return snapshot
 
 
-async def import_state(admin: PoolAdmin, snapshot: Snapshot) -> int:
-    """Write ``snapshot`` into the admin's pool; returns the number of sessions imported."""
-    gateway = admin.pool.gateway
+async def import_state(admin: AnyAdmin, snapshot: Snapshot) -> int:
+    """Write ``snapshot`` into the admin's pool (each session into its shard); returns the
+    number of sessions imported."""
+    shards = admin.shards if isinstance(admin, ShardedAdmin) else [admin]
     pool_fields = {k: v for k, v in snapshot.pool_fields.items() if k in POOL_FIELDS}
-    await gateway.restore(session_id="", ordinal=None, fields=pool_fields)
+    for shard in shards:
+        await shard.pool.gateway.restore(session_id="", ordinal=None, fields=pool_fields)
     for session in snapshot.sessions:
+        gateway = shards[shard_of(session.id, len(shards))].pool.gateway
         await gateway.restore(session_id=session.id, ordinal=session.ordinal, fields=session.fields)
     return len(snapshot.sessions)

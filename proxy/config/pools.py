@@ -9,6 +9,7 @@ its own strategy, upstream, session header, routes and fallback::
     [pools.chat]
     models = ["gpt-4o", "gpt-4o-*"]     # JSON body's "model": exact names first, then patterns
     fallback = "cheap"                  # tried when chat has nothing eligible
+    shards = 3                          # spread over 3 hash slots (default: POOL_SHARDS)
     sessions = [{id = "p1", secret = "...", priority = 1, tpm = 90000}]
 
     [pools.cheap]
@@ -19,7 +20,8 @@ its own strategy, upstream, session header, routes and fallback::
 
 A request goes to the pool its ``POOL_HEADER`` names, its path prefix, its model, else the default
 pool (``default_pool``; a lone pool is its own default): see proxy.request.routing. Each pool has
-its own keys (hash tag ``{name}``), so on Redis Cluster pools spread over the shards. Fallback
+its own keys (hash tag ``{name}``, or several with ``shards``), so on Redis Cluster pools
+spread over the nodes. Fallback
 chains are checked when the file is read: a loop is refused, naming it.
 """
 
@@ -28,13 +30,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import msgspec
 
 from broker import ConfigError, Session, Strategy, load_sessions
 from broker.sessions import read_file, sessions_from
+from broker.shard_layout import MAX_SHARDS
 from proxy.config.settings import SessionHeader, Settings, parse_session_header
 
 __all__ = ["PoolPlan", "PoolTable", "load_pools", "single_pool"]
@@ -52,6 +55,7 @@ class _PoolEntry(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     path_prefix: str | None = None
     models: list[str] = msgspec.field(default_factory=list)
     fallback: str | None = None
+    shards: Annotated[int, msgspec.Meta(ge=1, le=MAX_SHARDS)] | None = None
 
 
 class _PoolsDocument(msgspec.Struct, forbid_unknown_fields=True):
@@ -74,6 +78,8 @@ class PoolPlan:
     path_prefix: str | None = None
     models: tuple[str, ...] = ()
     fallback: str | None = None
+    #: Hash slots the pool is spread over (broker/shards.py).
+    shards: int = 1
     secrets: dict[str, str] = field(init=False, compare=False)
     #: Sessions with a unit budget (tpm): their answers are read for usage.
     metered: frozenset[str] = field(init=False, compare=False)
@@ -130,6 +136,7 @@ def single_pool(settings: Settings, sessions: list[Session]) -> PoolTable:
         upstream_url=settings.upstream_url,
         header=settings.header,
         max_attempts=_max_attempts(settings, sessions),
+        shards=settings.pool_shards,
     )
     return PoolTable({plan.name: plan}, default=plan.name, header=_header_setting(settings))
 
@@ -199,6 +206,7 @@ def _plan(name: Any, entry: _PoolEntry, settings: Settings, origin: str) -> Pool
         path_prefix=_prefix(entry.path_prefix, where),
         models=tuple(entry.models),
         fallback=entry.fallback,
+        shards=entry.shards or settings.pool_shards,
     )
 
 

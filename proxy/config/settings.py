@@ -26,6 +26,7 @@ from broker.constants import (
     DEFAULT_BREAKER_WINDOW,
     DEFAULT_SENTINEL_MASTER,
 )
+from broker.shard_layout import MAX_SHARDS
 
 __all__ = [
     "FAMILIES",
@@ -73,6 +74,9 @@ GROUPS: dict[str, dict[str, str]] = {
         "a sessions file without pools; the operator commands' pool)",
         "POOL_HEADER": "request header that names the pool to use when SESSIONS_FILE declares "
         "several; removed before forwarding; none: pools are not chosen by header",
+        "POOL_SHARDS": "hash slots each pool is spread over, 1-64, so a Redis Cluster spreads "
+        "one pool over its nodes (docs/scaling.md); 1 keeps a pool in one slot; a pools file's "
+        "'shards' sets it per pool",
     },
     "Redis": {
         "REDIS_URL": "redis://, rediss:// or unix:// URL with optional user:password; "
@@ -195,6 +199,7 @@ STORE_SETTINGS = (
     "REDIS_SENTINEL_PASSWORD",
     "REDIS_CLUSTER",
     "POOL",
+    "POOL_SHARDS",
     "LOG_LEVEL",
     "LOG_FORMAT",
 )
@@ -237,6 +242,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     redis_cluster: bool = False
     pool: Annotated[str, msgspec.Meta(pattern=_POOL_NAME)] = "default"
     pool_header: str = "X-Pool"
+    pool_shards: Annotated[int, msgspec.Meta(ge=1, le=MAX_SHARDS)] = 1
     listen: str = "0.0.0.0:8080"
     admin_listen: str = "0.0.0.0:9090"
     session_header: str = "Authorization: Bearer {secret}"
@@ -299,6 +305,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
             redis_cluster=self.redis_cluster,
             pool=self.pool,
             strategy=self.session_selection_strategy,
+            shards=self.pool_shards,
             lease_ttl_ms=round(self.lease_ttl * 1000),
             rate_limit_cooldown_ms=round(self.rate_limit_cooldown * 1000),
             rate_limit_cooldown_max_ms=round(self.rate_limit_cooldown_max * 1000),

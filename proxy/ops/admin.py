@@ -26,8 +26,9 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from broker import StoreError, UnknownSession
-from broker.admin import RESERVED_REASONS, PoolAdmin, PoolSummary, SessionView
+from broker.admin import RESERVED_REASONS, PoolSummary, SessionView
 from broker.fleet import ReplicaClaim, fleet_presence
+from broker.shard_admin import AnyAdmin
 from proxy.ops.endpoints import package_version
 from proxy.replica.replica import REPLICA, Replica
 
@@ -179,7 +180,7 @@ def _replica(request: web.Request) -> Replica:
     return request.app[REPLICA]
 
 
-def _admin(request: web.Request) -> PoolAdmin:
+def _admin(request: web.Request) -> AnyAdmin:
     """The admin of the pool the ``pool`` parameter names, else of the default pool."""
     replica = _replica(request)
     name = request.query.get("pool")

@@ -22,9 +22,10 @@ from pathlib import Path
 
 import msgspec
 
-from broker import BrokerError, ConfigError, Pool, UnknownSession, open_store
-from broker.admin import PoolAdmin, SessionView
-from broker.registry import list_pools
+from broker import BrokerError, ConfigError, UnknownSession, open_pool, open_store
+from broker.admin import SessionView
+from broker.registry import PoolEntry, list_pools
+from broker.shard_admin import AnyAdmin, open_admin
 from broker.snapshot import SnapshotError, export_state, import_state, parse_snapshot
 from proxy.config.settings import Settings
 from proxy.ops.status import render_route, render_status
@@ -87,7 +88,7 @@ def add_operator_commands(
 
 
 @asynccontextmanager
-async def _admin(settings: Settings) -> AsyncIterator[PoolAdmin]:
+async def _admin(settings: Settings) -> AsyncIterator[AnyAdmin]:
     if settings.redis_url is None and not settings.redis_sentinels:
         raise ConfigError(
             "REDIS_URL is not set: the operator commands work on the fleet's Redis "
@@ -96,20 +97,27 @@ async def _admin(settings: Settings) -> AsyncIterator[PoolAdmin]:
     broker_settings = settings.broker()
     store = open_store(broker_settings)
     try:
-        yield PoolAdmin(Pool(store, broker_settings))
+        recorded = await list_pools(store)
+        yield _admin_of(
+            open_admin(open_pool(store, broker_settings)), broker_settings.pool, recorded
+        )
     finally:
         await store.aclose()
 
 
-def _admin_of(admin: PoolAdmin, name: str) -> PoolAdmin:
-    """An admin of pool ``name`` on the same store."""
-    if name == admin.pool.name:
+def _admin_of(admin: AnyAdmin, name: str, recorded: dict[str, PoolEntry]) -> AnyAdmin:
+    """An admin of pool ``name`` on the same store, over the shards the fleet recorded for
+    it (else POOL_SHARDS)."""
+    entry = recorded.get(name)
+    shards = admin.pool.settings.shards if entry is None else entry.shards
+    if name == admin.pool.name and shards == admin.pool.settings.shards:
         return admin
-    return PoolAdmin(Pool(admin.pool.redis, replace(admin.pool.settings, pool=name)))
+    settings = replace(admin.pool.settings, pool=name, shards=shards)
+    return open_admin(open_pool(admin.pool.redis, settings))
 
 
 async def _status(
-    admin: PoolAdmin, as_json: bool, *, every_pool: bool = False, lines: bool = False
+    admin: AnyAdmin, as_json: bool, *, every_pool: bool = False, lines: bool = False
 ) -> str:
     """The status of ``admin``'s pool; with ``every_pool``, of each pool the fleet recorded
     (``admin``'s own when none is). ``lines``: JSON on one line."""
@@ -118,7 +126,7 @@ async def _status(
     documents = []
     texts = []
     for name in names:
-        pool_admin = _admin_of(admin, name)
+        pool_admin = _admin_of(admin, name, recorded)
         summary = await pool_admin.summary()
         sessions = await pool_admin.sessions()
         route = recorded.get(name)
@@ -135,7 +143,7 @@ async def _status(
     return "\n\n".join(texts)
 
 
-async def _watch(admin: PoolAdmin, every_s: float, *, as_json: bool, every_pool: bool) -> None:
+async def _watch(admin: AnyAdmin, every_s: float, *, as_json: bool, every_pool: bool) -> None:
     """Status again and again: on a terminal, in place; as JSON, one document per line."""
     while True:
         shown = await _status(admin, as_json, every_pool=every_pool, lines=as_json)
@@ -146,7 +154,7 @@ async def _watch(admin: PoolAdmin, every_s: float, *, as_json: bool, every_pool:
         await asyncio.sleep(every_s)
 
 
-async def _session_action(admin: PoolAdmin, args: argparse.Namespace) -> str:
+async def _session_action(admin: AnyAdmin, args: argparse.Namespace) -> str:
     if args.action == "weight":
         if args.weight is None:
             raise ConfigError("sessions weight needs a WEIGHT: a number > 0, or 'default'")

@@ -13,7 +13,9 @@ finds it answering again and has re-synced the sessions -- one more line:
   embedded store; limits then hold per replica only. Back online it re-joins the shared state.
 
 Several pools (see proxy.config.pools) share the one store client, and in an outage the one
-embedded store. Leases remember the pool that granted them; their release and renewal go back there.
+embedded store. Leases remember the pool that granted them; their release and renewal go back there
+(to the shard that granted them, in a pool spread over shards: broker/shards.py). A reload that
+changes a pool's shard count serves it from new shards, as a new pool, and retires the old ones.
 
 At start-up ``check_store`` turns away a store that answers but will never serve this replica
 (credentials refused, no such database) before anything is written to it.
@@ -34,7 +36,6 @@ from broker import (
     ConfigError,
     Lease,
     NoSessionAvailable,
-    Pool,
     Session,
     StoreError,
     WaitQueue,
@@ -44,6 +45,7 @@ from broker.errors import StoreFailure, store_failure
 from broker.events import Transition
 from broker.queue import QueueObserver
 from broker.registry import PoolEntry, forget_pool, record_pools
+from broker.shards import AnyPool, open_pool
 from broker.store import Store
 from proxy.config.pools import PoolPlan, PoolTable
 
@@ -99,7 +101,7 @@ async def check_store(settings: BrokerSettings, *, outage_ok: bool) -> None:
 class Served:
     """One pool on one store: the pool, its wait queue, and the sessions this replica claims."""
 
-    pool: Pool
+    pool: AnyPool
     queue: WaitQueue
     sessions: list[Session]
 
@@ -137,14 +139,14 @@ class Leasing:
         self.configure(table)
 
     def _settings_of(self, plan: PoolPlan) -> BrokerSettings:
-        return replace(self.settings, pool=plan.name, strategy=plan.strategy)
+        return replace(self.settings, pool=plan.name, strategy=plan.strategy, shards=plan.shards)
 
     def _served(
         self, store: Store, settings: BrokerSettings, sessions: list[Session], *, observed: bool
     ) -> Served:
         """A pool on ``store`` and its queue (listening for wake-ups once started, if waits are
         on); ``observed``: its transitions go to the replica's listener."""
-        pool = Pool(store, settings, listener=self._observe if observed else None)
+        pool = open_pool(store, settings, listener=self._observe if observed else None)
         queue = WaitQueue(pool, max_waiting=self._queue_max, observer=self._metrics)
         if self._started and self._waiting:
             queue.start()
@@ -161,11 +163,19 @@ class Leasing:
                 fallback=plan.fallback,
                 path_prefix=plan.path_prefix,
                 models=list(plan.models),
+                shards=plan.shards,
             )
             for name, plan in wanted.items()
         }
+        gone: list[Served] = []
         for name, plan in wanted.items():
             served = self.served.get(name)
+            if served is not None and served.pool.settings.shards != plan.shards:
+                gone.append(self.served.pop(name))  # new shards: a new layout, a new pool
+                local = self._local.pop(name, None)
+                if local is not None:
+                    gone.append(local)
+                served = None
             if served is None:
                 settings = self._settings_of(plan)
                 self.served[name] = self._served(self.store, settings, plan.sessions, observed=True)
@@ -175,7 +185,7 @@ class Leasing:
             local = self._local.get(name)
             if local is not None:
                 local.sessions = plan.sessions
-        gone = [self.served.pop(name) for name in list(self.served) if name not in wanted]
+        gone += [self.served.pop(name) for name in list(self.served) if name not in wanted]
         for name in [name for name in self._local if name not in wanted]:
             gone.append(self._local.pop(name))
         return gone
@@ -196,7 +206,7 @@ class Leasing:
             for served in self.served.values():
                 served.queue.start()
 
-    def pool(self, name: str) -> Pool:
+    def pool(self, name: str) -> AnyPool:
         return self.served[name].pool
 
     async def sync(self) -> None:
@@ -224,7 +234,7 @@ class Leasing:
         for served in list(self.served.values()):
             await self._leave(served.pool)
 
-    async def _leave(self, pool: Pool) -> None:
+    async def _leave(self, pool: AnyPool) -> None:
         # The last replica serving a shared pool: operators no longer see it. (A local pool of
         # an outage is this replica's alone, and says nothing of the fleet's.)
         if await pool.leave() == 0 and pool.redis is self.store:
@@ -243,7 +253,7 @@ class Leasing:
 
     async def lease(
         self, name: str, *, exclude: Collection[str], timeout_s: float, precharge: int = 0
-    ) -> tuple[Lease, Pool]:
+    ) -> tuple[Lease, AnyPool]:
         """A lease from pool ``name`` and the pool object it came from; raises
         NoSessionAvailable, or StoreError when the store is unreachable and the failure mode is
         closed."""

@@ -19,7 +19,8 @@ from typing import Any
 
 import structlog
 
-from broker import LeaseError, Outcome, Pool, Release, Released, StoreError
+from broker import LeaseError, Outcome, Release, Released, StoreError
+from broker.shards import AnyPool
 
 __all__ = ["BATCH_MAX", "Releases"]
 
@@ -40,9 +41,9 @@ class Releases:
     ) -> None:
         self._spawn = spawn
         self._store_failed = store_failed
-        self._pending: list[tuple[Pool, Release]] = []
+        self._pending: list[tuple[AnyPool, Release]] = []
 
-    def submit(self, pool: Pool, release: Release) -> None:
+    def submit(self, pool: AnyPool, release: Release) -> None:
         """Send ``release`` to ``pool`` on the next turn of the event loop; never waits, so a
         request being cancelled can call it."""
         if not self._pending:
@@ -53,7 +54,7 @@ class Releases:
         """Send everything handed over since this task was made (its first step runs on the
         turn after the first submit), one batch per pool and BATCH_MAX releases."""
         pending, self._pending = self._pending, []
-        by_pool: dict[Pool, list[Release]] = {}
+        by_pool: dict[AnyPool, list[Release]] = {}
         for pool, release in pending:
             by_pool.setdefault(pool, []).append(release)
         batches = [
@@ -65,7 +66,7 @@ class Releases:
             self._spawn(self._send(pool, releases))
         await self._send(*batches[0])
 
-    async def _send(self, pool: Pool, releases: list[Release]) -> None:
+    async def _send(self, pool: AnyPool, releases: list[Release]) -> None:
         try:
             results = await pool.release_many(releases)
         except StoreError as exc:

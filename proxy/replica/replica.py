@@ -25,9 +25,10 @@ import structlog
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from broker import Pool, Session, StoreError
-from broker.admin import PoolAdmin
+from broker import Session, StoreError
 from broker.constants import OPS_SET_LIMIT
+from broker.shard_admin import AnyAdmin, open_admin
+from broker.shards import AnyPool
 from proxy.config.pools import PoolPlan, PoolTable, single_pool
 from proxy.config.settings import Settings
 from proxy.replica.admission import Admission
@@ -63,7 +64,7 @@ class Replica:
         self.metrics = Metrics(settings.metrics_prefix, per_session=settings.metrics_per_session)
         self.synced = asyncio.Event()
         self.watch = Watch(settings, self.metrics, self, replica_id=self.id, synced=self.synced)
-        self.admins: dict[str, PoolAdmin] = {}
+        self.admins: dict[str, AnyAdmin] = {}
         self._use(pools)
         path = settings.sessions_file
         self._file = SessionsFile(settings, Path(path)) if path is not None else None
@@ -84,7 +85,7 @@ class Replica:
         return self._leasing
 
     @property
-    def pool(self) -> Pool:
+    def pool(self) -> AnyPool:
         """The default pool (the only one, unless the sessions file declares several)."""
         return self.leasing.pool(self.main_pool)
 
@@ -133,7 +134,9 @@ class Replica:
     def _admins_follow(self) -> None:
         served = self.leasing.served
         self.admins = {
-            name: self.admins[name] if name in self.admins else PoolAdmin(s.pool)
+            name: admin
+            if (admin := self.admins.get(name)) and admin.pool is s.pool
+            else open_admin(s.pool)
             for name, s in served.items()
         }
         table = self.table
@@ -215,7 +218,7 @@ class Replica:
             self._unsynced = True
 
     @property
-    def admin(self) -> PoolAdmin:
+    def admin(self) -> AnyAdmin:
         """The default pool's admin (``admins`` has every pool's)."""
         assert self.admins, "replica not started"
         return self.admins[self.main_pool]

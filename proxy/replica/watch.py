@@ -21,9 +21,9 @@ from typing import Protocol
 import structlog
 
 from broker import StoreError
-from broker.admin import PoolAdmin
 from broker.alerts import AlertRules, check_alerts
 from broker.events import Transition
+from broker.shard_admin import AnyAdmin
 from broker.states import SessionState
 from proxy.config.settings import Settings
 from proxy.telemetry.metrics import Metrics
@@ -64,7 +64,7 @@ class WatchedPools(Protocol):
     def main_pool(self) -> str: ...
 
     @property
-    def admins(self) -> dict[str, PoolAdmin]: ...
+    def admins(self) -> dict[str, AnyAdmin]: ...
 
 
 class Watch:
@@ -142,7 +142,7 @@ class Watch:
         self._attempts, self._errors, self._requests = attempts, errors, requests
 
     async def _check_pool(
-        self, admin: PoolAdmin, *, attempts: int, errors: int, requests: int
+        self, admin: AnyAdmin, *, attempts: int, errors: int, requests: int
     ) -> None:
         if self.webhook is not None:
             changes = await check_alerts(admin.pool, self.rules, attempts=attempts, errors=errors)
@@ -166,7 +166,7 @@ class Watch:
         if turn:
             await self.summary(admin, now)
 
-    async def summary(self, admin: PoolAdmin, turn_at_ms: int) -> None:
+    async def summary(self, admin: AnyAdmin, turn_at_ms: int) -> None:
         """The health summary: a line for the pool, then one line per session."""
         census = await admin.census()
         views = await admin.sessions()

@@ -22,7 +22,8 @@ from types import TracebackType
 import structlog
 from aiohttp import web
 
-from broker import Lease, LeaseError, Outcome, Pool, Release, StoreError
+from broker import Lease, LeaseError, Outcome, Release, StoreError
+from broker.shards import AnyPool
 from proxy.config.pools import PoolPlan
 from proxy.request.services import Services
 
@@ -66,7 +67,7 @@ class HeldLease:
     def __init__(
         self,
         lease: Lease,
-        pool: Pool,
+        pool: AnyPool,
         plan: PoolPlan,
         services: Services,
         *,

@@ -13,7 +13,8 @@ from typing import Protocol
 
 import aiohttp
 
-from broker import Lease, Outcome, Pool, Release
+from broker import Lease, Outcome, Release
+from broker.shards import AnyPool
 from proxy.config.pools import PoolTable
 from proxy.config.settings import Settings
 
@@ -42,7 +43,7 @@ class LeaseSource(Protocol):
 
     async def lease(
         self, name: str, *, exclude: Collection[str], timeout_s: float, precharge: int = 0
-    ) -> tuple[Lease, Pool]: ...
+    ) -> tuple[Lease, AnyPool]: ...
 
     def mark_down(self, exc: BaseException) -> None: ...
 
@@ -50,7 +51,7 @@ class LeaseSource(Protocol):
 class ReleaseSink(Protocol):
     """Where releases go: sent in the background, so a cancelled request still lands its own."""
 
-    def submit(self, pool: Pool, release: Release) -> None: ...
+    def submit(self, pool: AnyPool, release: Release) -> None: ...
 
 
 class RequestMetrics(Protocol):
