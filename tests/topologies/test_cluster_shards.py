@@ -74,6 +74,9 @@ async def test_a_replica_serves_one_pool_from_three_nodes(nodes: list[RedisNode]
             async with http.get(f"{running.ops_url}/admin/sessions", headers=auth) as response:
                 assert response.status == 200
                 views = await response.json()
+            async with http.get(f"{running.ops_url}/admin/fleet", headers=auth) as response:
+                assert response.status == 200
+                fleet = await response.json()
         ids = sorted(view["id"] for view in views["sessions"])
         used = sorted(view["id"] for view in views["sessions"] if view["leases"] > 0)
     finally:
@@ -81,6 +84,8 @@ async def test_a_replica_serves_one_pool_from_three_nodes(nodes: list[RedisNode]
         await runner.cleanup()
 
     assert summary["pool"] == "wide"
+    # One replica, one claim id over the three shards (the clock read outside any pipeline).
+    assert [replica["id"] for replica in fleet["replicas"]] == [fleet["replica"]]
     assert summary["sessions"]["total"] == SESSIONS
     assert len(ids) == SESSIONS
     assert sum(sim.attempts(secret, 200) for secret in secrets) == 30
