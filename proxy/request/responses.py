@@ -11,7 +11,9 @@ from aiohttp import web
 def error_response(
     status: int, code: str, message: str, *, retry_after_ms: int | None = None
 ) -> web.Response:
-    """An error answer; with ``retry_after_ms``, a ``Retry-After`` in whole seconds (at least 1)."""
+    """An error answer; with ``retry_after_ms``, the wait twice: ``retry-after-ms`` exact (at least
+    1: the openai SDKs, which prefer it, fall back to their own backoff on 0) and ``Retry-After``
+    in whole seconds rounded up (at least 1), for clients that know only the standard header."""
     kind = {
         400: "invalid_request_error",
         401: "authentication_error",
@@ -30,6 +32,7 @@ def error_response(
     headers = {}
     if retry_after_ms is not None:
         headers["Retry-After"] = str(max(1, math.ceil(retry_after_ms / 1000)))
+        headers["retry-after-ms"] = str(max(1, retry_after_ms))
     return web.json_response(body, status=status, headers=headers)
 
 
