@@ -4,8 +4,34 @@ clients of LLM APIs already know how to read. Never a traceback, never a secret.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
+import structlog
 from aiohttp import web
+
+from broker import NoSessionAvailable
+from broker.states import Refusal
+
+log = structlog.get_logger(__name__)
+
+#: How the proxy answers when no session can serve, by NoSessionAvailable.reason: status, code,
+#: and for the four reasons that name what blocks the most sessions, what those sessions are.
+_REFUSALS: dict[str, tuple[int, str, str]] = {
+    Refusal.COOLING: (429, "all_sessions_cooling", "cooling down after a rate limit"),
+    Refusal.QUOTA: (429, "all_sessions_at_quota", "at their request or unit quota for now"),
+    Refusal.OPEN: (503, "all_sessions_failing", "failing (circuit breaker open)"),
+    Refusal.BUSY: (503, "all_sessions_busy", "at their concurrency limit"),
+}
+#: The answers that need no counts: status, code, message.
+_FIXED: dict[str, tuple[int, str, str]] = {
+    Refusal.TRIED: (503, "no_session_left", "every available session was tried for this request"),
+    Refusal.QUEUED: (
+        503,
+        "requests_queued",
+        "older requests are waiting for a session; retry later",
+    ),
+    Refusal.DISABLED: (503, "no_session_enabled", "no upstream session is enabled"),
+}
 
 
 def error_response(
@@ -57,3 +83,36 @@ def header_not_utf8(status: int, name: str, whose: str) -> web.Response:
     code = "header_not_utf8" if status == 400 else "upstream_header_not_utf8"
     shown = name if len(name) <= 100 else name[:100] + "..."
     return error_response(status, code, f"{whose} header {shown} holds bytes that are not UTF-8")
+
+
+def no_session(exc: NoSessionAvailable) -> web.Response:
+    """429 (cooling, quota) or 503 (the rest) when no session can serve, with the wait until the
+    earliest free moment (none when none is enabled) and, when the store said, how many sessions
+    each blocking state holds."""
+    log.debug(  # one per refused request: too many for info under overload
+        "no session available",
+        reason=exc.reason,
+        retry_after_ms=exc.retry_after_ms,
+        sessions=exc.counts,
+    )
+    refusal = _REFUSALS.get(exc.reason)
+    if refusal is None:
+        status, code, message = _FIXED.get(exc.reason, _FIXED[Refusal.DISABLED])
+    else:
+        status, code, what = refusal
+        message = f"no upstream session can serve now: {_blocking(exc.counts, exc.reason, what)}"
+        message += "; retry later"
+    wait = exc.retry_after_ms if exc.reason != Refusal.DISABLED else None
+    return error_response(status, code, message, retry_after_ms=wait)
+
+
+def _blocking(counts: Mapping[str, int], reason: str, what: str) -> str:
+    """``3 cooling down after a rate limit, 1 at their concurrency limit``, most first; without
+    counts (a wait that timed out on a refusal it kept), the reason's group alone."""
+    groups = sorted(
+        ((n, state) for state, n in counts.items() if state in _REFUSALS and n > 0),
+        key=lambda group: (-group[0], group[1] != reason),
+    )
+    if not groups:
+        return f"most sessions {what}"
+    return ", ".join(f"{n} {_REFUSALS[state][2]}" for n, state in groups)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 import openai
 
-from broker import Session
+from broker import Outcome, Session
 from proxy.testing import SimulatedUpstream
 
 if TYPE_CHECKING:
@@ -72,3 +72,28 @@ async def test_openai_sdk_retries_once_after_the_exact_wait(
     # have been refused), and short of the 2 s that Retry-After alone would have cost.
     waited_s = retried[0].at_s - asked_at
     assert waited_s < 1.9, f"the SDK waited {waited_s:.2f} s: retry-after-ms was not used"
+
+
+async def test_refusal_names_what_blocks_the_most_sessions(
+    start_replica: StartReplica, http: aiohttp.ClientSession
+) -> None:
+    """One session at its concurrency limit and two cooling: 429 all_sessions_cooling, whose
+    message counts each group, not 503 'every session at its concurrency limit'."""
+    sessions = [Session(id=n, secret=f"secret-{n}", max_concurrency=1) for n in ("a", "b", "c")]
+    replica = await start_replica(sessions=sessions)
+    pool = replica.replica.pool
+    for _ in range(2):
+        await pool.release(await pool.acquire(), Outcome.RATE_LIMITED, retry_after_ms=60_000)
+    held = await pool.acquire()
+    try:
+        async with http.post(replica.proxy_url + CHAT, json=BODY) as response:
+            assert response.status == 429
+            error = (await response.json())["error"]
+    finally:
+        await pool.release(held, Outcome.UNUSED)
+    assert error["code"] == "all_sessions_cooling"
+    assert error["message"] == (
+        "no upstream session can serve now: 2 cooling down after a rate limit, "
+        "1 at their concurrency limit; retry later"
+    )
+    assert int(response.headers["retry-after-ms"]) > 0
