@@ -7,6 +7,7 @@ import random
 import secrets
 import uuid
 from collections.abc import Collection, Sequence
+from dataclasses import replace
 
 from broker.constants import SYNC_CHUNK
 from broker.errors import BrokerError, LeaseError, NoSessionAvailable, UnknownSession
@@ -249,7 +250,7 @@ class Pool:
         lease = release.lease
         if reply.status is LeaseStatus.UNKNOWN:
             return LeaseError(f"lease {lease.lease_id} is unknown to pool {self.name!r}")
-        return Released(reply.status, reply.session_id or lease.session_id, reply.cooldown_until_ms)
+        return replace(reply, session_id=reply.session_id or lease.session_id)
 
     async def renew(self, lease: Lease) -> Lease:
         """Extend a live lease by the lease TTL. Raises LeaseError if it is no longer live."""
