@@ -33,6 +33,7 @@ class Pool:
         *,
         name: str | None = None,
         listener: TransitionListener | None = None,
+        claimant: str | None = None,
     ) -> None:
         self.name = name or settings.pool
         self.keys = PoolKeys(self.name)
@@ -41,8 +42,9 @@ class Pool:
         #: Every script call of this pool; ``listener`` hears every transition this replica's
         #: calls made (for alerting and metrics).
         self.gateway = Gateway(redis, self.keys, listener=listener)
-        #: Who claims the sessions this object syncs: one replica, one id (see ``sync``).
-        self.claimant = uuid.uuid4().hex
+        #: Who claims the sessions this object syncs: one replica, one id (see ``sync``); a
+        #: replica passes its own id, the one its logs, metrics and admin API show.
+        self.claimant = claimant or uuid.uuid4().hex
         self._claimed: Sequence[Session] | None = None
 
     async def sync(self, sessions: Sequence[Session]) -> int:
