@@ -54,6 +54,7 @@ async def test_openai_sdk_retries_once_after_the_exact_wait(
     """The openai SDK, its own retries on, meets every session cooling for 1.5 s: it waits what
     retry-after-ms says (not Retry-After's 2 s), retries once and succeeds."""
     replica = await start_replica(sessions=SESSIONS)
+    cooled_from = time.time()  # each cooldown ends COOLING_MS after its release, after this
     await cool_every_session(sim, http, replica.proxy_url)
     arrived_before = len(sim.arrivals)
     client = openai.AsyncOpenAI(
@@ -68,8 +69,9 @@ async def test_openai_sdk_retries_once_after_the_exact_wait(
     assert raw.retries_taken == 1, "one retry, after the whole wait, is enough"
     retried = list(sim.arrivals)[arrived_before:]
     assert len(retried) == 1, "the refused try never reached the upstream"
-    # The wait the SDK took: at least what was left of the cooldown (else a second retry would
-    # have been refused), and short of the 2 s that Retry-After alone would have cost.
+    # The wait the SDK took: at least what was left of the cooldown (a retry before its end
+    # would have been refused: two retries), and short of the 2 s of Retry-After alone.
+    assert retried[0].at_s - cooled_from >= (COOLING_MS - 100) / 1000
     waited_s = retried[0].at_s - asked_at
     assert waited_s < 1.9, f"the SDK waited {waited_s:.2f} s: retry-after-ms was not used"
 
