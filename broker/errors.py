@@ -126,10 +126,10 @@ class NoSessionAvailable(BrokerError):
 
     ``reason`` is ``empty`` (the pool has no sessions), ``disabled`` (none enabled), ``tried``
     (this request already tried every eligible one), ``queued`` (older requests of the fleet are
-    waiting and go first), ``busy`` (some are at their concurrency
-    limit or probing a half-open breaker: one may free up any moment), or else whichever of
-    ``cooling`` (after a 429), ``open`` (circuit breaker) and ``quota`` (rpm or tpm budget used
-    up) ends soonest. ``retry_after_ms`` is the time until the earliest known moment one becomes
+    waiting and go first), or else whichever of ``open`` (circuit breaker), ``cooling`` (after a
+    429), ``quota`` (rpm or tpm budget used up) and ``busy`` (at their concurrency limit or
+    probing a half-open breaker) holds the most sessions, a tie going to the first of these.
+    ``retry_after_ms`` is the time until the earliest known moment one becomes
     available, or None when no such moment is known. ``counts`` has the number of sessions in
     each of available, cooling, busy, disabled, open and quota.
     """

@@ -210,8 +210,10 @@ class Gateway:
 
     @staticmethod
     def _released(call: ReleaseCall, reply: list[Any]) -> Released:
-        status, session_id, deadline = reply
-        return Released(LeaseStatus(status), session_id, int(deadline))
+        status, session_id, deadline, started = reply
+        return Released(
+            LeaseStatus(status), session_id, int(deadline), cooldown_started=bool(started)
+        )
 
     async def renew(self, *, lease_id: str, ttl_ms: int) -> int | None:
         """renew.lua: the lease's new expiry (store ms); None when it is no longer live."""

@@ -168,7 +168,8 @@ class PoolKeys:
         "claims",
         "ZSET",
         "replica id -> claim deadline (ms): the replicas whose configurations keep sessions "
-        "in the pool",
+        "in the pool; the id (`<hostname>-<pid>-<4 hex>`) is the one the replica's log lines, "
+        "metrics and admin API show",
     )
     claim = KeyFamily(
         "claim:",

@@ -63,12 +63,15 @@ class Released:
 
     ``status`` is ``released`` (the lease was live), ``late`` (it had expired, the outcome still
     counted) or ``duplicate`` (released before; nothing changed). ``cooldown_until_ms`` is the
-    session's cooldown deadline after a ``rate_limited`` outcome, else 0.
+    session's cooldown deadline after a ``rate_limited`` outcome, else 0. ``cooldown_started``:
+    this release started that cooldown (the session was not cooling before it); of a wave of
+    429s, from however many replicas, exactly one release says so.
     """
 
     status: LeaseStatus
     session_id: str
     cooldown_until_ms: int
+    cooldown_started: bool = False
 
 
 @dataclass(slots=True)

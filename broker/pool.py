@@ -7,6 +7,7 @@ import random
 import secrets
 import uuid
 from collections.abc import Collection, Sequence
+from dataclasses import replace
 
 from broker.constants import SYNC_CHUNK
 from broker.errors import BrokerError, LeaseError, NoSessionAvailable, UnknownSession
@@ -32,6 +33,7 @@ class Pool:
         *,
         name: str | None = None,
         listener: TransitionListener | None = None,
+        claimant: str | None = None,
     ) -> None:
         self.name = name or settings.pool
         self.keys = PoolKeys(self.name)
@@ -40,8 +42,9 @@ class Pool:
         #: Every script call of this pool; ``listener`` hears every transition this replica's
         #: calls made (for alerting and metrics).
         self.gateway = Gateway(redis, self.keys, listener=listener)
-        #: Who claims the sessions this object syncs: one replica, one id (see ``sync``).
-        self.claimant = uuid.uuid4().hex
+        #: Who claims the sessions this object syncs: one replica, one id (see ``sync``); a
+        #: replica passes its own id, the one its logs, metrics and admin API show.
+        self.claimant = claimant or uuid.uuid4().hex
         self._claimed: Sequence[Session] | None = None
 
     @property
@@ -254,7 +257,7 @@ class Pool:
         lease = release.lease
         if reply.status is LeaseStatus.UNKNOWN:
             return LeaseError(f"lease {lease.lease_id} is unknown to pool {self.name!r}")
-        return Released(reply.status, reply.session_id or lease.session_id, reply.cooldown_until_ms)
+        return replace(reply, session_id=reply.session_id or lease.session_id)
 
     async def renew(self, lease: Lease) -> Lease:
         """Extend a live lease by the lease TTL. Raises LeaseError if it is no longer live."""

@@ -89,6 +89,7 @@ class WaitQueue:
         self._woken = asyncio.Event()
         self._wakes = 0
         self._last: NoSessionAvailable | None = None
+        self._last_at = 0.0  # when _last came (the loop's clock)
         self._listener: asyncio.Task[None] | None = None
         self._leaving: set[asyncio.Task[None]] = set()
         self._closing = False
@@ -159,13 +160,13 @@ class WaitQueue:
             except NoSessionAvailable as exc:
                 self._refused(exc, ticket, deadline - loop.time())
         elif ticket is None:
-            raise self._last or NoSessionAvailable(Refusal.QUEUED, None, {})
+            if self._last is None:
+                raise NoSessionAvailable(Refusal.QUEUED, None, {})
+            raise NoSessionAvailable(*self._since_last())
         if self.depth >= self.max_waiting:
             self.stats.overflows += 1
-            last = self._last
-            raise QueueFull(
-                last.reason if last else Refusal.BUSY, last.retry_after_ms if last else None, {}
-            )
+            reason, wait_ms, counts = self._since_last()
+            raise QueueFull(reason, wait_ms, counts)
         assert ticket is not None
         started = loop.time()
         result = "cancelled"
@@ -178,10 +179,7 @@ class WaitQueue:
             except TimeoutError:
                 result = "timeout"
                 self.stats.timeouts += 1
-                last = self._last
-                raise NoSessionAvailable(
-                    last.reason if last else Refusal.BUSY, last.retry_after_ms if last else None, {}
-                ) from None
+                raise NoSessionAvailable(*self._since_last()) from None
             except NoSessionAvailable:
                 result = "refused"  # waiting stopped helping (e.g. every session was disabled)
                 raise
@@ -195,10 +193,22 @@ class WaitQueue:
         self.stats.served += 1
         return lease
 
+    def _since_last(self) -> tuple[str, int | None, dict[str, int]]:
+        """The last refusal's reason, its wait less the time gone since, and its counts."""
+        last = self._last
+        if last is None:
+            return Refusal.BUSY, None, {}
+        wait_ms = last.retry_after_ms
+        if wait_ms is not None:
+            gone_ms = (asyncio.get_running_loop().time() - self._last_at) * 1000
+            wait_ms = max(0, round(wait_ms - gone_ms))
+        return last.reason, wait_ms, last.counts
+
     def _refused(self, exc: NoSessionAvailable, ticket: Ticket | None, left_s: float) -> None:
         """Remember a refusal; re-raise it when waiting cannot help within ``left_s``."""
         if exc.reason != Refusal.QUEUED or self._last is None:
             self._last = exc  # 'queued' says others wait, not why: keep the reason they wait for
+            self._last_at = asyncio.get_running_loop().time()
         if ticket is not None:
             ticket.held = True  # a refused ticket holder keeps (or takes) its place in the store
             if not ticket.arrival_ms and exc.store_now_ms is not None:

@@ -118,6 +118,7 @@ class ShardedPool:
         *,
         name: str | None = None,
         listener: TransitionListener | None = None,
+        claimant: str | None = None,
     ) -> None:
         self.name = name or settings.pool
         self.redis = redis
@@ -128,7 +129,7 @@ class ShardedPool:
         heard = None if listener is None else self._relabel(listener)
         #: The shards, in index order; each an ordinary Pool under its own hash tag.
         self.shards = [
-            Pool(redis, settings, name=shard, listener=heard)
+            Pool(redis, settings, name=shard, listener=heard, claimant=claimant)
             for shard in shard_names(self.name, self.count)
         ]
         #: One replica, one claim id on every shard (operators see one replica per process).
@@ -399,9 +400,10 @@ def open_pool(
     *,
     name: str | None = None,
     listener: TransitionListener | None = None,
+    claimant: str | None = None,
 ) -> AnyPool:
     """The pool ``settings`` describe: a plain ``Pool`` with one shard (today's layout, keys and
-    all), a ``ShardedPool`` with more."""
+    all), a ``ShardedPool`` with more. ``claimant``: the replica's id in the pool's claims."""
     if settings.shards == 1:
-        return Pool(redis, settings, name=name, listener=listener)
-    return ShardedPool(redis, settings, name=name, listener=listener)
+        return Pool(redis, settings, name=name, listener=listener, claimant=claimant)
+    return ShardedPool(redis, settings, name=name, listener=listener, claimant=claimant)

@@ -35,10 +35,11 @@ class Refusal(StrEnum):
     DISABLED = "disabled"  # none is enabled
     TRIED = "tried"  # this request already tried every eligible one
     QUEUED = "queued"  # older requests of the fleet wait and go first
+    # Else what blocks the most sessions (a tie: the first in this order, that of SessionState):
+    OPEN = "open"  # their circuit breaker is open
+    COOLING = "cooling"  # after a 429
+    QUOTA = "quota"  # at an rpm or tpm budget
     BUSY = "busy"  # at their concurrency limit or probing: one may free up any moment
-    COOLING = "cooling"  # the soonest to end of these three, after a 429
-    OPEN = "open"  # ... a circuit breaker
-    QUOTA = "quota"  # ... an rpm or tpm budget
 
 
 class DisableReason(StrEnum):

@@ -14,8 +14,9 @@
 -- Returns {'ok', session id, lease id, expiry ms, probe (1 | 0), granted at ms, events}
 --      or {'none', reason, earliest ms or -1, now ms, {available, cooling, busy, disabled, open,
 --          quota}, events}, reason being 'empty' | 'disabled' | 'tried' (every eligible one was
---          tried by this request) | 'queued' (older requests wait) | 'busy' | 'cooling' | 'open'
---          | 'quota' (the soonest to end)
+--          tried by this request) | 'queued' (older requests wait) | else whichever of 'open' |
+--          'cooling' | 'quota' | 'busy' blocks the most sessions (a tie: the first of these), and
+--          earliest the soonest moment any of them may end
 --      or {'ended', lease id, events} when the lease id belongs to a lease that already ended.
 local lease_id, ttl_ms = ARGV[1], tonumber(ARGV[2])
 math.randomseed(tonumber(ARGV[3]))
@@ -122,18 +123,21 @@ local function unavailable(forced)
     open = redis.call('ZCARD', open_key), quota = redis.call('ZCARD', quota_key),
     disabled = redis.call('SCARD', disabled_key)}
   c.busy = total - c.available - c.cooling - c.open - c.quota - c.disabled
-  local reason, earliest = nil, -1
-  for _, timed in ipairs({{'cooling', cooling_key}, {'open', open_key}, {'quota', quota_key}}) do
-    local first = redis.call('ZRANGE', timed[2], 0, 0, 'WITHSCORES')
-    if first[2] and (earliest < 0 or tonumber(first[2]) < earliest) then
-      reason, earliest = timed[1], tonumber(first[2])
-    end
+  local earliest = -1
+  for _, timed in ipairs({cooling_key, open_key, quota_key}) do
+    local first = redis.call('ZRANGE', timed, 0, 0, 'WITHSCORES')
+    if first[2] and (earliest < 0 or tonumber(first[2]) < earliest) then earliest = tonumber(first[2]) end
   end
   if c.busy > 0 then
     -- A busy session frees up when a lease ends: at the latest when the first one expires.
     local first = redis.call('ZRANGE', leases_key, 0, 0, 'WITHSCORES')
     if first[2] and (earliest < 0 or tonumber(first[2]) < earliest) then earliest = tonumber(first[2]) end
-    reason = 'busy'
+  end
+  -- The reason is what blocks the most sessions; a tie goes to the first in the order of the
+  -- states (open, cooling, quota, busy). 'busy' also stands for nothing counted at all.
+  local reason, most = 'busy', 0
+  for _, group in ipairs({'open', 'cooling', 'quota', 'busy'}) do
+    if c[group] > most then reason, most = group, c[group] end
   end
   if total == 0 then reason = 'empty'
   elseif c.available > 0 then reason = 'tried'

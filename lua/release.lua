@@ -15,7 +15,8 @@
 --       reply; 0 unknown), 10 whether a rate_limited cooldown (ARGV 4) is a wait the upstream
 --       stated (1) or RATE_LIMIT_COOLDOWN for want of one (0: with learning on, the cap of the
 --       probe cooldown), 11 a rate the answer's headers state (requests a minute; 0 none).
--- Returns {status, session id or '', cooldown deadline ms or 0, events} where status is
+-- Returns {status, session id or '', cooldown deadline ms or 0, 1 if this call started the
+--   cooldown (the session was not cooling before it) else 0, events} where status is
 --   'released' (the lease was live), 'late' (it had expired; the outcome still counts),
 --   'duplicate' (released before: nothing changes) or 'unknown' (no such lease remembered).
 local lease_id, outcome, latency = ARGV[1], ARGV[2], tonumber(ARGV[3])
@@ -26,9 +27,9 @@ local granted_at, wait_stated, seed_rpm = tonumber(ARGV[9]) or 0, ARGV[10] == '1
 -- Housekeeping first: a lease past its expiry is 'late' even if no call has reaped it yet.
 local now = now_ms()
 housekeeping(now)
-if redis.call('ZSCORE', released_key, lease_id) then return {'duplicate', '', 0, events} end
+if redis.call('ZSCORE', released_key, lease_id) then return {'duplicate', '', 0, 0, events} end
 local id = redis.call('HGET', owners_key, lease_id)
-if not id then return {'unknown', '', 0, events} end
+if not id then return {'unknown', '', 0, 0, events} end
 
 local key = session_prefix .. id
 local status = 'late'
@@ -50,7 +51,7 @@ charge_units(key, units - precharged, now)
 redis.call('HINCRBY', key, 'n_' .. outcome, 1)
 if outcome == 'unused' then
   refresh(id, now)
-  return {status, id, 0, events}
+  return {status, id, 0, 0, events}
 end
 if outcome ~= 'success' then
   redis.call('HSET', key, 'last_error', detail ~= '' and (outcome .. ': ' .. detail) or outcome,
@@ -313,4 +314,7 @@ elseif outcome == 'success' then
   end
 end
 refresh(id, now)
-return {status, id, deadline, events}
+-- Only the call that started the cooldown says so: the other releases of the same wave (from any
+-- replica) find it running, and its start is logged once for the fleet.
+local started = (deadline > now and old_deadline <= now) and 1 or 0
+return {status, id, deadline, started, events}

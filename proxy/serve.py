@@ -105,6 +105,17 @@ def _runner(app: web.Application, *, cancel_on_disconnect: bool) -> web.AppRunne
 async def start(replica: Replica) -> RunningReplica:
     """Bind both ports, check the store, then start the replica and serve; on any failure (or
     cancellation) whatever was started is stopped again before the error goes on."""
+    # Every line the replica logs carries its id, the one in its store claims, metrics and admin
+    # API: its requests and background work inherit the context they start in, here; the
+    # caller's own context is left as it was (a test may start several replicas).
+    bound_id = structlog.contextvars.bind_contextvars(replica=replica.id)
+    try:
+        return await _start(replica)
+    finally:
+        structlog.contextvars.reset_contextvars(**bound_id)
+
+
+async def _start(replica: Replica) -> RunningReplica:
     settings = replica.settings
     bound = await _bind("LISTEN", settings.listen_address)
     runners: list[web.AppRunner] = []
@@ -137,6 +148,7 @@ async def start(replica: Replica) -> RunningReplica:
 async def serve(replica: Replica) -> None:
     """Serve until SIGTERM or SIGINT, then stop gracefully; reload the sessions on SIGHUP. A
     signal during start-up stops it there; a failed start-up raises its error."""
+    structlog.contextvars.bind_contextvars(replica=replica.id)  # the stopping's lines too
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

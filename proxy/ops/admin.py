@@ -74,6 +74,8 @@ class PoolInfo(msgspec.Struct, kw_only=True):
 
 
 class PoolList(msgspec.Struct):
+    #: The answering replica's id: the one its claims in the store, its logs and metrics carry.
+    replica: str
     pool_header: str | None
     default_pool: str | None
     pools: list[PoolInfo]
@@ -245,7 +247,7 @@ async def list_pools(request: web.Request) -> web.Response:
                 summary=await admin.summary(),
             )
         )
-    return _json(PoolList(table.header, table.default, pools))
+    return _json(PoolList(replica.id, table.header, table.default, pools))
 
 
 async def _act(request: web.Request, action: str, **detail: Any) -> web.Response:

@@ -118,8 +118,11 @@ class Leasing:
         failure_mode: str,
         observe: Callable[[list[Transition]], None] | None = None,
         metrics: QueueObserver | None = None,
+        replica_id: str | None = None,
     ) -> None:
+        """``replica_id``: the id the pools' claims in the store carry (None: one of their own)."""
         self.settings = settings
+        self.replica_id = replica_id
         self.failure_mode = failure_mode
         self.store: Store = open_store(settings)
         self._observe = observe
@@ -146,7 +149,12 @@ class Leasing:
     ) -> Served:
         """A pool on ``store`` and its queue (listening for wake-ups once started, if waits are
         on); ``observed``: its transitions go to the replica's listener."""
-        pool = open_pool(store, settings, listener=self._observe if observed else None)
+        pool = open_pool(
+            store,
+            settings,
+            listener=self._observe if observed else None,
+            claimant=self.replica_id,
+        )
         queue = WaitQueue(pool, max_waiting=self._queue_max, observer=self._metrics)
         if self._started and self._waiting:
             queue.start()

@@ -86,13 +86,16 @@ class Releases:
 
 
 def _log_cooldown(release: Release, released: Released) -> None:
+    """Log the cooldown a release started at info, once for the fleet; the other releases of
+    the same wave (of this replica or another) found it running: a debug line each."""
     if not released.cooldown_until_ms:
         return
     until = datetime.fromtimestamp(released.cooldown_until_ms / 1000, UTC)
-    log.info(
-        "session rate limited"
-        if release.outcome is Outcome.RATE_LIMITED
-        else "session quota spent",
+    event = (
+        "session rate limited" if release.outcome is Outcome.RATE_LIMITED else "session quota spent"
+    )
+    (log.info if released.cooldown_started else log.debug)(
+        event if released.cooldown_started else event + " again (already cooling)",
         session=release.lease.session_id,
         cooldown_until=until.isoformat(timespec="milliseconds"),
         cooldown_until_ms=released.cooldown_until_ms,

@@ -61,7 +61,9 @@ class Replica:
         REDACTOR.add(settings.secret_values)
         self.id = replica_id()
         # Its pools: see _admins_follow.
-        self.metrics = Metrics(settings.metrics_prefix, per_session=settings.metrics_per_session)
+        self.metrics = Metrics(
+            settings.metrics_prefix, per_session=settings.metrics_per_session, replica_id=self.id
+        )
         self.synced = asyncio.Event()
         self.watch = Watch(settings, self.metrics, self, replica_id=self.id, synced=self.synced)
         self.admins: dict[str, AnyAdmin] = {}
@@ -114,6 +116,7 @@ class Replica:
             failure_mode=self.settings.redis_failure_mode,
             observe=self.watch.on_transitions,
             metrics=self.metrics,
+            replica_id=self.id,
         )
         self._leasing.start(waiting=self.settings.queue_timeout > 0)
         self._admins_follow()

@@ -34,7 +34,13 @@ from proxy.request.headers import first_not_utf8
 from proxy.request.judgement import AuthRefusals, outcome_of, request_kind
 from proxy.request.lease import HeldLease, Waits
 from proxy.request.ratelimit_headers import exhausted_ms, stated_rpm
-from proxy.request.responses import body_timeout, error_response, header_not_utf8, too_large
+from proxy.request.responses import (
+    body_timeout,
+    error_response,
+    header_not_utf8,
+    no_session,
+    too_large,
+)
 from proxy.request.retry_after import retry_after_ms
 from proxy.request.routing import Routed
 from proxy.request.services import Services
@@ -42,36 +48,9 @@ from proxy.request.streaming import Answer, Failure, Streaming, keep_failed, str
 from proxy.request.timing import Timing
 from proxy.telemetry.logs import client_mistake, proxy_fault
 
-__all__ = ["UNAVAILABLE", "Attempts", "Plan"]
+__all__ = ["Attempts", "Plan"]
 
 log = structlog.get_logger(__name__)
-
-#: How the proxy answers when no session can serve, by NoSessionAvailable.reason.
-UNAVAILABLE = {
-    "cooling": (
-        429,
-        "all_sessions_cooling",
-        "every upstream session is cooling down after a rate limit; retry later",
-    ),
-    "quota": (
-        429,
-        "all_sessions_at_quota",
-        "every upstream session has used its request quota for now; retry later",
-    ),
-    "open": (
-        503,
-        "all_sessions_failing",
-        "the upstream is failing for every session (circuit breakers open); retry later",
-    ),
-    "busy": (
-        503,
-        "all_sessions_busy",
-        "every upstream session is at its concurrency limit; retry later",
-    ),
-    "tried": (503, "no_session_left", "every available session was tried for this request"),
-    "queued": (503, "requests_queued", "older requests are waiting for a session; retry later"),
-    "disabled": (503, "no_session_enabled", "no upstream session is enabled"),
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +102,7 @@ class Attempts:
             except NoSessionAvailable as exc:
                 if last is not None and exc.reason == "tried":
                     return last.response
-                return _unavailable(exc)
+                return no_session(exc)
             except StoreError as exc:
                 message = f"{exc.failure.message}; retry later"
                 return error_response(503, "store_unavailable", message)
@@ -320,15 +299,3 @@ class Attempts:
     def _client_gone(self) -> bool:
         transport = self.request.transport
         return transport is None or transport.is_closing()
-
-
-def _unavailable(exc: NoSessionAvailable) -> web.Response:
-    log.debug(  # one per refused request: too many for info under overload
-        "no session available",
-        reason=exc.reason,
-        retry_after_ms=exc.retry_after_ms,
-        sessions=exc.counts,
-    )
-    status, code, message = UNAVAILABLE.get(exc.reason, UNAVAILABLE["disabled"])
-    retry_after = exc.retry_after_ms if exc.reason != "disabled" else None
-    return error_response(status, code, message, retry_after_ms=retry_after)

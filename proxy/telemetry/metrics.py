@@ -233,9 +233,11 @@ class Metrics:
         *,
         per_session: bool = False,
         pools: Mapping[str, CensusRead] | None = None,
+        replica_id: str | None = None,
     ) -> None:
         """``per_session``: label by session too (METRICS_PER_SESSION); ``pools``: the census
-        read of each pool this replica works for, by pool name."""
+        read of each pool this replica works for, by pool name; ``replica_id``: the replica's
+        id, shown by ``*_replica_info``."""
         # Each counter's ``_created`` twin doubles the series and says nothing a dashboard uses.
         disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated upstream
         self.registry = CollectorRegistry()
@@ -333,6 +335,15 @@ class Metrics:
             ["pool", "fallback", "default"],
             registry=r,
         )
+        if replica_id is not None:
+            # One series per replica (the fleet, not the pool): its id as in its store claims,
+            # its log lines and the admin API.
+            Gauge(
+                f"{p}_replica_info",
+                "1, labelled with this replica's id (as in its claims, logs and admin API)",
+                ["replica"],
+                registry=r,
+            ).labels(replica_id).set(1)
         self.cluster = ClusterCollector(p, pools or {}, per_session=per_session)
         r.register(self.cluster)
         ProcessCollector(registry=r)

@@ -90,6 +90,34 @@ async def test_busy_session_is_free_after_release(make_pool, make_sessions) -> N
     assert (await pool.acquire()).session_id == "s0"
 
 
+async def test_reason_is_what_blocks_the_most_sessions(make_pool, make_sessions) -> None:
+    """One session at its concurrency limit and two cooling: 'cooling', not 'busy'; the counts
+    say so, and the wait is the soonest end among them all (the lease's expiry here)."""
+    pool = await make_pool(make_sessions(3, max_concurrency=1), lease_ttl_ms=30_000)
+    cooled = [await pool.acquire(), await pool.acquire()]
+    for lease in cooled:
+        await pool.release(lease, Outcome.RATE_LIMITED, retry_after_ms=60_000)
+    held = await pool.acquire()
+    with pytest.raises(NoSessionAvailable) as caught:
+        await pool.acquire()
+    error = caught.value
+    assert (error.reason, error.counts["cooling"], error.counts["busy"]) == ("cooling", 2, 1)
+    assert error.retry_after_ms is not None
+    assert error.retry_after_ms <= 30_000
+    # Two busy, two cooling: a tie goes to the first in the documented order (cooling, busy).
+    await pool.sync(make_sessions(4, max_concurrency=1))
+    await pool.acquire(exclude=[held.session_id])
+    with pytest.raises(NoSessionAvailable) as caught:
+        await pool.acquire()
+    assert (caught.value.reason, caught.value.counts["busy"]) == ("cooling", 2)
+    # Three busy, two cooling: busy.
+    await pool.sync(make_sessions(5, max_concurrency=1))
+    await pool.acquire()
+    with pytest.raises(NoSessionAvailable) as caught:
+        await pool.acquire()
+    assert (caught.value.reason, caught.value.counts["busy"]) == ("busy", 3)
+
+
 async def test_cooling_and_disabled_says_cooling(make_pool, make_sessions) -> None:
     """Disabled sessions do not hide that another one will be back after its cooldown."""
     pool = await make_pool(make_sessions(1) + make_sessions(2, enabled=False)[1:])

@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from broker import NoSessionAvailable, Outcome, Strategy
+from broker.admin import PoolAdmin
 
 
 @pytest.mark.slow
@@ -112,3 +113,23 @@ async def test_only_rate_limits_cool_down(make_pool, make_sessions) -> None:
     state = await pool.session_state("s0")
     assert state["state"] == "available"
     assert "cooldown_until" not in state
+
+
+async def test_a_wave_of_429s_starts_one_cooldown(make_pool, make_sessions) -> None:
+    """Eight leases of one session, held by two replicas, all released rate_limited at once:
+    exactly one release says it started the cooldown; after a reset, the next 429 starts one."""
+    first = await make_pool(make_sessions(1))
+    second = await make_pool(name=first.name)
+    leases = [await first.acquire() for _ in range(8)]
+    released = await asyncio.gather(
+        *(
+            (first, second)[i % 2].release(lease, Outcome.RATE_LIMITED, retry_after_ms=30_000)
+            for i, lease in enumerate(leases)
+        )
+    )
+    assert sum(r.cooldown_started for r in released) == 1
+    assert all(r.cooldown_until_ms > 0 for r in released)
+    await PoolAdmin(first).reset("s0")
+    lease = await second.acquire()
+    again = await second.release(lease, Outcome.RATE_LIMITED, retry_after_ms=30_000)
+    assert again.cooldown_started

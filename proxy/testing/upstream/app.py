@@ -20,7 +20,7 @@ import email.utils
 import math
 import random
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -65,6 +65,19 @@ class Forced:
 
     status: int
     headers: Mapping[str, str] = field(default_factory=dict)
+
+
+#: How many arrivals ``SimulatedUpstream.arrivals`` keeps (the latest): enough for a test's
+#: story, bounded for a long benchmark.
+ARRIVALS_KEPT = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Arrival:
+    """One request as it arrived: when (wall clock, s) and with which credential."""
+
+    at_s: float
+    credential: str
 
 
 @dataclass(slots=True)
@@ -125,6 +138,8 @@ class SimulatedUpstream:
         self.stats: dict[str, CredentialStats] = {}
         #: Answers of every credential per second since the start: second -> status -> count.
         self.timeline: list[Counter[int]] = []
+        #: The latest requests that carried a credential, oldest first (see ARRIVALS_KEPT).
+        self.arrivals: deque[Arrival] = deque(maxlen=ARRIVALS_KEPT)
         self.rng = random.Random(seed)
         self.started_at = time.monotonic()
 
@@ -149,6 +164,7 @@ class SimulatedUpstream:
         limits' schedules (between benchmark runs)."""
         self.stats.clear()
         self.timeline.clear()
+        self.arrivals.clear()
         self.started_at = time.monotonic()
 
     def attempts(self, credential: str, status: int | None = None) -> int:
@@ -225,6 +241,7 @@ class SimulatedUpstream:
         credential = self._credential(request)
         if credential is None:
             return web.json_response({"error": {"message": "no credential"}}, status=401)
+        self.arrivals.append(Arrival(time.time(), credential))
         stats = self.stats.setdefault(credential, CredentialStats())
         faults = self.faults.get(credential, NO_FAULTS)
         if faults.reset_rate and self.rng.random() < faults.reset_rate:
