@@ -11,22 +11,40 @@
 -- (docs/benchmarks.md, "Proxy overhead"). It stays Cluster-safe: every derived key carries the
 -- base's hash tag `{<pool>}`, so it lies in the slot of KEYS[1].
 -- Pool-wide operator settings come from the pool hash, written by sync (the last replica to sync
--- wins): strategy, breaker_threshold, breaker_timeout_ms, breaker_timeout_max_ms,
--- breaker_window, breaker_min_calls, breaker_failure_ratio, half_open_probes, cooldown_max_ms. Per-call facts come in ARGV, from ARGV[1].
+-- wins), read once per call by begin() below: strategy, breaker_threshold, breaker_timeout_ms,
+-- breaker_timeout_max_ms, breaker_window, breaker_min_calls, breaker_failure_ratio,
+-- half_open_probes, cooldown_max_ms. Per-call facts come in ARGV, from ARGV[1].
 -- Every script returns its own reply followed by a list of events, one per transition it made:
 -- {session id, 'state', from, to} or {session id, 'breaker', from, to}.
 
-local pool_meta = redis.call('HMGET', pool_key, 'strategy', 'epoch_ms', 'half_open_probes',
-  'cooldown_max_ms', 'due_at', 'breaker_threshold', 'rate_learning')
-local strategy = pool_meta[1] or 'health'
-local epoch_ms = tonumber(pool_meta[2]) or 0
-local half_open_probes = tonumber(pool_meta[3]) or default_half_open_probes
-local cooldown_max_ms = tonumber(pool_meta[4]) or default_rate_limit_cooldown_max_ms
-local due_at = tonumber(pool_meta[5]) or 0
-local breaker_threshold = pool_meta[6]
--- Rate learning (docs/learning.md) is on unless sync wrote '0' (RATE_LIMIT_LEARNING=false).
-local rate_learning = pool_meta[7] ~= '0'
-local events = {}
+-- The pool-wide settings and the events of the call under way: set by begin(), which every
+-- operation runs first. In the function library these locals outlive a call (the library's
+-- code before the functions runs once, at load), so begin() sets every one of them.
+local strategy, epoch_ms, half_open_probes, cooldown_max_ms, due_at, breaker_threshold
+local rate_learning, breaker_timeout_ms, breaker_timeout_max_ms, breaker_window
+local breaker_min_calls, breaker_failure_ratio, events
+
+-- The start of every call: the key names of the pool named `name` (KEYS[1]; see the preamble's
+-- bind), its settings in one read, no events yet.
+local function begin(name)
+  bind(name)
+  local pool_meta = redis.call('HMGET', pool_key, 'strategy', 'epoch_ms', 'half_open_probes',
+    'cooldown_max_ms', 'due_at', 'breaker_threshold', 'rate_learning', 'breaker_timeout_ms',
+    'breaker_timeout_max_ms', 'breaker_window', 'breaker_min_calls', 'breaker_failure_ratio')
+  strategy = pool_meta[1] or 'health'
+  epoch_ms = tonumber(pool_meta[2]) or 0
+  half_open_probes = tonumber(pool_meta[3]) or default_half_open_probes
+  cooldown_max_ms = tonumber(pool_meta[4]) or default_rate_limit_cooldown_max_ms
+  due_at = tonumber(pool_meta[5]) or 0
+  breaker_threshold = pool_meta[6]
+  -- Rate learning (docs/learning.md) is on unless sync wrote '0' (RATE_LIMIT_LEARNING=false).
+  rate_learning = pool_meta[7] ~= '0'
+  breaker_timeout_ms, breaker_timeout_max_ms = tonumber(pool_meta[8]), tonumber(pool_meta[9])
+  breaker_window = tonumber(pool_meta[10]) or default_breaker_window
+  breaker_min_calls = tonumber(pool_meta[11]) or default_breaker_min_calls
+  breaker_failure_ratio = tonumber(pool_meta[12]) or default_breaker_failure_ratio
+  events = {}
+end
 
 local function now_ms()
   local t = redis.call('TIME')
