@@ -16,11 +16,13 @@ from dataclasses import dataclass, field
 from functools import partial
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from typing import Any
 
 import structlog
 
 import broker
+from bench.acquire_release.baseline import baseline_worker
 
 #: Units each release reports in the ``+tiers`` rows.
 BENCH_UNITS = 100
@@ -174,16 +176,23 @@ def worker_main(conn: Connection, redis_url: str, clients: int) -> None:
 class Workers:
     """The worker processes, driven in lock step: send one command to all, collect all tallies."""
 
-    def __init__(self, redis_url: str, processes: int, clients: int) -> None:
+    def __init__(
+        self, redis_url: str, processes: int, clients: int, *, baseline: Path | None = None
+    ) -> None:
+        """``baseline``: the workers run the broker copied there (``baseline.py``)."""
         context = multiprocessing.get_context("spawn")
         self._conns: list[Connection] = []
         self._procs: list[BaseProcess] = []
         for index in range(processes):
             share = clients // processes + (index < clients % processes)
             parent_end, child_end = context.Pipe()
-            proc = context.Process(
-                target=worker_main, args=(child_end, redis_url, share), daemon=True
-            )
+            if baseline is None:
+                proc = context.Process(
+                    target=worker_main, args=(child_end, redis_url, share), daemon=True
+                )
+            else:
+                args = (str(baseline), child_end, redis_url, share)
+                proc = context.Process(target=baseline_worker, args=args, daemon=True)
             proc.start()
             child_end.close()
             self._conns.append(parent_end)
