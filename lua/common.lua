@@ -118,19 +118,23 @@ end
 
 -- Keep a session's entry in its tier's eligible set, and the set of non-empty tiers, in step
 -- with avail. `avail_tier` in its hash remembers which tier set holds it, so a priority changed
--- by sync or a restore moves it rather than leaving a stale entry behind.
-local function place_tier(key, id, f, available, score)
+-- by sync or a restore moves it rather than leaving a stale entry behind. A session whose
+-- `avail_tier` is its priority is in that tier's set, so the tier is in tiers already; `stays`:
+-- its score is unchanged too (see settle), so nothing is written.
+local function place_tier(key, id, f, available, score, stays)
   local old = f.avail_tier
   if old and (not available or old ~= f.priority) then
     local set = tier_prefix .. old
     redis.call('ZREM', set, id)
     if redis.call('ZCARD', set) == 0 then redis.call('ZREM', tiers_key, old) end
   end
-  if available then
+  if available and old ~= f.priority then
     redis.call('ZADD', tier_prefix .. f.priority, score, id)
     redis.call('ZADD', tiers_key, tonumber(f.priority), f.priority)
-    if old ~= f.priority then redis.call('HSET', key, 'avail_tier', f.priority) end
-  elseif old then
+    redis.call('HSET', key, 'avail_tier', f.priority)
+  elseif available and not stays then
+    redis.call('ZADD', tier_prefix .. f.priority, score, id)
+  elseif not available and old then
     redis.call('HDEL', key, 'avail_tier')
   end
 end
@@ -184,7 +188,10 @@ end
 -- Recompute one session's state and its membership of avail, cooling, open, quota and disabled,
 -- from `f`: its fields as read_session returned them, with what the caller wrote since.
 -- The first matching reason wins: removed, disabled, open, cooling, quota, probing, busy.
-local function settle(id, key, f, now)
+-- `placed` (optional): the score of the session as read, when it was recorded available (its
+-- place in avail and its tier was written from those fields, as every write of them is followed
+-- by a settle); a session still available with that score keeps its place without a write.
+local function settle(id, key, f, now, placed)
   if f.breaker == 'open' and f.breaker_until <= now then
     f.breaker, f.probes = 'half_open', 0
     redis.call('HSET', key, 'breaker', 'half_open', 'probes', 0)
@@ -205,8 +212,11 @@ local function settle(id, key, f, now)
   -- refresh alone writes these sets and `state`, together: a session whose state stays what it
   -- was is in none of the other states' sets, so only its own state's entry is written again.
   local moved = state ~= f.state
-  if moved or state == 'available' then place(avail_key, id, state == 'available', score) end
-  place_tier(key, id, f, state == 'available', score)
+  local stays = not moved and state == 'available' and placed == score
+  if moved or (state == 'available' and not stays) then
+    place(avail_key, id, state == 'available', score)
+  end
+  place_tier(key, id, f, state == 'available', score, stays)
   if moved or state == 'cooling' then place_due(cooling_key, id, state == 'cooling', f.cooldown_until) end
   if moved or state == 'open' then place_due(open_key, id, state == 'open', f.breaker_until) end
   if moved or state == 'quota' then place_due(quota_key, id, state == 'quota', admits_at) end
