@@ -188,10 +188,12 @@ end
 -- Recompute one session's state and its membership of avail, cooling, open, quota and disabled,
 -- from `f`: its fields as read_session returned them, with what the caller wrote since.
 -- The first matching reason wins: removed, disabled, open, cooling, quota, probing, busy.
--- `placed` (optional): the score of the session as read, when it was recorded available (its
--- place in avail and its tier was written from those fields, as every write of them is followed
--- by a settle); a session still available with that score keeps its place without a write.
+-- `placed` (optional): the score of the session as read, when it was recorded available and the
+-- caller changed nothing but its lease counters (acquire). Its place in avail and its tier and
+-- its half-open membership were written from the fields as read (every write of them is
+-- followed by a settle), so a session still available with that score is left as it is.
 local function settle(id, key, f, now, placed)
+  local breaker_read = f.breaker
   if f.breaker == 'open' and f.breaker_until <= now then
     f.breaker, f.probes = 'half_open', 0
     redis.call('HSET', key, 'breaker', 'half_open', 'probes', 0)
@@ -222,8 +224,11 @@ local function settle(id, key, f, now, placed)
   if moved or state == 'quota' then place_due(quota_key, id, state == 'quota', admits_at) end
   if state == 'disabled' then redis.call('SADD', disabled_key, id)
   elseif moved then redis.call('SREM', disabled_key, id) end
-  if f.breaker == 'half_open' and state ~= 'removed' then redis.call('SADD', half_open_key, id)
-  else redis.call('SREM', half_open_key, id) end
+  -- The half-open set follows the breaker; with `placed`, it was in step when read.
+  if placed == nil or moved or f.breaker ~= breaker_read then
+    if f.breaker == 'half_open' and state ~= 'removed' then redis.call('SADD', half_open_key, id)
+    else redis.call('SREM', half_open_key, id) end
+  end
   if moved then
     redis.call('HSET', key, 'state', state)
     table.insert(events, {id, 'state', f.state or '', state})
