@@ -1,5 +1,7 @@
--- common.lua: the prelude the loader puts in front of every other script of this folder, so that
--- each script sees one key layout and one definition of a session's eligibility.
+-- common.lua: the definitions every other script of this folder shares (one key layout, one
+-- definition of a session's eligibility). The loader (broker/preamble.py) puts it once in the
+-- function library, after the preamble and before one function per script: its code runs once,
+-- when Redis loads the library, and every call starts with begin(KEYS[1]) below.
 --
 -- KEYS: one key, the pool's base name `sb:{<pool>}` (broker/keys.py). Every other key is derived
 -- from it by the preamble the loader puts before this file (broker/preamble.py): one local per
@@ -202,7 +204,8 @@ local function settle(id, key, f, now, placed)
   -- The quota state covers both budgets: requests (rpm) and units (tpm); the later one decides.
   local admits_at = math.max(quota_at(f), units_at(f))
   local state
-  if not redis.call('ZSCORE', members_key, id) then state = 'removed'
+  -- With `placed` it is a member: it was one when last settled, and a removal settles it.
+  if placed == nil and not redis.call('ZSCORE', members_key, id) then state = 'removed'
   elseif f.enabled == '0' or (f.disabled_reason and f.disabled_reason ~= '') then state = 'disabled'
   elseif f.breaker == 'open' then state = 'open'
   elseif f.cooldown_until > now then state = 'cooling'
