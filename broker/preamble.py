@@ -153,7 +153,8 @@ def _library_code() -> str:
     parts = [preamble(), _read(PRELUDE)]
     for op in OPERATIONS:
         body = _read(f"{op}.lua")
-        parts.append(f"\nlocal function op_{op}(KEYS, ARGV)\nbegin(KEYS[1])\n{body}end\n")
+        # A last line without its newline (a comment) must not swallow the `end`.
+        parts.append(f"\nlocal function op_{op}(KEYS, ARGV)\nbegin(KEYS[1])\n{body}\nend\n")
     return "".join(parts)
 
 

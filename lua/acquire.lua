@@ -64,7 +64,8 @@ end
 -- A uniform proposal from a tier's set, accepted with probability score / max score: an exact
 -- weighted choice without reading the whole set. Gives up after a bounded number of proposals.
 local function weighted(set, n)
-  local top = redis.call('ZREVRANGE', set, 0, 0, 'WITHSCORES')
+  -- The top score only matters to the health strategy's acceptance test.
+  local top = strategy == 'health' and redis.call('ZREVRANGE', set, 0, 0, 'WITHSCORES') or {}
   local max_score, fallback = tonumber(top[2]), nil
   for _ = 1, 64 do
     local index = math.random(n) - 1

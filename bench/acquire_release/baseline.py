@@ -3,8 +3,8 @@
 ``git archive`` copies that commit's ``broker/`` and ``lua/`` (as ``broker/lua``, where the
 wheel puts it) to a temporary folder. Its worker processes run the same client loop
 (``workers.py``) on that broker: a spawned child imports this checkout's ``broker`` while it
-starts (the parent's main module), so ``baseline_worker`` drops it and imports the copy. Pools are
-still synced by this checkout's broker; the pool's keys are the same in both.
+starts (the parent's main module), so ``workers.baseline_worker`` drops it and imports the copy.
+Pools are still synced by this checkout's broker; the pool's keys are the same in both.
 """
 
 from __future__ import annotations
@@ -12,15 +12,10 @@ from __future__ import annotations
 import contextlib
 import io
 import subprocess
-import sys
 import tarfile
 import tempfile
 from collections.abc import Iterator
-from multiprocessing.connection import Connection
 from pathlib import Path
-
-#: The modules a baseline worker imports again from the copy.
-_REIMPORTED = ("broker", "bench.acquire_release.workers")
 
 
 @contextlib.contextmanager
@@ -41,14 +36,3 @@ def checkout(ref: str) -> Iterator[Path]:
             tar.extractall(folder, filter="data")
         Path(folder, "lua").rename(Path(folder, "broker", "lua"))
         yield Path(folder)
-
-
-def baseline_worker(path: str, conn: Connection, redis_url: str, clients: int) -> None:
-    """A worker process on the broker copied to ``path``."""
-    for name in list(sys.modules):
-        if any(name == m or name.startswith(f"{m}.") for m in _REIMPORTED):
-            del sys.modules[name]
-    sys.path.insert(0, path)
-    from bench.acquire_release import workers
-
-    workers.worker_main(conn, redis_url, clients)

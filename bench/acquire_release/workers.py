@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import multiprocessing
 import signal
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -22,7 +24,6 @@ from typing import Any
 import structlog
 
 import broker
-from bench.acquire_release.baseline import baseline_worker
 
 #: Units each release reports in the ``+tiers`` rows.
 BENCH_UNITS = 100
@@ -171,6 +172,16 @@ def worker_main(conn: Connection, redis_url: str, clients: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator decides when to stop
     with contextlib.suppress(EOFError, BrokenPipeError):
         asyncio.run(_serve(conn, redis_url, clients))
+
+
+def baseline_worker(path: str, conn: Connection, redis_url: str, clients: int) -> None:
+    """A worker process on the broker copied to ``path`` (``baseline.py``): the broker and this
+    module are imported again from there before the worker starts."""
+    for name in list(sys.modules):
+        if name in ("broker", __name__) or name.startswith("broker."):
+            del sys.modules[name]
+    sys.path.insert(0, path)
+    importlib.import_module(__name__).worker_main(conn, redis_url, clients)
 
 
 class Workers:

@@ -65,7 +65,7 @@ def test_the_library_holds_every_operation_once() -> None:
     assert text.count("-- common.lua:") == 1
     for operation in preamble.OPERATIONS:
         body = preamble.source(operation).split("begin(KEYS[1])\n", 1)[1]
-        assert f"local function op_{operation}(KEYS, ARGV)\nbegin(KEYS[1])\n{body}end\n" in text
+        assert f"local function op_{operation}(KEYS, ARGV)\nbegin(KEYS[1])\n{body}\nend\n" in text
         assert f"function_name='{name}_{operation}', callback=op_{operation}," in text
     assert "flags={'no-writes'}" in text.split(f"function_name='{name}_units'", 1)[1]
 
