@@ -149,8 +149,11 @@ def open_store(settings: BrokerSettings) -> Store:
             "embedded store",
             detail="no REDIS_URL: state lives in this process, not shared with other replicas",
         )
+        # One connection: the in-process server runs one command at a time anyway, and calls
+        # then reach it in the order they were made (a release handed over before a retry's
+        # acquire is not overtaken by the retry's own release while a second connection opens).
         client: Redis = fakeredis.FakeAsyncRedis(
-            server=fakeredis.FakeServer(), decode_responses=True
+            server=fakeredis.FakeServer(), decode_responses=True, single_connection_client=True
         )
         return client
     if settings.redis_cluster:
