@@ -3,8 +3,9 @@
 Each operation of ``lua/`` is a method here with keyword-only, typed arguments and a decoded,
 typed reply; its ARGV is encoded in that method only, in the order its script's header lists. The
 gateway hands the transitions each script reports to the log and to the pool's listener, maps
-Redis errors to StoreError, and calls through the lane on a standalone Redis (broker/lane.py)
-or redis-py's ``Script`` elsewhere (EVALSHA; NOSCRIPT loads the script and runs it again).
+Redis errors to StoreError, and calls each operation's function of the scripts' library (FCALL,
+``broker/library.py``; "Function not found" loads the library and calls again) through the lane
+on a standalone Redis (broker/lane.py), through redis-py elsewhere.
 
 How a value reaches the scripts, one way each:
 
@@ -36,7 +37,7 @@ from broker.events import Transition, emit, parse
 from broker.keys import PoolKeys
 from broker.lane import Lane
 from broker.leases import Lease, Released
-from broker.preamble import OPERATIONS, source
+from broker.library import Library, is_missing
 from broker.replies import (
     AlertChange,
     Ended,
@@ -107,18 +108,15 @@ class Gateway:
         self._listener = listener
         #: The scripts' one KEY: they derive every other key of the pool from it.
         self._script_keys = (keys.base,)
-        self._scripts = {op: redis.register_script(source(op)) for op in OPERATIONS}
-        #: A lighter call path on a standalone Redis (see broker/lane.py); None: redis-py's Script.
+        self._library = Library(redis)
+        #: A lighter call path on a standalone Redis (see broker/lane.py); None: redis-py's.
         self._lane = Lane.of(redis)
+        self._send = self._library.send if self._lane is None else self._lane.call
 
     async def _run(self, operation: str, *args: EncodableT) -> list[Any]:
         """Run one script; log and hand on the transitions it made; its reply without them."""
-        script = self._scripts[operation]
-        pending = (
-            script(keys=self._script_keys, args=args, client=self.redis)
-            if self._lane is None
-            else self._lane.evalsha(script, self._script_keys, args)
-        )
+        command = self._library.command(operation, self._script_keys, args)
+        pending = self._library.call(command, self._send)
         return self._settle(await store_call(operation, pending))
 
     def _settle(self, raw: list[Any]) -> list[Any]:
@@ -182,15 +180,26 @@ class Gateway:
         """Several releases, each its own script call, sent together: in one write on a
         standalone Redis, concurrently on other stores. Each one's answer in order, or the
         StoreError its call came to; raises StoreError when the store was not reached at all."""
-        arguments = [_release_args(call) for call in calls]
-        script = self._scripts["release"]
+        commands = [
+            self._library.command("release", self._script_keys, _release_args(call))
+            for call in calls
+        ]
+        raws: list[Any]
         if self._lane is not None:
-            lane = self._lane.evalsha_many(script, self._script_keys, arguments)
-            raws: list[Any] = await store_call("release", lane)
+            seen = self._library.loads
+            raws = await store_call("release", self._lane.call_many(commands))
+            missing = [i for i, raw in enumerate(raws) if is_missing(raw)]
+            if missing:
+                await store_call("release", self._library.load(seen))
+                again = await store_call(
+                    "release", self._lane.call_many([commands[i] for i in missing])
+                )
+                for index, raw in zip(missing, again, strict=True):
+                    raws[index] = raw
         else:
             pending = [
-                store_call("release", script(keys=self._script_keys, args=a, client=self.redis))
-                for a in arguments
+                store_call("release", self._library.call(command, self._send))
+                for command in commands
             ]
             if len(pending) == 1:
                 raws = [await pending[0]]

@@ -1,6 +1,6 @@
 """A light call path for the pool's scripts on a standalone Redis.
 
-redis-py's general path costs a replica more CPU per EVALSHA than the script costs Redis: for
+redis-py's general path costs a replica more CPU per script call than the script costs Redis: for
 every command it checks a connection out of its pool (a lock, a condition, a timeout, a read to
 see that the connection holds no stray data) and back in, runs the send in a task of its own for
 the send timeout, records observability hooks and encodes each argument in Python. A lane keeps
@@ -11,8 +11,9 @@ timeout around each send and read.
 What stays redis-py's: the connections themselves (connect, AUTH, SELECT, TLS, RESP parsing,
 health checks of idle connections), the retries after a dropped connection (the store's
 ``Retry``; every script is idempotent by its client-made lease id, so a resend is safe), and the
-errors raised. NOSCRIPT (a restarted or failed-over server) loads the script and runs it again,
-as redis-py's ``Script`` does. Sentinel, Cluster and the embedded store keep the ``Script`` path.
+errors raised. A lane only sends and reads: "Function not found" (a restarted or failed-over
+server) reaches the gateway, which loads the library and calls again (``broker/library.py``), as
+on every other path. Sentinel, Cluster and the embedded store call through redis-py.
 """
 
 from __future__ import annotations
@@ -26,8 +27,7 @@ from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 __all__ = ["IDLE_MAX", "Lane"]
@@ -42,7 +42,7 @@ _pack: Callable[[tuple[object, ...]], bytes] = hiredis.pack_command  # type: ign
 
 
 class Lane:
-    """EVALSHA on a standalone Redis over connections kept between calls."""
+    """Script calls (FCALL) on a standalone Redis over connections kept between calls."""
 
     def __init__(self, pool: ConnectionPool) -> None:
         self._pool = pool
@@ -55,7 +55,7 @@ class Lane:
 
     @classmethod
     def of(cls, store: object) -> Lane | None:
-        """A lane for a standalone client; None for any other kind (they use ``Script``)."""
+        """A lane for a standalone client; None for any other kind (they call through redis-py)."""
         if type(store) is not Redis:  # Sentinel's and the embedded store's are subclasses
             return None
         pool = store.connection_pool
@@ -63,15 +63,14 @@ class Lane:
             return None
         return cls(pool)
 
-    async def evalsha(
-        self, script: AsyncScript, keys: tuple[str, ...], args: tuple[object, ...]
-    ) -> Any:
-        """Run ``script``; retried on a dropped connection, loaded again on NOSCRIPT."""
-        command = _pack(("EVALSHA", script.sha, len(keys), *keys, *args))
+    async def call(self, command: tuple[Any, ...]) -> Any:
+        """Send ``command`` (a script call) and return its reply; retried on a dropped
+        connection. An error reply is raised as redis-py's ResponseError."""
+        packed = _pack(command)
         conn = self._idle.pop() if self._idle else await self._borrow()
         try:
             return await self._retry.call_with_retry(
-                lambda: self._once(conn, script, command), lambda _: conn.disconnect()
+                lambda: self._once(conn, packed), lambda _: conn.disconnect()
             )
         except ResponseError:
             raise  # the server answered (a script error): the connection is in step
@@ -83,18 +82,15 @@ class Lane:
         finally:
             await self._give_back(conn)
 
-    async def evalsha_many(
-        self, script: AsyncScript, keys: tuple[str, ...], arguments: Sequence[tuple[object, ...]]
-    ) -> list[Any]:
-        """Run ``script`` once per argument tuple, all sent in one write on one connection; the
-        replies in order, an error reply as its ResponseError (returned, not raised). Retried
-        as a whole on a dropped connection: every script is idempotent by its lease id."""
-        head = ("EVALSHA", script.sha, len(keys), *keys)
-        commands = [_pack((*head, *args)) for args in arguments]
+    async def call_many(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Send ``commands`` in one write on one connection; the replies in order, an error
+        reply as its ResponseError (returned, not raised). Retried as a whole on a dropped
+        connection: every script is idempotent by its lease id."""
+        packed = [_pack(command) for command in commands]
         conn = self._idle.pop() if self._idle else await self._borrow()
         try:
             return await self._retry.call_with_retry(
-                lambda: self._many(conn, script, commands), lambda _: conn.disconnect()
+                lambda: self._many(conn, packed), lambda _: conn.disconnect()
             )
         except BaseException:
             await conn.disconnect(nowait=True)
@@ -102,9 +98,7 @@ class Lane:
         finally:
             await self._give_back(conn)
 
-    async def _many(
-        self, conn: AbstractConnection, script: AsyncScript, commands: list[bytes]
-    ) -> list[Any]:
+    async def _many(self, conn: AbstractConnection, commands: list[bytes]) -> list[Any]:
         try:
             async with asyncio.timeout(self._timeout_s):
                 await conn.send_packed_command(b"".join(commands))
@@ -114,28 +108,16 @@ class Lane:
                         replies.append(await conn.read_response())
                     except ResponseError as exc:
                         replies.append(exc)
-                for index, reply in enumerate(replies):
-                    if isinstance(reply, NoScriptError):  # loaded again, then run again
-                        try:
-                            replies[index] = await self._once(conn, script, commands[index])
-                        except ResponseError as exc:
-                            replies[index] = exc
                 return replies
         except TimeoutError as exc:
             await conn.disconnect(nowait=True)
             raise RedisTimeoutError("Timeout talking to Redis") from exc
 
-    async def _once(self, conn: AbstractConnection, script: AsyncScript, command: bytes) -> Any:
+    async def _once(self, conn: AbstractConnection, command: bytes) -> Any:
         try:
             async with asyncio.timeout(self._timeout_s):
                 await conn.send_packed_command(command)
-                try:
-                    return await conn.read_response()
-                except NoScriptError:
-                    await conn.send_packed_command(_pack(("SCRIPT", "LOAD", script.script)))
-                    await conn.read_response()
-                    await conn.send_packed_command(command)
-                    return await conn.read_response()
+                return await conn.read_response()
         except TimeoutError as exc:
             await conn.disconnect(nowait=True)
             raise RedisTimeoutError("Timeout talking to Redis") from exc

@@ -8,9 +8,9 @@ script touches one slot):
 * Redis Cluster: any node's URL; the client discovers the others and follows MOVED/ASK.
 
 A failover costs at most its own window: commands that fail on a dropped connection are retried
-(every script is idempotent by its lease id), and a new master that has never seen a script
-answers NOSCRIPT, on which redis-py's ``Script`` (or, on a standalone Redis, the pool's lane:
-``broker/lane.py``) loads it and runs it again.
+(every script is idempotent by its lease id), and a new master that lacks the scripts' function
+library answers "Function not found", on which the library is loaded and the call made again
+(``broker/library.py``).
 
 Without a Redis URL the same Lua scripts run on fakeredis inside this process: a single replica
 works with no Redis at all, but its state is shared with nobody.
@@ -32,7 +32,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from broker.settings import BrokerSettings
 
-__all__ = ["COMMAND_RETRIES", "SentinelMaster", "Store", "open_store"]
+__all__ = ["COMMAND_RETRIES", "ClusterStore", "SentinelMaster", "Store", "open_store"]
 
 log = structlog.get_logger(__name__)
 
@@ -82,6 +82,19 @@ class SentinelMaster(Redis):
         await super().aclose(close_connection_pool)
         if self.sentinels is not None:
             await self.sentinels.aclose()
+
+
+class ClusterStore(RedisCluster):
+    """A Redis Cluster client that finds an FCALL's slot from its keys as it does an EVALSHA's.
+
+    redis-py asks a node (``COMMAND GETKEYS``) where the keys of a command with movable keys
+    are, FCALL among them: a second round trip for every script call.
+    """
+
+    async def _determine_slot(self, command: str, *args: Any) -> int:
+        if command.upper() in ("FCALL", "FCALL_RO") and len(args) > 2 and int(args[1]) == 1:
+            return self.keyslot(args[2])
+        return await super()._determine_slot(command, *args)
 
 
 def _master_options(settings: BrokerSettings) -> dict[str, Any]:
@@ -136,13 +149,16 @@ def open_store(settings: BrokerSettings) -> Store:
             "embedded store",
             detail="no REDIS_URL: state lives in this process, not shared with other replicas",
         )
+        # One connection: the in-process server runs one command at a time anyway, and calls
+        # then reach it in the order they were made (a release handed over before a retry's
+        # acquire is not overtaken by the retry's own release while a second connection opens).
         client: Redis = fakeredis.FakeAsyncRedis(
-            server=fakeredis.FakeServer(), decode_responses=True
+            server=fakeredis.FakeServer(), decode_responses=True, single_connection_client=True
         )
         return client
     if settings.redis_cluster:
         # Its retry re-discovers the slots before trying again, so a failover is followed.
-        return RedisCluster.from_url(settings.redis_url, **_common(settings))
+        return ClusterStore.from_url(settings.redis_url, **_common(settings))
     # A pool that waits (up to the socket timeout) for a free connection: the default one raises
     # at its limit, which would read as the store being down under a burst of requests.
     pool = BlockingConnectionPool.from_url(

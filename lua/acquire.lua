@@ -65,7 +65,8 @@ end
 -- A uniform proposal from a tier's set, accepted with probability score / max score: an exact
 -- weighted choice without reading the whole set. Gives up after a bounded number of proposals.
 local function weighted(set, n)
-  local top = redis.call('ZREVRANGE', set, 0, 0, 'WITHSCORES')
+  -- The top score only matters to the health strategy's acceptance test.
+  local top = strategy == 'health' and redis.call('ZREVRANGE', set, 0, 0, 'WITHSCORES') or {}
   local max_score, fallback = tonumber(top[2]), nil
   for _ = 1, 64 do
     local index = math.random(n) - 1
@@ -112,6 +113,9 @@ local function choose()
     local set = tier_prefix .. tier
     redis.call('ZREM', set, id)
     if redis.call('ZCARD', set) == 0 then redis.call('ZREM', tiers_key, tier) end
+    -- The session no longer has the place its hash names (see place_tier in common.lua).
+    local key = session_prefix .. id
+    if redis.call('HGET', key, 'avail_tier') == tier then redis.call('HDEL', key, 'avail_tier') end
   end
   return nil
 end
@@ -170,6 +174,8 @@ redis.call('HSET', owners_key, lease_id, id)
 -- The session is read once: its counters are written back in one write (the script runs alone:
 -- no increment races), and its new state is settled from what was read and written.
 local f = read_session(key)
+-- Its place in avail as read: kept without a write when the lease leaves its score as it was.
+local placed = f.state == 'available' and selection_score(f) or nil
 f.in_flight, f.leases, f.last_used = f.in_flight + 1, f.leases + 1, now
 local updates = {'in_flight', f.in_flight, 'leases', f.leases, 'last_used', now}
 local probe = 0
@@ -201,7 +207,7 @@ if precharge > 0 then
   charge_units(key, precharge, now)
   refresh(id, now)  -- the unit budget changed in the hash: judge from a fresh read
 else
-  settle(id, key, f, now)
+  settle(id, key, f, now, placed)
 end
 -- The next in line may take what is left; with nothing left, waking it would be a wasted try.
 if from_queue and redis.call('ZCARD', avail_key) > 0 then redis.call('PUBLISH', wake_channel, '') end

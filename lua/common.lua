@@ -1,5 +1,7 @@
--- common.lua: the prelude the loader puts in front of every other script of this folder, so that
--- each script sees one key layout and one definition of a session's eligibility.
+-- common.lua: the definitions every other script of this folder shares (one key layout, one
+-- definition of a session's eligibility). The loader (broker/preamble.py) puts it once in the
+-- function library, after the preamble and before one function per script: its code runs once,
+-- when Redis loads the library, and every call starts with begin(KEYS[1]) below.
 --
 -- KEYS: one key, the pool's base name `sb:{<pool>}` (broker/keys.py). Every other key is derived
 -- from it by the preamble the loader puts before this file (broker/preamble.py): one local per
@@ -11,22 +13,40 @@
 -- (docs/benchmarks.md, "Proxy overhead"). It stays Cluster-safe: every derived key carries the
 -- base's hash tag `{<pool>}`, so it lies in the slot of KEYS[1].
 -- Pool-wide operator settings come from the pool hash, written by sync (the last replica to sync
--- wins): strategy, breaker_threshold, breaker_timeout_ms, breaker_timeout_max_ms,
--- breaker_window, breaker_min_calls, breaker_failure_ratio, half_open_probes, cooldown_max_ms. Per-call facts come in ARGV, from ARGV[1].
+-- wins), read once per call by begin() below: strategy, breaker_threshold, breaker_timeout_ms,
+-- breaker_timeout_max_ms, breaker_window, breaker_min_calls, breaker_failure_ratio,
+-- half_open_probes, cooldown_max_ms. Per-call facts come in ARGV, from ARGV[1].
 -- Every script returns its own reply followed by a list of events, one per transition it made:
 -- {session id, 'state', from, to} or {session id, 'breaker', from, to}.
 
-local pool_meta = redis.call('HMGET', pool_key, 'strategy', 'epoch_ms', 'half_open_probes',
-  'cooldown_max_ms', 'due_at', 'breaker_threshold', 'rate_learning')
-local strategy = pool_meta[1] or 'health'
-local epoch_ms = tonumber(pool_meta[2]) or 0
-local half_open_probes = tonumber(pool_meta[3]) or default_half_open_probes
-local cooldown_max_ms = tonumber(pool_meta[4]) or default_rate_limit_cooldown_max_ms
-local due_at = tonumber(pool_meta[5]) or 0
-local breaker_threshold = pool_meta[6]
--- Rate learning (docs/learning.md) is on unless sync wrote '0' (RATE_LIMIT_LEARNING=false).
-local rate_learning = pool_meta[7] ~= '0'
-local events = {}
+-- The pool-wide settings and the events of the call under way: set by begin(), which every
+-- operation runs first. In the function library these locals outlive a call (the library's
+-- code before the functions runs once, at load), so begin() sets every one of them.
+local strategy, epoch_ms, half_open_probes, cooldown_max_ms, due_at, breaker_threshold
+local rate_learning, breaker_timeout_ms, breaker_timeout_max_ms, breaker_window
+local breaker_min_calls, breaker_failure_ratio, events
+
+-- The start of every call: the key names of the pool named `name` (KEYS[1]; see the preamble's
+-- bind), its settings in one read, no events yet.
+local function begin(name)
+  bind(name)
+  local pool_meta = redis.call('HMGET', pool_key, 'strategy', 'epoch_ms', 'half_open_probes',
+    'cooldown_max_ms', 'due_at', 'breaker_threshold', 'rate_learning', 'breaker_timeout_ms',
+    'breaker_timeout_max_ms', 'breaker_window', 'breaker_min_calls', 'breaker_failure_ratio')
+  strategy = pool_meta[1] or 'health'
+  epoch_ms = tonumber(pool_meta[2]) or 0
+  half_open_probes = tonumber(pool_meta[3]) or default_half_open_probes
+  cooldown_max_ms = tonumber(pool_meta[4]) or default_rate_limit_cooldown_max_ms
+  due_at = tonumber(pool_meta[5]) or 0
+  breaker_threshold = pool_meta[6]
+  -- Rate learning (docs/learning.md) is on unless sync wrote '0' (RATE_LIMIT_LEARNING=false).
+  rate_learning = pool_meta[7] ~= '0'
+  breaker_timeout_ms, breaker_timeout_max_ms = tonumber(pool_meta[8]), tonumber(pool_meta[9])
+  breaker_window = tonumber(pool_meta[10]) or default_breaker_window
+  breaker_min_calls = tonumber(pool_meta[11]) or default_breaker_min_calls
+  breaker_failure_ratio = tonumber(pool_meta[12]) or default_breaker_failure_ratio
+  events = {}
+end
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -100,19 +120,23 @@ end
 
 -- Keep a session's entry in its tier's eligible set, and the set of non-empty tiers, in step
 -- with avail. `avail_tier` in its hash remembers which tier set holds it, so a priority changed
--- by sync or a restore moves it rather than leaving a stale entry behind.
-local function place_tier(key, id, f, available, score)
+-- by sync or a restore moves it rather than leaving a stale entry behind. A session whose
+-- `avail_tier` is its priority is in that tier's set, so the tier is in tiers already; `stays`:
+-- its score is unchanged too (see settle), so nothing is written.
+local function place_tier(key, id, f, available, score, stays)
   local old = f.avail_tier
   if old and (not available or old ~= f.priority) then
     local set = tier_prefix .. old
     redis.call('ZREM', set, id)
     if redis.call('ZCARD', set) == 0 then redis.call('ZREM', tiers_key, old) end
   end
-  if available then
+  if available and old ~= f.priority then
     redis.call('ZADD', tier_prefix .. f.priority, score, id)
     redis.call('ZADD', tiers_key, tonumber(f.priority), f.priority)
-    if old ~= f.priority then redis.call('HSET', key, 'avail_tier', f.priority) end
-  elseif old then
+    redis.call('HSET', key, 'avail_tier', f.priority)
+  elseif available and not stays then
+    redis.call('ZADD', tier_prefix .. f.priority, score, id)
+  elseif not available and old then
     redis.call('HDEL', key, 'avail_tier')
   end
 end
@@ -166,7 +190,12 @@ end
 -- Recompute one session's state and its membership of avail, cooling, open, quota and disabled,
 -- from `f`: its fields as read_session returned them, with what the caller wrote since.
 -- The first matching reason wins: removed, disabled, open, cooling, quota, probing, busy.
-local function settle(id, key, f, now)
+-- `placed` (optional): the score of the session as read, when it was recorded available and the
+-- caller changed nothing but its lease counters (acquire). Its place in avail and its tier and
+-- its half-open membership were written from the fields as read (every write of them is
+-- followed by a settle), so a session still available with that score is left as it is.
+local function settle(id, key, f, now, placed)
+  local breaker_read = f.breaker
   if f.breaker == 'open' and f.breaker_until <= now then
     f.breaker, f.probes = 'half_open', 0
     redis.call('HSET', key, 'breaker', 'half_open', 'probes', 0)
@@ -175,7 +204,8 @@ local function settle(id, key, f, now)
   -- The quota state covers both budgets: requests (rpm) and units (tpm); the later one decides.
   local admits_at = math.max(quota_at(f), units_at(f))
   local state
-  if not redis.call('ZSCORE', members_key, id) then state = 'removed'
+  -- With `placed` it is a member: it was one when last settled, and a removal settles it.
+  if placed == nil and not redis.call('ZSCORE', members_key, id) then state = 'removed'
   elseif f.enabled == '0' or (f.disabled_reason and f.disabled_reason ~= '') then state = 'disabled'
   elseif f.breaker == 'open' then state = 'open'
   elseif f.cooldown_until > now then state = 'cooling'
@@ -187,15 +217,21 @@ local function settle(id, key, f, now)
   -- refresh alone writes these sets and `state`, together: a session whose state stays what it
   -- was is in none of the other states' sets, so only its own state's entry is written again.
   local moved = state ~= f.state
-  if moved or state == 'available' then place(avail_key, id, state == 'available', score) end
-  place_tier(key, id, f, state == 'available', score)
+  local stays = not moved and state == 'available' and placed == score
+  if moved or (state == 'available' and not stays) then
+    place(avail_key, id, state == 'available', score)
+  end
+  place_tier(key, id, f, state == 'available', score, stays)
   if moved or state == 'cooling' then place_due(cooling_key, id, state == 'cooling', f.cooldown_until) end
   if moved or state == 'open' then place_due(open_key, id, state == 'open', f.breaker_until) end
   if moved or state == 'quota' then place_due(quota_key, id, state == 'quota', admits_at) end
   if state == 'disabled' then redis.call('SADD', disabled_key, id)
   elseif moved then redis.call('SREM', disabled_key, id) end
-  if f.breaker == 'half_open' and state ~= 'removed' then redis.call('SADD', half_open_key, id)
-  else redis.call('SREM', half_open_key, id) end
+  -- The half-open set follows the breaker; with `placed`, it was in step when read.
+  if placed == nil or moved or f.breaker ~= breaker_read then
+    if f.breaker == 'half_open' and state ~= 'removed' then redis.call('SADD', half_open_key, id)
+    else redis.call('SREM', half_open_key, id) end
+  end
   if moved then
     redis.call('HSET', key, 'state', state)
     table.insert(events, {id, 'state', f.state or '', state})

@@ -278,9 +278,8 @@ end
 -- (doubling the timeout from the second failed probe in a row on).
 local breaker = h[7] or 'closed'
 local failed = outcome == 'server' or outcome == 'network' or outcome == 'timeout'
-local b = redis.call('HMGET', pool_key, 'breaker_timeout_ms', 'breaker_timeout_max_ms',
-  'breaker_window', 'breaker_min_calls', 'breaker_failure_ratio')
-local window = tonumber(b[3]) or default_breaker_window
+-- The pool's breaker settings were read with the rest of the pool hash (begin, common.lua).
+local window = breaker_window
 local calls = h[10] or ''
 if failed or outcome == 'success' then
   calls = string.sub(calls .. (failed and '1' or '0'), -window)
@@ -292,15 +291,14 @@ local threshold = tonumber(breaker_threshold) or 0
 if failed then
   local failures = redis.call('HINCRBY', key, 'breaker_failures', 1)
   local _, failed_calls = string.gsub(calls, '1', '')
-  local min_calls = tonumber(b[4]) or default_breaker_min_calls
-  local ratio = tonumber(b[5]) or default_breaker_failure_ratio
+  local min_calls, ratio = breaker_min_calls, breaker_failure_ratio
   local too_many = failures >= threshold
     or (#calls >= math.max(min_calls, 1) and failed_calls >= ratio * #calls)
   if threshold > 0 and ((breaker == 'half_open' and probe) or (breaker == 'closed' and too_many)) then
     local trips = redis.call('HINCRBY', key, 'breaker_trips', 1)
     -- One failed probe keeps the first timeout (a flaky session's probe may meet a stray
     -- error); from the second in a row each doubles it.
-    local open_for = math.min(tonumber(b[1]) * 2 ^ math.max(trips - 2, 0), tonumber(b[2]))
+    local open_for = math.min(breaker_timeout_ms * 2 ^ math.max(trips - 2, 0), breaker_timeout_max_ms)
     -- The window starts over: the calls that opened it must not open it again after the probe.
     redis.call('HSET', key, 'breaker', 'open', 'breaker_until', math.floor(now + open_for),
       'breaker_opened_at', now, 'breaker_calls', '', 'breaker_failures', 0)

@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 
 import bench.acquire_release
 import broker
+from bench.acquire_release.baseline import checkout
 from bench.acquire_release.counters import ADMIN_CLIENT_NAME
 from bench.acquire_release.measure import Options, run_all
 from bench.acquire_release.report import describe, table, verdict, write_json
@@ -78,6 +79,12 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Options, str | None, str, Pa
         default=True,
         help="also measure each strategy with priority tiers and unit quotas on",
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="REF",
+        help="also measure the broker of this git commit (e.g. a release tag), in the same run, "
+        "as rows <strategy>@REF; the bars are judged on this checkout's rows",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     if not 1 <= args.processes <= args.clients:
@@ -94,6 +101,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Options, str | None, str, Pa
         warmup_s=args.warmup,
         audit_pairs=args.audit_pairs,
         tiers=args.tiers,
+        baseline=args.baseline,
     )
     return options, args.redis_url, args.redis_server, args.json
 
@@ -117,9 +125,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with contextlib.ExitStack() as stack:
             url = redis_url or stack.enter_context(private_redis(redis_server))
+            copy = stack.enter_context(checkout(options.baseline)) if options.baseline else None
             header = describe(options, redis_url, asyncio.run(_redis_version(url)))
             print(f"running: {header}", file=sys.stderr, flush=True)
-            rows = asyncio.run(run_all(url, options))
+            rows = asyncio.run(run_all(url, options, copy))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -132,4 +141,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\n".join(result.lines))
     if json_path is not None:
         write_json(json_path, header, rows, result)
-    return 0 if result.throughput_ok and result.round_trips_ok else 1
+    return 0 if result.ok else 1

@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from redis.asyncio import Redis
 
@@ -55,6 +56,8 @@ class Options:
     warmup_s: float
     audit_pairs: int
     tiers: bool = True
+    #: A git ref whose broker is measured too, in the same run (rows ``<strategy>@<ref>``).
+    baseline: str | None = None
 
 
 async def _sync_pool(
@@ -123,13 +126,21 @@ def _rotated(sizes: Sequence[int], round_: int) -> list[int]:
 
 
 async def measure_strategy(
-    admin: Redis, workers: Workers, options: Options, strategy: broker.Strategy, tiers: bool
+    admin: Redis,
+    workers: Workers,
+    options: Options,
+    strategy: broker.Strategy,
+    tiers: bool,
+    code: str = "",
 ) -> list[Row]:
     """Every pool size of one strategy, in interleaved rounds so drift in the machine's load
     (other processes, CPU frequency) falls on every size alike rather than on the last one.
-    With ``tiers``, the pools have priority tiers and unit quotas, and releases report units."""
+    With ``tiers``, the pools have priority tiers and unit quotas, and releases report units.
+    ``code``: the baseline's ref when ``workers`` run it (no audit: it knows this code's
+    functions only)."""
     run_id = uuid.uuid4().hex[:8]
     label = f"{strategy.value}+tiers" if tiers else strategy.value
+    label += f"@{code}" if code else ""
     names = {size: f"bench-{run_id}-{label}-{size}" for size in options.sizes}
     samples = {size: Sample() for size in options.sizes}
     audits: dict[int, AuditResult] = {}
@@ -143,7 +154,7 @@ async def measure_strategy(
                 slice_s = options.duration_s / options.rounds
                 await measure_slice(admin, workers, prepare, slice_s, samples[size])
         for size, name in names.items():
-            if options.audit_pairs > 0:
+            if options.audit_pairs > 0 and not code:
                 prepare = Prepare(name, strategy, 0.0, tiers)
                 audits[size] = await audit(
                     admin, workers, prepare, options.audit_pairs, options.clients
@@ -151,7 +162,9 @@ async def measure_strategy(
     finally:
         for name in names.values():
             await _drop_pool(admin, name)
-    return [make_row(label, size, samples[size], audits.get(size)) for size in options.sizes]
+    return [
+        make_row(label, size, samples[size], audits.get(size), code=code) for size in options.sizes
+    ]
 
 
 def add_ratios(rows: Sequence[Row]) -> None:
@@ -159,23 +172,30 @@ def add_ratios(rows: Sequence[Row]) -> None:
     for row in rows:
         base = min((r for r in rows if r.strategy == row.strategy), key=lambda r: r.size)
         row.ratio = row.pairs_per_s / base.pairs_per_s
-        row.cost_ratio = row.usec_per_evalsha / max(base.usec_per_evalsha, 1e-9)
+        row.cost_ratio = row.usec_per_call / max(base.usec_per_call, 1e-9)
 
 
-async def run_all(redis_url: str, options: Options) -> list[Row]:
+async def run_all(redis_url: str, options: Options, baseline: Path | None = None) -> list[Row]:
+    """Every strategy; with ``baseline`` (the broker of ``options.baseline`` copied there), each
+    also on that code, right after this code's rows of the same strategy."""
     admin = Redis.from_url(redis_url, decode_responses=True, client_name=ADMIN_CLIENT_NAME)
-    workers = Workers(redis_url, options.processes, options.clients)
+    codes = {"": Workers(redis_url, options.processes, options.clients)}
+    if baseline is not None and options.baseline:
+        codes[options.baseline] = Workers(
+            redis_url, options.processes, options.clients, baseline=baseline
+        )
     rows: list[Row] = []
     finished = False
     try:
         for strategy in options.strategies:
-            rows += await measure_strategy(admin, workers, options, strategy, tiers=False)
-            if options.tiers:
-                rows += await measure_strategy(admin, workers, options, strategy, tiers=True)
+            for tiers in (False, True) if options.tiers else (False,):
+                for code, workers in codes.items():
+                    rows += await measure_strategy(admin, workers, options, strategy, tiers, code)
             print(f"  measured {strategy.value}", file=sys.stderr, flush=True)
         finished = True
     finally:
-        workers.close(graceful=finished)
+        for workers in codes.values():
+            workers.close(graceful=finished)
         await admin.aclose()
     add_ratios(rows)
     return rows

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import multiprocessing
 import signal
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -171,19 +174,36 @@ def worker_main(conn: Connection, redis_url: str, clients: int) -> None:
         asyncio.run(_serve(conn, redis_url, clients))
 
 
+def baseline_worker(path: str, conn: Connection, redis_url: str, clients: int) -> None:
+    """A worker process on the broker copied to ``path`` (``baseline.py``): the broker and this
+    module are imported again from there before the worker starts."""
+    for name in list(sys.modules):
+        if name in ("broker", __name__) or name.startswith("broker."):
+            del sys.modules[name]
+    sys.path.insert(0, path)
+    importlib.import_module(__name__).worker_main(conn, redis_url, clients)
+
+
 class Workers:
     """The worker processes, driven in lock step: send one command to all, collect all tallies."""
 
-    def __init__(self, redis_url: str, processes: int, clients: int) -> None:
+    def __init__(
+        self, redis_url: str, processes: int, clients: int, *, baseline: Path | None = None
+    ) -> None:
+        """``baseline``: the workers run the broker copied there (``baseline.py``)."""
         context = multiprocessing.get_context("spawn")
         self._conns: list[Connection] = []
         self._procs: list[BaseProcess] = []
         for index in range(processes):
             share = clients // processes + (index < clients % processes)
             parent_end, child_end = context.Pipe()
-            proc = context.Process(
-                target=worker_main, args=(child_end, redis_url, share), daemon=True
-            )
+            if baseline is None:
+                proc = context.Process(
+                    target=worker_main, args=(child_end, redis_url, share), daemon=True
+                )
+            else:
+                args = (str(baseline), child_end, redis_url, share)
+                proc = context.Process(target=baseline_worker, args=args, daemon=True)
             proc.start()
             child_end.close()
             self._conns.append(parent_end)

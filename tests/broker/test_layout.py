@@ -142,11 +142,12 @@ def test_no_script_builds_a_key_name_of_its_own() -> None:
 
 
 def test_the_preamble_names_every_member_of_the_layout() -> None:
-    """Each layout member has its Lua local, derived from KEYS[1] with its suffix."""
+    """Each layout member has its Lua local, derived from the pool's base name (KEYS[1], given
+    to ``bind``) with its suffix."""
     text = preamble()
-    assert text.count("local base = KEYS[1]") == 1
+    assert text.count("local function bind(name)") == 1
     for attribute, spec in layout():
-        assert f"local {lua_name(attribute, spec)} = base .. ':{spec.suffix}'\n" in text
+        assert f"  {lua_name(attribute, spec)} = base .. ':{spec.suffix}'\n" in text
 
 
 def test_the_docs_show_the_layout() -> None:

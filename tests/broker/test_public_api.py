@@ -58,6 +58,20 @@ def test_script_source_is_preamble_prelude_then_script() -> None:
     assert "local function choose()" in text[script_at:]
 
 
+def test_the_library_holds_every_operation_once() -> None:
+    """The library is the preamble, the prelude, then one function per operation whose body is
+    its script file unchanged; each registered under the library's versioned name."""
+    text = preamble.library()
+    name = preamble.library_name()
+    assert text.startswith(f"#!lua name={name}\n{preamble.preamble()}")
+    assert text.count("-- common.lua:") == 1
+    for operation in preamble.OPERATIONS:
+        body = preamble.source(operation).split("begin(KEYS[1])\n", 1)[1]
+        assert f"local function op_{operation}(KEYS, ARGV)\nbegin(KEYS[1])\n{body}\nend\n" in text
+        assert f"function_name='{name}_{operation}', callback=op_{operation}," in text
+    assert "flags={'no-writes'}" in text.split(f"function_name='{name}_units'", 1)[1]
+
+
 def test_every_operation_has_its_script() -> None:
     """Each operation the Pool registers has a script file behind the shared prelude."""
     for operation in preamble.OPERATIONS:

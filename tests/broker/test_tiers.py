@@ -8,6 +8,7 @@ from collections import Counter
 import pytest
 
 from broker import NoSessionAvailable, Outcome, Pool, PoolKeys, Session, Strategy, WaitQueue
+from tests.broker.conftest import REAL_REDIS_ONLY
 
 UPPER = {"u0", "u1"}
 LOWER = {"l0", "l1", "l2"}
@@ -183,3 +184,34 @@ async def test_a_stale_tier_entry_is_never_leased(make_pool, redis) -> None:
     await redis.zadd(keys.tiers, {"9": 9})
     assert set(await picks(pool, 4)) == {"u1"}
     assert await redis.zrange(keys.tiers, 0, -1) == ["0", "1"]
+
+
+async def test_a_session_whose_stale_entry_was_dropped_rejoins_its_tier(make_pool, redis) -> None:
+    """After acquire dropped a session's stale entry from its own tier (avail lost it to a
+    replica on older scripts), the session's next settle puts it back in the tier and the tier
+    back in the list of tiers."""
+    pool = await make_pool(tiered())
+    keys = PoolKeys(pool.name)
+    await redis.zrem(keys.avail, *UPPER)
+    assert set(await picks(pool, 3)) <= LOWER
+    assert await redis.zrange(keys.tiers, 0, -1) == ["0"]
+    for session_id in sorted(UPPER):
+        await pool.gateway.reset_session(session_id=session_id)
+    assert await redis.zrange(keys.tiers, 0, -1) == ["0", "1"]
+    assert set(await redis.zrange(keys.tier(1), 0, -1)) == UPPER
+    assert set(await picks(pool, 4)) <= UPPER
+
+
+@REAL_REDIS_ONLY
+async def test_a_lease_that_keeps_the_score_writes_no_place(make_pool, redis) -> None:
+    """With the health strategy a lease changes nothing a session's score depends on: acquire
+    writes the lease (one ZADD) and not the session's place in avail or its tier."""
+    pool = await make_pool(tiered(), strategy=Strategy.HEALTH)
+    keys = PoolKeys(pool.name)
+    before = await redis.zrange(keys.avail, 0, -1, withscores=True)
+    await redis.config_resetstat()
+    lease = await pool.acquire()
+    stats = await redis.info("commandstats")
+    assert stats["cmdstat_zadd"]["calls"] == 1
+    assert await redis.zscore(keys.leases, lease.lease_id) is not None
+    assert await redis.zrange(keys.avail, 0, -1, withscores=True) == before

@@ -14,6 +14,7 @@ from aiohttp import web
 from redis.crc import key_slot
 
 from broker import BrokerSettings, NoSessionAvailable, Outcome, Pool, PoolKeys, Session, open_store
+from broker.preamble import library_name
 from broker.store import Store
 from proxy.config.pools import load_pools
 from proxy.config.settings import Settings
@@ -98,26 +99,60 @@ async def test_every_script_runs_on_a_cluster_and_pools_spread(nodes: list[Redis
     assert holders[names[0]] != holders[names[1]]
 
 
-async def test_scripts_reload_after_a_flush_on_every_node(nodes: list[RedisNode]) -> None:
-    """A node that has lost its scripts (a restart or a failed-over replica) answers NOSCRIPT;
-    the cluster client loads the script and the call succeeds."""
+def libraries(node: RedisNode) -> list[str]:
+    with node.client() as client:
+        return [entry[entry.index("library_name") + 1] for entry in client.function_list()]
+
+
+@pytest.mark.parametrize("flushed", ["owner", "every-node"])
+async def test_library_loaded_where_a_node_lacks_it(nodes: list[RedisNode], flushed: str) -> None:
+    """A node that lacks the library (a restart, a failed-over replica, a node added later)
+    answers "Function not found"; the library is loaded on every primary and the call made
+    again."""
     settings = BrokerSettings(redis_url=f"redis://127.0.0.1:{nodes[1].port}/0", redis_cluster=True)
     store: Store = open_store(settings)
+    owner = owner_of(key_slot(b"flushed"), nodes)
+    lacking = [owner] if flushed == "owner" else nodes
     try:
         pool = Pool(store, settings, name="flushed")
         await pool.sync([Session(id=n, secret=f"secret-{n}", max_concurrency=1) for n in "ab"])
-        for node in nodes:
+        for node in lacking:
             with node.client() as client:
-                client.script_flush()
+                client.function_flush()
         leases = await asyncio.gather(pool.acquire(), pool.acquire())
         assert {lease.session_id for lease in leases} == {"a", "b"}
-        for node in nodes:
+        assert [libraries(node) for node in nodes] == [[library_name()]] * len(nodes)
+        for node in lacking:
             with node.client() as client:
-                client.script_flush()
+                client.function_flush()
         for lease in leases:
             assert (await pool.release(lease, Outcome.SUCCESS)).status == "released"
     finally:
         await store.aclose()
+
+
+async def test_a_script_call_is_one_round_trip(nodes: list[RedisNode]) -> None:
+    """The cluster client finds an FCALL's node from its key: no node is asked where the keys
+    are (COMMAND GETKEYS), so each operation stays one command."""
+    settings = BrokerSettings(redis_url=f"redis://127.0.0.1:{nodes[0].port}/0", redis_cluster=True)
+    store: Store = open_store(settings)
+    try:
+        pool = Pool(store, settings, name="trips")
+        await pool.sync([Session(id=n, secret=f"secret-{n}") for n in "ab"])
+        for node in nodes:
+            with node.client() as client:
+                client.config_resetstat()
+        for _ in range(5):
+            await pool.release(await pool.acquire(), Outcome.SUCCESS)
+    finally:
+        await store.aclose()
+    counted: dict[str, int] = {}
+    for node in nodes:
+        with node.client() as client:
+            for name, stats in client.info("commandstats").items():
+                counted[name] = counted.get(name, 0) + int(stats["calls"])
+    assert counted.get("cmdstat_fcall") == 10
+    assert "cmdstat_command|getkeys" not in counted
 
 
 async def test_a_replica_serves_pools_on_two_nodes(nodes: list[RedisNode], tmp_path: Path) -> None:
