@@ -12,10 +12,12 @@ The bars:
 
 What runs, all on 127.0.0.1 and stopped at exit (also on Ctrl-C; they die with the benchmark):
 a private ``redis-server``, the simulated upstream with no latency and no limits
-(``python -m proxy.testing.upstream``), the pass-through (``python -m bench.passthrough``), one
-replica (``python -m proxy``, env vars only, ``--sessions`` sessions, every other setting at its
-default but ``LOG_LEVEL=warning``) and, with ``--embedded``, a second replica on the embedded
-store (no ``REDIS_URL``).
+(``python -m proxy.testing.upstream``), the pass-through (``python -m bench.passthrough``), the
+same pass-through taking a lease per request from the same Redis (``passthrough+broker``: the
+broker calls alone, so the replica's cost splits into theirs and the rest), one replica
+(``python -m proxy``, env vars only, ``--sessions`` sessions, every other setting at its default
+but ``LOG_LEVEL=warning``) and, with ``--embedded``, a second replica on the embedded store (no
+``REDIS_URL``).
 
 Two phases; in each, every target is measured ``--repeats`` times, the targets taking turns (the
 order rotating), so a change in the machine's load lands on all of them alike:
@@ -60,6 +62,7 @@ from pathlib import Path
 from bench.figures import percentile
 from bench.generators import PATH, WRK_SCRIPT, Generators, noop
 from bench.overhead_figures import (
+    BROKERED,
     PROXY,
     Row,
     summary_table,
@@ -134,13 +137,28 @@ def start_targets(scope: Processes, args: argparse.Namespace) -> tuple[list[Targ
     ops URL."""
     redis_url = start_redis(scope)
     upstream, upstream_url = start_upstream(scope)
-    port = free_port()
-    passthrough = scope.start(
-        "passthrough",
-        [python(), "-m", "bench.passthrough", "--port", str(port), "--upstream", upstream_url],
-        env=env_for_children(),
-        ready_url=f"http://127.0.0.1:{port}/-/ready",
-    )
+    passthroughs = []
+    for name, extra in (
+        ("passthrough", []),
+        (BROKERED, ["--redis-url", redis_url, "--sessions", str(args.sessions)]),
+    ):
+        port = free_port()
+        argv = [
+            python(),
+            "-m",
+            "bench.passthrough",
+            "--port",
+            str(port),
+            "--upstream",
+            upstream_url,
+        ]
+        child = scope.start(
+            name,
+            [*argv, *extra],
+            env=env_for_children(),
+            ready_url=f"http://127.0.0.1:{port}/-/ready",
+        )
+        passthroughs.append(Target(name, f"http://127.0.0.1:{port}", child))
     env = {
         "UPSTREAM_URL": upstream_url,
         "SESSIONS": ",".join(f"sk-overhead-{i}" for i in range(args.sessions)),
@@ -149,7 +167,7 @@ def start_targets(scope: Processes, args: argparse.Namespace) -> tuple[list[Targ
     replica, replica_port, admin = start_replica(scope, {**env, "REDIS_URL": redis_url})
     targets = [
         Target("direct", upstream_url, None),
-        Target("passthrough", f"http://127.0.0.1:{port}", passthrough),
+        *passthroughs,
         Target(PROXY, f"http://127.0.0.1:{replica_port}", replica),
     ]
     if args.embedded:
