@@ -57,6 +57,8 @@ class Row:
     cpu_ms_per_request: float | None = None
     #: That CPU over the window, in cores (1.0: it was the bottleneck).
     cores: float | None = None
+    #: CPU of the Redis main thread per request (``INFO cpu``), for the targets that call it.
+    redis_cpu_ms_per_request: float | None = None
 
 
 @dataclass(frozen=True)
@@ -158,15 +160,16 @@ def windows_table(rows: Sequence[Row]) -> str:
     """Every measured window, in the order measured."""
     lines = [
         "| phase | round | target | generator | requests | req/s | p50 ms | p99 ms | errors "
-        "| cpu ms/req | cores |",
-        "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: |",
+        "| cpu ms/req | cores | redis cpu ms/req |",
+        "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |",
     ]
     for r in rows:
         lines.append(
             f"| {r.phase} | {r.repeat + 1} | {r.target} | {r.generator} | {r.requests} "
             f"| {r.requests_per_s:,.0f} | {_cell(r.p50_ms, 2)} | {_cell(r.p99_ms, 2)} "
             f"| {', '.join(f'{k}:{v}' for k, v in r.errors.items()) or '-'} "
-            f"| {_cell(r.cpu_ms_per_request, 3)} | {_cell(r.cores, 2)} |"
+            f"| {_cell(r.cpu_ms_per_request, 3)} | {_cell(r.cores, 2)} "
+            f"| {_cell(r.redis_cpu_ms_per_request, 3)} |"
         )
     return "\n".join(lines)
 
@@ -176,8 +179,8 @@ def summary_table(rows: Sequence[Row]) -> str:
     direct call and the pass-through, taken per round."""
     lines = [
         "| phase | target | req/s | p50 ms | p99 ms | p50 - direct ms | p50 - passthrough ms "
-        "| req/s / passthrough | cpu ms/req | req/cpu-s |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| req/s / passthrough | cpu ms/req | req/cpu-s | redis cpu ms/req |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     seen: list[tuple[str, str]] = []
     for r in rows:
@@ -198,9 +201,11 @@ def summary_table(rows: Sequence[Row]) -> str:
             versus.append(ratio(rows, target, "passthrough").text(2) if target != "direct" else "-")
         cpu = figure(rows, phase, target, "cpu_ms_per_request")
         per_cpu_s = Spread.of([1000 / v for v in _values(rows, phase, target)]) if cpu else None
+        store = figure(rows, phase, target, "redis_cpu_ms_per_request")
         lines.append(
             f"| {phase} | {target} | {' | '.join(cells)} | {' | '.join(versus)} "
-            f"| {cpu.text(3) if cpu else '-'} | {per_cpu_s.text(0) if per_cpu_s else '-'} |"
+            f"| {cpu.text(3) if cpu else '-'} | {per_cpu_s.text(0) if per_cpu_s else '-'} "
+            f"| {store.text(3) if store else '-'} |"
         )
     return "\n".join(lines)
 

@@ -59,6 +59,8 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import redis
+
 from bench.figures import percentile
 from bench.generators import PATH, WRK_SCRIPT, Generators, noop
 from bench.overhead_figures import (
@@ -87,32 +89,52 @@ WARMUP_S = 1.0
 
 @dataclass
 class Target:
-    """What a window measures: a URL, and the process in front of the upstream (None: the
-    upstream itself)."""
+    """What a window measures: a URL, the process in front of the upstream (None: the upstream
+    itself), and the Redis it calls (None: none)."""
 
     name: str
     url: str
     server: Child | None
+    redis: redis.Redis | None = None
+
+    def cpu_s(self) -> tuple[float, float]:
+        """CPU seconds so far of the server process and of Redis's main thread (``INFO cpu``;
+        the pass-through without a broker and the embedded store's replica call none)."""
+        server_s = self.server.cpu_s() if self.server is not None else 0.0
+        if self.redis is None:
+            return server_s, 0.0
+        info = self.redis.info("cpu")
+        main_s = info["used_cpu_sys_main_thread"] + info["used_cpu_user_main_thread"]
+        return server_s, float(main_s)
+
+
+def _per_request(row: Row, target: Target, before: tuple[float, float], requests: int) -> None:
+    """The CPU the target's server and its Redis spent on the window, per request sent."""
+    if target.server is None:
+        return
+    server_s, redis_s = (after - was for after, was in zip(target.cpu_s(), before, strict=True))
+    row.cpu_ms_per_request = 1000 * server_s / max(1, requests)
+    if target.redis is not None:
+        row.redis_cpu_ms_per_request = 1000 * redis_s / max(1, requests)
+    if row.phase == "closed":
+        row.cores = server_s / row.seconds
 
 
 def measure_closed(gen: Generators, target: Target, repeat: int, seconds: float, conns: int) -> Row:
     url = target.url + PATH
     gen.closed(url, conns, WARMUP_S)
-    cpu_before = target.server.cpu_s() if target.server else 0.0
+    before = target.cpu_s()
     statuses, ran_s = gen.closed(url, conns, seconds)
     ok = statuses.pop("200", 0)
     requests = ok + sum(statuses.values())
     row = Row("closed", target.name, repeat, gen.closed_name, ran_s, requests, dict(statuses))
     row.requests_per_s = ok / ran_s
-    if target.server is not None:
-        cpu_s = target.server.cpu_s() - cpu_before
-        row.cpu_ms_per_request = 1000 * cpu_s / max(1, requests)
-        row.cores = cpu_s / ran_s
+    _per_request(row, target, before, requests)
     return row
 
 
 def measure_open(gen: Generators, target: Target, repeat: int, seconds: float, rate: float) -> Row:
-    cpu_before = target.server.cpu_s() if target.server else 0.0
+    before = target.cpu_s()
     records = gen.open(target.url, rate, WARMUP_S + seconds)
     measured = [r for r in records if r[0] >= WARMUP_S]
     errors = Counter(status for _, _, status in measured if status != "200")
@@ -122,10 +144,8 @@ def measure_open(gen: Generators, target: Target, repeat: int, seconds: float, r
     row.requests_per_s = len(latencies) / seconds
     row.p50_ms = 1000 * percentile(latencies, 50)
     row.p99_ms = 1000 * percentile(latencies, 99)
-    if target.server is not None:
-        # The warm-up's requests are in the CPU time as well: divide by every request sent.
-        cpu_s = target.server.cpu_s() - cpu_before
-        row.cpu_ms_per_request = 1000 * cpu_s / max(1, len(records))
+    # The warm-up's requests are in the CPU time as well: divide by every request sent.
+    _per_request(row, target, before, len(records))
     return row
 
 
@@ -137,6 +157,7 @@ def start_targets(scope: Processes, args: argparse.Namespace) -> tuple[list[Targ
     ops URL."""
     redis_url = start_redis(scope)
     upstream, upstream_url = start_upstream(scope)
+    store = redis.Redis.from_url(redis_url)
     passthroughs = []
     for name, extra in (
         ("passthrough", []),
@@ -158,7 +179,8 @@ def start_targets(scope: Processes, args: argparse.Namespace) -> tuple[list[Targ
             env=env_for_children(),
             ready_url=f"http://127.0.0.1:{port}/-/ready",
         )
-        passthroughs.append(Target(name, f"http://127.0.0.1:{port}", child))
+        calls = store if extra else None
+        passthroughs.append(Target(name, f"http://127.0.0.1:{port}", child, calls))
     env = {
         "UPSTREAM_URL": upstream_url,
         "SESSIONS": ",".join(f"sk-overhead-{i}" for i in range(args.sessions)),
@@ -168,7 +190,7 @@ def start_targets(scope: Processes, args: argparse.Namespace) -> tuple[list[Targ
     targets = [
         Target("direct", upstream_url, None),
         *passthroughs,
-        Target(PROXY, f"http://127.0.0.1:{replica_port}", replica),
+        Target(PROXY, f"http://127.0.0.1:{replica_port}", replica, store),
     ]
     if args.embedded:
         embedded, embedded_port, _ = start_replica(scope, env)
@@ -217,6 +239,8 @@ def run(
         lambda t, r: measure_closed(gen, t, r, args.closed_duration, args.connections),
     )
     for target in targets:
+        if target.redis is not None:
+            target.redis.close()
         if target.server is not None and not target.server.alive():
             raise RuntimeError(f"{target.name} died: {target.server.log_tail()}")
     return rows, outcomes(ops_url)
