@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 __all__ = [
+    "BEFORE",
     "BROKERED",
     "MAX_ADDED_P50_MS",
     "MAX_ADDED_P99_MS",
@@ -35,6 +36,8 @@ MIN_PASSTHROUGH_RATIO = 0.75
 MAX_P50_OVER_PASSTHROUGH_MS = 1.0
 #: The replica on the real store: the one the bars judge.
 PROXY = "proxy"
+#: The replica run from another checkout (``--before``).
+BEFORE = "proxy-before"
 #: The pass-through with a lease per request: the broker calls and nothing else of a replica.
 BROKERED = "passthrough+broker"
 

@@ -16,8 +16,9 @@ a private ``redis-server``, the simulated upstream with no latency and no limits
 same pass-through taking a lease per request from the same Redis (``passthrough+broker``: the
 broker calls alone, so the replica's cost splits into theirs and the rest), one replica
 (``python -m proxy``, env vars only, ``--sessions`` sessions, every other setting at its default
-but ``LOG_LEVEL=warning``) and, with ``--embedded``, a second replica on the embedded store (no
-``REDIS_URL``).
+but ``LOG_LEVEL=warning``), with ``--before CHECKOUT`` the same replica run from another checkout
+(``proxy-before``: before and after a change, in one run) and, with ``--embedded``, a replica on
+the embedded store (no ``REDIS_URL``).
 
 Two phases; in each, every target is measured ``--repeats`` times, the targets taking turns (the
 order rotating), so a change in the machine's load lands on all of them alike:
@@ -64,6 +65,7 @@ import redis
 from bench.figures import percentile
 from bench.generators import PATH, WRK_SCRIPT, Generators, noop
 from bench.overhead_figures import (
+    BEFORE,
     BROKERED,
     PROXY,
     Row,
@@ -192,6 +194,12 @@ def start_targets(scope: Processes, args: argparse.Namespace) -> tuple[list[Targ
         *passthroughs,
         Target(PROXY, f"http://127.0.0.1:{replica_port}", replica, store),
     ]
+    if args.before is not None:
+        # Its code first on the path: the same interpreter and packages, another checkout; a
+        # pool of its own, should the two lay out their keys differently.
+        code = {"PYTHONPATH": str(args.before.resolve()), "POOL": "before"}
+        before, before_port, _ = start_replica(scope, {**env, "REDIS_URL": redis_url, **code})
+        targets.append(Target(BEFORE, f"http://127.0.0.1:{before_port}", before, store))
     if args.embedded:
         embedded, embedded_port, _ = start_replica(scope, env)
         targets.append(Target("proxy-embedded", f"http://127.0.0.1:{embedded_port}", embedded))
@@ -263,6 +271,14 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         help="also measure a replica on the embedded store (no REDIS_URL)",
     )
     parser.add_argument(
+        "--before",
+        type=Path,
+        default=None,
+        metavar="CHECKOUT",
+        help="also measure a replica run from this checkout of the repository (say, of the "
+        "main branch), against the same Redis: before and after in one run",
+    )
+    parser.add_argument(
         "--generator",
         choices=("auto", "wrk", "python"),
         default="auto",
@@ -277,6 +293,8 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--generator wrk: wrk is not on PATH (apt-get install wrk)")
     if args.repeats < 1:
         parser.error("--repeats: at least 1")
+    if args.before is not None and not (args.before / "proxy" / "__main__.py").is_file():
+        parser.error(f"--before: {args.before} is not a checkout of this repository")
     return args
 
 
