@@ -91,7 +91,7 @@ async def stream_answer(held: HeldLease, answer: Answer, to: Streaming) -> web.S
     upstream, outcome = answer.upstream, answer.outcome
     whole = _whole(upstream.content)
     response = _response(upstream, whole)
-    response.headers.extend(answer_headers(upstream.headers))
+    answer_headers(upstream.headers, response.headers)
     response.headers["X-Request-ID"] = to.request_id
     held.response = response
     detail = str(upstream.status)
