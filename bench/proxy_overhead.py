@@ -1,31 +1,43 @@
-"""Proxy overhead: one replica in front of an upstream that answers at once, against calling that
-upstream directly, in the same run.
+"""Proxy overhead: one replica in front of an upstream that answers at once, against a bare
+aiohttp pass-through in front of the same upstream and against calling it directly, in the same
+run, interleaved.
 
-The bar (issue 3): added latency p50 <= 1 ms and p99 <= 5 ms at a fixed offered load below
-saturation, with a real Redis, and >= 1,500 requests/s per replica process.
+The bars:
+
+* issue 3: added latency (replica - direct) p50 <= 1 ms and p99 <= 5 ms at a fixed offered load
+  below saturation, with a real Redis, and >= 1,500 requests/s per replica process;
+* issue 17: the replica's max requests/s >= 0.75x the bare pass-through's (``bench.passthrough``:
+  an aiohttp server and a pooled ``aiohttp.ClientSession``, no broker: the floor of this stack),
+  and its p50 under the open loop <= the pass-through's + 1 ms.
 
 What runs, all on 127.0.0.1 and stopped at exit (also on Ctrl-C; they die with the benchmark):
 a private ``redis-server``, the simulated upstream with no latency and no limits
-(``python -m proxy.testing.upstream``), and one replica (``python -m proxy``, env vars only,
-``--sessions`` sessions, every other setting at its default but ``LOG_LEVEL=warning``).
+(``python -m proxy.testing.upstream``), the pass-through (``python -m bench.passthrough``), the
+same pass-through taking a lease per request from the same Redis (``passthrough+broker``: the
+broker calls alone, so the replica's cost splits into theirs and the rest), one replica
+(``python -m proxy``, env vars only, ``--sessions`` sessions, every other setting at its default
+but ``LOG_LEVEL=warning``), with ``--before CHECKOUT`` the same replica run from another checkout
+(``proxy-before``: before and after a change, in one run) and, with ``--embedded``, a replica on
+the embedded store (no ``REDIS_URL``).
 
-Two phases, each measured directly against the upstream, then through the replica:
+Two phases; in each, every target is measured ``--repeats`` times, the targets taking turns (the
+order rotating), so a change in the machine's load lands on all of them alike:
 
 * **open loop** (added latency): ``--rate`` requests/s on a fixed schedule, spread over
   ``--workers`` processes (``bench.load.run_load``: latency counts from the scheduled arrival,
   so a stall in the client shows instead of hiding). One second of warm-up, then
-  ``--open-duration`` seconds measured. Added latency = through the replica - direct, per
-  percentile.
+  ``--open-duration`` seconds measured.
 * **closed loop** (max requests/s): ``--connections`` concurrent connections send requests back
   to back for ``--closed-duration`` seconds after a one-second warm-up. With ``wrk`` on PATH it
   generates the load (C, one thread: the lightest generator here); without it, ``--workers``
   Python processes with aiohttp do (``--generator`` forces either). The table says which.
 
-Every request is ``POST /v1/chat/completions`` with a small JSON body. The replica's CPU time
-(from ``/proc``) per request is reported for both phases; on a small machine the generator, the
-upstream, Redis and the replica share the cores, so the closed-loop figure is a floor for what
-one replica does with a core of its own, and ``req/cpu-s`` (requests per second of the replica's
-CPU) estimates the ceiling.
+Each figure is the median over the repeats, with its spread (min-max); each ratio is taken per
+repeat (the windows of one round, side by side), then its median. The CPU time (from ``/proc``)
+per request of the process in front of the upstream (a replica, the pass-through) is reported for
+both phases; on a small machine the generator, the upstream, Redis and that process share the
+cores, so ``req/cpu-s`` (requests per second of its CPU) estimates what it does with a core of
+its own.
 
 Run from the repository root with the project installed: ``python -m bench.proxy_overhead``.
 """
@@ -33,220 +45,166 @@ Run from the repository root with the project installed: ``python -m bench.proxy
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import multiprocessing
 import os
 import platform
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import aiohttp
+import redis
 
 from bench.figures import percentile
-from bench.load import BODY, run_load
-from bench.processes import Child, Processes, processes, start_redis, start_replica, start_upstream
+from bench.generators import PATH, WRK_SCRIPT, Generators, noop
+from bench.overhead_figures import (
+    BEFORE,
+    BROKERED,
+    PROXY,
+    Row,
+    summary_table,
+    verdicts,
+    windows_table,
+)
+from bench.processes import (
+    Child,
+    Processes,
+    env_for_children,
+    free_port,
+    processes,
+    python,
+    start_redis,
+    start_replica,
+    start_upstream,
+)
 
-#: The bar, from the issue.
-MAX_ADDED_P50_MS = 1.0
-MAX_ADDED_P99_MS = 5.0
-MIN_REQUESTS_PER_S = 1500.0
 #: Seconds of load before each measured window: connections opened, scripts loaded, caches warm.
 WARMUP_S = 1.0
-#: Seconds the workers get to start before a synchronised start.
-START_DELAY_S = 0.5
-PATH = "/v1/chat/completions"
-#: The upstream wants a credential; the replica replaces whatever the client sends.
-HEADERS = {"Authorization": "Bearer direct-client"}
-WRK_SCRIPT = f"""wrk.method = "POST"
-wrk.body = '{json.dumps(BODY)}'
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "{HEADERS["Authorization"]}"
-"""
 
 
 @dataclass
-class Row:
-    """One measured window: a target (``direct`` or ``proxy``) in one phase."""
+class Target:
+    """What a window measures: a URL, the process in front of the upstream (None: the upstream
+    itself), and the Redis it calls (None: none)."""
 
-    phase: str
-    target: str
-    generator: str
-    seconds: float
-    requests: int
-    errors: dict[str, int] = field(default_factory=dict)
-    requests_per_s: float = 0.0
-    p50_ms: float | None = None
-    p99_ms: float | None = None
-    replica_cpu_ms_per_request: float | None = None
-    replica_cores: float | None = None
+    name: str
+    url: str
+    server: Child | None
+    redis: redis.Redis | None = None
 
-
-# --- load generators (each in its own process) ---------------------------------------------
-
-
-async def _closed(url: str, connections: int, start_at: float, seconds: float) -> Counter[str]:
-    """Back-to-back requests on ``connections`` connections from ``start_at`` (wall clock) for
-    ``seconds``; counts by status. Requests of the warm-up are the caller's to discard."""
-    statuses: Counter[str] = Counter()
-    connector = aiohttp.TCPConnector(limit=connections)
-    async with aiohttp.ClientSession(connector=connector) as http:
-        await asyncio.sleep(max(0.0, start_at - time.time()))
-        deadline = time.monotonic() + seconds
-
-        async def loop() -> None:
-            while time.monotonic() < deadline:
-                try:
-                    async with http.post(url, json=BODY, headers=HEADERS) as response:
-                        await response.read()
-                        statuses[str(response.status)] += 1
-                except aiohttp.ClientError as exc:
-                    statuses[type(exc).__name__] += 1
-
-        await asyncio.gather(*(loop() for _ in range(connections)))
-    return statuses
+    def cpu_s(self) -> tuple[float, float]:
+        """CPU seconds so far of the server process and of Redis's main thread (``INFO cpu``;
+        the pass-through without a broker and the embedded store's replica call none)."""
+        server_s = self.server.cpu_s() if self.server is not None else 0.0
+        if self.redis is None:
+            return server_s, 0.0
+        info = self.redis.info("cpu")
+        main_s = info["used_cpu_sys_main_thread"] + info["used_cpu_user_main_thread"]
+        return server_s, float(main_s)
 
 
-def closed_worker(url: str, connections: int, start_at: float, seconds: float) -> Counter[str]:
-    return asyncio.run(_closed(url, connections, start_at, seconds))
+def _per_request(row: Row, target: Target, before: tuple[float, float], requests: int) -> None:
+    """The CPU the target's server and its Redis spent on the window, per request sent."""
+    if target.server is None:
+        return
+    server_s, redis_s = (after - was for after, was in zip(target.cpu_s(), before, strict=True))
+    row.cpu_ms_per_request = 1000 * server_s / max(1, requests)
+    if target.redis is not None:
+        row.redis_cpu_ms_per_request = 1000 * redis_s / max(1, requests)
+    if row.phase == "closed":
+        row.cores = server_s / row.seconds
 
 
-def open_worker(
-    base_url: str, arrivals: list[float], start_at: float
-) -> list[tuple[float, float, str]]:
-    """Requests at ``arrivals`` (s after ``start_at``, wall clock): (due, latency, status)."""
-    time.sleep(max(0.0, start_at - time.time()))
-    records, _ = asyncio.run(run_load([base_url], arrivals, headers=HEADERS, drain_s=10.0))
-    return [(r.due_s, r.latency_s, str(r.status)) for r in records]
-
-
-def noop() -> None:
-    """Started once per worker before measuring, so no window pays for a process start."""
-
-
-# --- phases ----------------------------------------------------------------------------------
-
-
-@dataclass
-class Generators:
-    """Where the load comes from: ``wrk`` (closed loop only) and a pool of Python workers."""
-
-    pool: ProcessPoolExecutor
-    workers: int
-    use_wrk: bool
-    wrk_script: Path
-
-    @property
-    def closed_name(self) -> str:
-        return "wrk -t1" if self.use_wrk else f"python x{self.workers}"
-
-    def closed(self, url: str, connections: int, seconds: float) -> tuple[Counter[str], float]:
-        """Statuses of ``seconds`` of closed-loop load, and the seconds it actually ran."""
-        if self.use_wrk:
-            return self._wrk(url, connections, seconds)
-        per = [
-            connections // self.workers + (i < connections % self.workers)
-            for i in range(self.workers)
-        ]
-        start_at = time.time() + START_DELAY_S
-        futures = [self.pool.submit(closed_worker, url, n, start_at, seconds) for n in per if n]
-        statuses: Counter[str] = Counter()
-        for future in futures:
-            statuses.update(future.result())
-        return statuses, seconds
-
-    def _wrk(self, url: str, connections: int, seconds: float) -> tuple[Counter[str], float]:
-        argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "-s", str(self.wrk_script)]
-        out = subprocess.run([*argv, url], capture_output=True, text=True, check=True).stdout
-        done = re.search(r"(\d+) requests in ([\d.]+)(m?s)", out)
-        if done is None:
-            raise RuntimeError(f"unexpected wrk output: {out}")
-        ran_s = float(done.group(2)) / (1000 if done.group(3) == "ms" else 1)
-        bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-        socket_errors = re.search(r"Socket errors: (.*)", out)
-        statuses: Counter[str] = Counter()
-        statuses["non-2xx"] = int(bad.group(1)) if bad else 0
-        statuses["200"] = int(done.group(1)) - statuses["non-2xx"]
-        if socket_errors:
-            statuses["socket"] = sum(int(n) for n in re.findall(r"\d+", socket_errors.group(1)))
-        return +statuses, ran_s
-
-    def open(self, base_url: str, rate: float, seconds: float) -> list[tuple[float, float, str]]:
-        """Open loop at ``rate``, each worker a share of a fixed, evenly spaced schedule."""
-        count = round(rate * seconds)
-        schedule = [i / rate for i in range(count)]
-        start_at = time.time() + START_DELAY_S
-        futures = [
-            self.pool.submit(open_worker, base_url, schedule[w :: self.workers], start_at)
-            for w in range(self.workers)
-        ]
-        return [record for future in futures for record in future.result()]
-
-
-def measure_closed(
-    gen: Generators, replica: Child, target: str, url: str, args: argparse.Namespace
-) -> Row:
-    gen.closed(url, args.connections, WARMUP_S)
-    cpu_before = replica.cpu_s()
-    statuses, ran_s = gen.closed(url, args.connections, args.closed_duration)
-    cpu_s = replica.cpu_s() - cpu_before
+def measure_closed(gen: Generators, target: Target, repeat: int, seconds: float, conns: int) -> Row:
+    url = target.url + PATH
+    gen.closed(url, conns, WARMUP_S)
+    before = target.cpu_s()
+    statuses, ran_s = gen.closed(url, conns, seconds)
     ok = statuses.pop("200", 0)
-    row = Row("closed", target, gen.closed_name, ran_s, ok + sum(statuses.values()), dict(statuses))
+    requests = ok + sum(statuses.values())
+    row = Row("closed", target.name, repeat, gen.closed_name, ran_s, requests, dict(statuses))
     row.requests_per_s = ok / ran_s
-    if target == "proxy":
-        row.replica_cpu_ms_per_request = 1000 * cpu_s / max(1, row.requests)
-        row.replica_cores = cpu_s / ran_s
+    _per_request(row, target, before, requests)
     return row
 
 
-def measure_open(
-    gen: Generators, replica: Child, target: str, base_url: str, args: argparse.Namespace
-) -> Row:
-    seconds = WARMUP_S + args.open_duration
-    cpu_before = replica.cpu_s()
-    records = gen.open(base_url, args.rate, seconds)
-    cpu_s = replica.cpu_s() - cpu_before
+def measure_open(gen: Generators, target: Target, repeat: int, seconds: float, rate: float) -> Row:
+    before = target.cpu_s()
+    records = gen.open(target.url, rate, WARMUP_S + seconds)
     measured = [r for r in records if r[0] >= WARMUP_S]
     errors = Counter(status for _, _, status in measured if status != "200")
     latencies = [latency for _, latency, status in measured if status == "200"]
     name = f"python x{gen.workers}"
-    row = Row("open", target, name, args.open_duration, len(measured), dict(errors))
-    row.requests_per_s = len(latencies) / args.open_duration
+    row = Row("open", target.name, repeat, name, seconds, len(measured), dict(errors))
+    row.requests_per_s = len(latencies) / seconds
     row.p50_ms = 1000 * percentile(latencies, 50)
     row.p99_ms = 1000 * percentile(latencies, 99)
-    if target == "proxy":
-        # The warm-up's requests are in the CPU time as well: divide by every request sent.
-        row.replica_cpu_ms_per_request = 1000 * cpu_s / max(1, len(records))
+    # The warm-up's requests are in the CPU time as well: divide by every request sent.
+    _per_request(row, target, before, len(records))
     return row
 
 
 # --- the run ---------------------------------------------------------------------------------
 
 
-def start_targets(scope: Processes, sessions: int) -> tuple[str, str, str, Child]:
-    """Redis, the upstream and one replica; returns the URLs of the upstream, the replica and
-    its ops port, and the replica."""
+def start_targets(scope: Processes, args: argparse.Namespace) -> tuple[list[Target], str]:
+    """Redis, the upstream, the pass-through and the replica(s); the targets, and the replica's
+    ops URL."""
     redis_url = start_redis(scope)
     upstream, upstream_url = start_upstream(scope)
+    store = redis.Redis.from_url(redis_url)
+    passthroughs = []
+    for name, extra in (
+        ("passthrough", []),
+        (BROKERED, ["--redis-url", redis_url, "--sessions", str(args.sessions)]),
+    ):
+        port = free_port()
+        argv = [
+            python(),
+            "-m",
+            "bench.passthrough",
+            "--port",
+            str(port),
+            "--upstream",
+            upstream_url,
+        ]
+        child = scope.start(
+            name,
+            [*argv, *extra],
+            env=env_for_children(),
+            ready_url=f"http://127.0.0.1:{port}/-/ready",
+        )
+        calls = store if extra else None
+        passthroughs.append(Target(name, f"http://127.0.0.1:{port}", child, calls))
     env = {
-        "REDIS_URL": redis_url,
         "UPSTREAM_URL": upstream_url,
-        "SESSIONS": ",".join(f"sk-overhead-{i}" for i in range(sessions)),
+        "SESSIONS": ",".join(f"sk-overhead-{i}" for i in range(args.sessions)),
         "LOG_LEVEL": "warning",
     }
-    replica, port, admin = start_replica(scope, env)
-    scope.wait_ready([upstream, replica])
-    return upstream_url, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin}", replica
+    replica, replica_port, admin = start_replica(scope, {**env, "REDIS_URL": redis_url})
+    targets = [
+        Target("direct", upstream_url, None),
+        *passthroughs,
+        Target(PROXY, f"http://127.0.0.1:{replica_port}", replica, store),
+    ]
+    if args.before is not None:
+        # Its code first on the path: the same interpreter and packages, another checkout; a
+        # pool of its own, should the two lay out their keys differently.
+        code = {"PYTHONPATH": str(args.before.resolve()), "POOL": "before"}
+        before, before_port, _ = start_replica(scope, {**env, "REDIS_URL": redis_url, **code})
+        targets.append(Target(BEFORE, f"http://127.0.0.1:{before_port}", before, store))
+    if args.embedded:
+        embedded, embedded_port, _ = start_replica(scope, env)
+        targets.append(Target("proxy-embedded", f"http://127.0.0.1:{embedded_port}", embedded))
+    scope.wait_ready([upstream, *(t.server for t in targets if t.server)])
+    return targets, f"http://127.0.0.1:{admin}"
 
 
 def outcomes(ops_url: str) -> dict[str, int]:
@@ -259,93 +217,67 @@ def outcomes(ops_url: str) -> dict[str, int]:
     return dict(counts)
 
 
+def rounds(
+    targets: Sequence[Target], repeats: int, measure: Callable[[Target, int], Row]
+) -> list[Row]:
+    """Every target measured ``repeats`` times, taking turns; each round starts one later."""
+    rows = []
+    for repeat in range(repeats):
+        shift = repeat % len(targets)
+        for target in [*targets[shift:], *targets[:shift]]:
+            rows.append(measure(target, repeat))
+    return rows
+
+
 def run(
     args: argparse.Namespace, scope: Processes, gen: Generators
 ) -> tuple[list[Row], dict[str, int]]:
-    upstream_url, proxy_url, ops_url, replica = start_targets(scope, args.sessions)
-    targets = {"direct": upstream_url, "proxy": proxy_url}
+    targets, ops_url = start_targets(scope, args)
     # Open loop first: wrk cuts its connections with requests in flight when it stops, and the
     # replica counts some of those as network failures of their sessions (see docs/benchmarks.md),
-    # which may open circuit breakers; nothing is measured after the closed loop.
-    rows = [measure_open(gen, replica, target, url, args) for target, url in targets.items()]
-    rows += [
-        measure_closed(gen, replica, target, url + PATH, args) for target, url in targets.items()
-    ]
-    if not replica.alive():
-        raise RuntimeError(f"the replica died: {replica.log_tail()}")
+    # which may open circuit breakers; nothing is measured with the open loop after that.
+    rows = rounds(
+        targets,
+        args.repeats,
+        lambda t, r: measure_open(gen, t, r, args.open_duration, args.rate),
+    )
+    rows += rounds(
+        targets,
+        args.repeats,
+        lambda t, r: measure_closed(gen, t, r, args.closed_duration, args.connections),
+    )
+    for target in targets:
+        if target.redis is not None:
+            target.redis.close()
+        if target.server is not None and not target.server.alive():
+            raise RuntimeError(f"{target.name} died: {target.server.log_tail()}")
     return rows, outcomes(ops_url)
-
-
-@dataclass(frozen=True)
-class Verdict:
-    ok: bool
-    text: str
-
-    def line(self) -> str:
-        return f"{'PASS' if self.ok else 'FAIL'}  {self.text}"
-
-
-def verdicts(rows: Sequence[Row]) -> list[Verdict]:
-    by = {(r.phase, r.target): r for r in rows}
-    direct, proxy = by["open", "direct"], by["open", "proxy"]
-    added_p50 = (proxy.p50_ms or 0) - (direct.p50_ms or 0)
-    added_p99 = (proxy.p99_ms or 0) - (direct.p99_ms or 0)
-    max_rps = by["closed", "proxy"].requests_per_s
-    errors = sum(sum(r.errors.values()) for r in rows)
-    return [
-        Verdict(
-            added_p50 <= MAX_ADDED_P50_MS,
-            f"added p50 <= {MAX_ADDED_P50_MS:g} ms: {added_p50:.2f} ms",
-        ),
-        Verdict(
-            added_p99 <= MAX_ADDED_P99_MS,
-            f"added p99 <= {MAX_ADDED_P99_MS:g} ms: {added_p99:.2f} ms",
-        ),
-        Verdict(
-            max_rps >= MIN_REQUESTS_PER_S,
-            f">= {MIN_REQUESTS_PER_S:,.0f} requests/s through one replica: {max_rps:,.0f}",
-        ),
-        Verdict(errors == 0, f"every request answered 200: {errors} did not"),
-    ]
-
-
-def _cell(value: float | None, digits: int) -> str:
-    return "-" if value is None else f"{value:,.{digits}f}"
-
-
-def table(rows: Sequence[Row]) -> str:
-    direct = {r.phase: r for r in rows if r.target == "direct"}
-    lines = [
-        "| phase | target | generator | requests | req/s | p50 ms | p99 ms | added p50 ms "
-        "| added p99 ms | errors | replica cpu ms/req | replica cores | req/cpu-s |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |",
-    ]
-    for r in rows:
-        base = direct[r.phase]
-        added = r.target != "direct" and r.p50_ms is not None
-        cpu = r.replica_cpu_ms_per_request
-        lines.append(
-            f"| {r.phase} | {r.target} | {r.generator} | {r.requests} | {r.requests_per_s:,.0f} "
-            f"| {_cell(r.p50_ms, 2)} | {_cell(r.p99_ms, 2)} "
-            f"| {_cell((r.p50_ms or 0) - (base.p50_ms or 0) if added else None, 2)} "
-            f"| {_cell((r.p99_ms or 0) - (base.p99_ms or 0) if added else None, 2)} "
-            f"| {', '.join(f'{k}:{v}' for k, v in r.errors.items()) or '-'} "
-            f"| {_cell(cpu, 3)} | {_cell(r.replica_cores, 2)} "
-            f"| {_cell(1000 / cpu if cpu else None, 0)} |"
-        )
-    return "\n".join(lines)
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.proxy_overhead", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--rate", type=float, default=300.0, help="open-loop requests/s")
-    parser.add_argument("--open-duration", type=float, default=10.0, help="measured seconds")
-    parser.add_argument("--closed-duration", type=float, default=5.0, help="measured seconds")
+    parser.add_argument("--rate", type=float, default=40.0, help="open-loop requests/s")
+    parser.add_argument("--open-duration", type=float, default=8.0, help="measured seconds")
+    parser.add_argument("--closed-duration", type=float, default=4.0, help="measured seconds")
     parser.add_argument("--connections", type=int, default=32, help="closed-loop connections")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of every target")
     parser.add_argument("--workers", type=int, default=2, help="Python load processes")
     parser.add_argument("--sessions", type=int, default=10)
+    parser.add_argument(
+        "--embedded",
+        action="store_true",
+        help="also measure a replica on the embedded store (no REDIS_URL)",
+    )
+    parser.add_argument(
+        "--before",
+        type=Path,
+        default=None,
+        metavar="CHECKOUT",
+        help="also measure a replica run from this checkout of the repository (say, of the "
+        "main branch), against the same Redis: before and after in one run",
+    )
     parser.add_argument(
         "--generator",
         choices=("auto", "wrk", "python"),
@@ -359,6 +291,10 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.generator == "wrk" and shutil.which("wrk") is None:
         parser.error("--generator wrk: wrk is not on PATH (apt-get install wrk)")
+    if args.repeats < 1:
+        parser.error("--repeats: at least 1")
+    if args.before is not None and not (args.before / "proxy" / "__main__.py").is_file():
+        parser.error(f"--before: {args.before} is not a checkout of this repository")
     return args
 
 
@@ -385,10 +321,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 130
     load_after = os.getloadavg()
     print(
-        f"one replica, {args.sessions} sessions, real Redis; {os.cpu_count()} cpus, load average "
-        f"{load_before[0]:.2f} at the start, {load_after[0]:.2f} at the end"
+        f"one replica, {args.sessions} sessions, real Redis; {args.repeats} rounds; "
+        f"{os.cpu_count()} cpus, load average {load_before[0]:.2f} at the start, "
+        f"{load_after[0]:.2f} at the end"
     )
-    print(table(rows))
+    print(windows_table(rows))
+    print()
+    print(summary_table(rows))
     print(
         "replica's upstream attempts by outcome:",
         ", ".join(f"{k} {v}" for k, v in attempts.items()),

@@ -40,8 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.figures import percentile
+from bench.generators import Generators, noop
 from bench.processes import Processes, processes, start_redis, start_replica, start_upstream
-from bench.proxy_overhead import Generators, noop
 
 #: Seconds of each window that are warm-up, not measured.
 WARMUP_S = 1.0

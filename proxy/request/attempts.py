@@ -17,6 +17,7 @@ session, the last one answering 502; never a 500 with a traceback.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from dataclasses import dataclass
@@ -133,13 +134,14 @@ class Attempts:
         lease = held.lease
         self.services.metrics.lease_taken()
         tried = self.tried.setdefault(held.plan.name, set())
-        log.debug(
-            "session selected",
-            pool=held.plan.name,
-            session=lease.session_id,
-            probe=lease.probe,
-            skipped_as_tried=sorted(tried),
-        )
+        if log.is_enabled_for(logging.DEBUG):  # its fields cost more than the call itself
+            log.debug(
+                "session selected",
+                pool=held.plan.name,
+                session=lease.session_id,
+                probe=lease.probe,
+                skipped_as_tried=sorted(tried),
+            )
         tried.add(lease.session_id)
         secret = held.plan.secrets.get(lease.session_id)
         if secret is None:

@@ -13,7 +13,6 @@ one is refused (``first_not_utf8``): a client's request gets 400, an upstream's 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable
 from functools import cache
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -79,20 +78,23 @@ def outgoing_headers(
 ) -> CIMultiDict[str]:
     """What every attempt of a request sends before its session's secret is added:
     ``secret_headers`` are the headers the secrets go in, and the pool header."""
-    outgoing = _drop(headers.items(), _never_forwarded(secret_headers))
+    outgoing: CIMultiDict[str] = CIMultiDict()
+    _copy_kept(headers, _dropped(_never_forwarded(secret_headers)), outgoing)
     outgoing["X-Request-ID"] = request_id
     return outgoing
 
 
-def answer_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    """An upstream answer's headers as the client gets them, streamed."""
-    return _drop(headers.items(), UPSTREAM_ONLY)
+def answer_headers(headers: CIMultiDictProxy[str], into: CIMultiDict[str]) -> None:
+    """Add an upstream answer's headers, as the client gets them streamed, to ``into``."""
+    _copy_kept(headers, _dropped(UPSTREAM_ONLY), into)
 
 
 def replay_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     """A failed attempt's headers as the client gets them if it is replayed: its body is kept
     as received (Content-Encoding kept), its length recomputed."""
-    return _drop(headers.items(), _REPLAY_DROPPED)
+    kept: CIMultiDict[str] = CIMultiDict()
+    _copy_kept(headers, _dropped(_REPLAY_DROPPED), kept)
+    return kept
 
 
 _REPLAY_DROPPED = UPSTREAM_ONLY | {"content-length"}
@@ -105,17 +107,19 @@ def _never_forwarded(names: tuple[str, ...]) -> frozenset[str]:
     return CLIENT_CREDENTIALS | {name.lower() for name in names}
 
 
-def _drop(headers: Iterable[tuple[str, str]], extra: frozenset[str]) -> CIMultiDict[str]:
-    kept: CIMultiDict[str] = CIMultiDict()
-    items = list(headers)
-    named = {
-        token.strip().lower()
-        for name, value in items
-        if name.lower() == "connection"
-        for token in value.split(",")
-    }
-    for name, value in items:
-        lowered = name.lower()
-        if lowered not in HOP_BY_HOP and lowered not in extra and lowered not in named:
-            kept.add(name, value)
-    return kept
+@cache
+def _dropped(extra: frozenset[str]) -> frozenset[str]:
+    """The headers never passed on (lower case): hop-by-hop ones and ``extra``."""
+    return HOP_BY_HOP | extra
+
+
+def _copy_kept(
+    headers: CIMultiDictProxy[str], dropped: frozenset[str], into: CIMultiDict[str]
+) -> None:
+    """Add to ``into`` the headers not ``dropped``, nor named by a ``Connection`` header."""
+    named = headers.getall("Connection", ())
+    if named:
+        dropped = dropped | {token.strip().lower() for value in named for token in value.split(",")}
+    for name, value in headers.items():
+        if name.lower() not in dropped:
+            into.add(name, value)

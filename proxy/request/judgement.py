@@ -11,6 +11,7 @@ two sessions refused: a 403 every credential gets on one path is that path's ans
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
 
 from broker import Outcome
 
@@ -21,6 +22,9 @@ AUTH_REFUSALS_MAX = 2
 #: Path segments a request kind keeps: ``/v1/chat/completions`` and ``/v1/chat/other`` are one
 #: kind, ids further down the path do not split it.
 _KIND_SEGMENTS = 2
+#: Paths whose kind is remembered: a proxy's clients use a handful of paths, and the hash of
+#: each would otherwise be computed for every request.
+_KIND_CACHE = 1024
 
 
 def outcome_of(status: int) -> Outcome:
@@ -37,7 +41,12 @@ def outcome_of(status: int) -> Outcome:
 def request_kind(method: str, path: str) -> str:
     """The request's kind: a short hash of its method and its path's first two segments (the
     path itself never reaches the store)."""
-    segments = [s for s in path.split("?", 1)[0].split("/") if s][:_KIND_SEGMENTS]
+    return _kind(method, path.split("?", 1)[0])
+
+
+@lru_cache(maxsize=_KIND_CACHE)
+def _kind(method: str, path: str) -> str:
+    segments = [s for s in path.split("/") if s][:_KIND_SEGMENTS]
     text = f"{method.upper()} /{'/'.join(segments)}"
     return hashlib.blake2b(text.encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()
 

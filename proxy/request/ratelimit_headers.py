@@ -149,9 +149,20 @@ _READERS: dict[str, Callable[[Mapping[str, str], float], Iterator[Limit]]] = {
 assert _READERS.keys() == set(FAMILIES)
 
 
+#: What the name of every header of every family holds (lower case): an answer with no such
+#: header, as most are, is not searched family by family.
+_FAMILY_MARK = "ratelimit"
+
+
+def _mentions_limits(headers: Mapping[str, str]) -> bool:
+    return any(_FAMILY_MARK in name.lower() for name in headers)
+
+
 def limits(headers: Mapping[str, str], now_s: float, families: Collection[str]) -> list[Limit]:
     """Every limit the answer reports, from the families asked for. Keys must be case-insensitive
     (aiohttp's headers are)."""
+    if not _mentions_limits(headers):
+        return []
     return [limit for family in families for limit in _READERS[family](headers, now_s)]
 
 
@@ -241,6 +252,8 @@ assert _RATE_READERS.keys() == set(FAMILIES)
 def stated_rpm(headers: Mapping[str, str], now_s: float, families: Collection[str]) -> float | None:
     """The request rate (requests a minute) the answer's headers state, the strictest of the
     families asked for; None when none states one usable. Never raises."""
+    if not _mentions_limits(headers):
+        return None
     read = (_RATE_READERS[family](headers, now_s) for family in families)
     rates = [rate for rate in read if rate is not None]
     return min(rates, default=None)

@@ -6,7 +6,7 @@ the replica (proxy.replica.replica), and a test or another host can hand it its 
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
@@ -20,6 +20,7 @@ from proxy.config.settings import Settings
 
 __all__ = [
     "Admission",
+    "AsSent",
     "LeaseSource",
     "PoolsInUse",
     "ReleaseSink",
@@ -126,6 +127,17 @@ class Services:
     client: aiohttp.ClientSession
 
 
+class AsSent(aiohttp.ClientRequest):
+    """An upstream request with the client's headers as they came: none of the HTTP client's
+    automatic ``Accept``, ``Accept-Encoding`` (which would get the client a compressed body it
+    never asked for) and ``User-Agent``. What ``skip_auto_headers`` naming the three does,
+    without the two header multidicts that option builds for every request (a third of the cost
+    of making the request object)."""
+
+    def update_auto_headers(self, skip_auto_headers: Iterable[str] | None) -> None:
+        """Add nothing."""
+
+
 def open_upstream_client(settings: RequestSettings) -> aiohttp.ClientSession:
     """The pooled client every attempt goes upstream with."""
     timeout = aiohttp.ClientTimeout(
@@ -136,7 +148,5 @@ def open_upstream_client(settings: RequestSettings) -> aiohttp.ClientSession:
         auto_decompress=False,  # bytes pass through as the upstream encoded them
         connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
         cookie_jar=aiohttp.DummyCookieJar(),  # never keep one client's cookies for another
-        # Send what the client sent: an Accept-Encoding added here would get the client a
-        # compressed body it never asked for.
-        skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent"),
+        request_class=AsSent,  # send what the client sent
     )

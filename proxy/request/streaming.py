@@ -89,8 +89,9 @@ class Streaming:
 async def stream_answer(held: HeldLease, answer: Answer, to: Streaming) -> web.StreamResponse:
     """Stream the answer to the client, then release the lease with what happened."""
     upstream, outcome = answer.upstream, answer.outcome
-    response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-    response.headers.extend(answer_headers(upstream.headers))
+    whole = _whole(upstream.content)
+    response = _response(upstream, whole)
+    answer_headers(upstream.headers, response.headers)
     response.headers["X-Request-ID"] = to.request_id
     held.response = response
     detail = str(upstream.status)
@@ -101,7 +102,12 @@ async def stream_answer(held: HeldLease, answer: Answer, to: Streaming) -> web.S
     try:
         to.headers_out()
         await response.prepare(to.request)
-        await _copy(upstream.content, response, usage)
+        if whole is not None:
+            if usage is not None:
+                usage.feed(whole)
+            await response.write_eof()
+        else:
+            await _copy(upstream.content, response, usage)
     except TimeoutError:
         outcome, detail, broken = Outcome.TIMEOUT, "read timeout mid-response", True
     except aiohttp.ClientPayloadError as exc:
@@ -120,17 +126,28 @@ async def stream_answer(held: HeldLease, answer: Answer, to: Streaming) -> web.S
     return response
 
 
+def _whole(content: aiohttp.StreamReader) -> bytes | None:
+    """The whole answer's body when it came with its headers (a short one usually does), else
+    None: it streams."""
+    if content.is_eof() and content.exception() is None:
+        return content.read_nowait()
+    return None
+
+
+def _response(upstream: aiohttp.ClientResponse, whole: bytes | None) -> web.StreamResponse:
+    """A whole answer leaves with its headers in one write (a StreamResponse sends its headers
+    on their own at ``prepare``: one more write and one more packet per request); a stream
+    sends its headers at once, before its first chunk."""
+    if whole is None:
+        return web.StreamResponse(status=upstream.status, reason=upstream.reason)
+    # The upstream's Content-Length, if any, is passed on as it is (aiohttp sets one only when
+    # none is given), as are a HEAD's and a 204's (aiohttp sends no body for them).
+    return web.Response(status=upstream.status, reason=upstream.reason, body=whole)
+
+
 async def _copy(
     content: aiohttp.StreamReader, response: web.StreamResponse, usage: UsageMeter | None
 ) -> None:
-    if content.is_eof() and content.exception() is None:
-        # The whole answer came with its headers (a short one usually does): it leaves with the
-        # answer's headers and its end in one write.
-        chunk = content.read_nowait()
-        if usage is not None:
-            usage.feed(chunk)
-        await response.write_eof(chunk)
-        return
     async for chunk in content.iter_any():
         await response.write(chunk)
         if usage is not None:

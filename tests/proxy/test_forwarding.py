@@ -56,15 +56,28 @@ async def test_client_credentials_never_reach_the_upstream(
             http,
             f"{replica.proxy_url}/echo",
             headers=headers,
-            skip_auto_headers=("Accept-Encoding",),
+            skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent"),
         )
     )
     assert seen["authorization"] in {f"Bearer secret-{n}" for n in "abc"}
     assert "cookie" not in seen
     assert "x-api-key" not in seen
     assert seen["x-custom"] == "kept"
-    assert "accept-encoding" not in seen  # nothing the client did not send
+    # Nothing the client did not send: no header of the HTTP client's own.
+    assert {"accept", "accept-encoding", "user-agent"}.isdisjoint(seen)
     assert "client-" not in repr(seen)
+
+
+async def test_client_accept_and_user_agent_pass_as_sent(
+    start_replica: StartReplica, http: aiohttp.ClientSession
+) -> None:
+    """The client's own Accept, Accept-Encoding and User-Agent reach the upstream unchanged."""
+    replica = await start_replica()
+    headers = {"Accept": "text/plain", "Accept-Encoding": "br", "User-Agent": "client-agent/1"}
+    seen = header_map(await echo(http, f"{replica.proxy_url}/echo", headers=headers))
+    assert seen["accept"] == "text/plain"
+    assert seen["accept-encoding"] == "br"
+    assert seen["user-agent"] == "client-agent/1"
 
 
 async def test_cookie_session_header(
