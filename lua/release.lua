@@ -260,14 +260,14 @@ elseif outcome == 'auth' and not first_key then
 end
 
 -- A failure the upstream answered at once (5xx) or never saw (a connection error) did not use
--- the session's rate: its slot of the rpm schedule (acquire.lua's GCRA) goes back, never before
--- now, so an unused schedule builds up no more than its burst. A timeout may have been served:
--- it keeps its slot.
+-- the session's rate: its slot of the schedule at its pace (acquire.lua's GCRA: a configured,
+-- seeded or learned rate) goes back, never before now, so an unused schedule builds up no more
+-- than its burst. A timeout may have been served: it keeps its slot.
 local function give_back_slot(session_key)
-  local q = redis.call('HMGET', session_key, 'rpm', 'tat')
-  local rpm, tat = tonumber(q[1]) or 0, tonumber(q[2]) or 0
-  if rpm <= 0 or tat <= now then return end
-  redis.call('HSET', session_key, 'tat', string.format('%.3f', math.max(tat - quota_interval(rpm), now)))
+  local f = read_session(session_key)
+  if f.pace_rpm <= 0 or f.tat <= now then return end
+  redis.call('HSET', session_key, 'tat',
+    string.format('%.3f', math.max(f.tat - quota_interval(f.pace_rpm), now)))
 end
 
 -- Circuit breaker (which outcomes count: server, network, timeout; docs/how-it-works.md). Two

@@ -100,3 +100,16 @@ async def test_a_failed_attempt_gives_its_rpm_slot_back(make_pool) -> None:
     with pytest.raises(NoSessionAvailable) as caught:
         await pool.acquire()
     assert caught.value.reason == "quota"
+
+
+async def test_a_learned_rate_gets_its_slot_back_too(make_pool, redis) -> None:
+    """A session paced at a learned rate (no rpm configured) gets the slot of a 5xx back as well:
+    the pace it is held to, not only a configured rpm, is what the failure did not use."""
+    pool = await make_pool(ONE, breaker_threshold=0)
+    await redis.hset(pool.keys.session("a"), mapping={"rate_rpm": 1, "rate_source": "learned"})
+    await call(pool, Outcome.SERVER)
+    await call(pool, Outcome.NETWORK)
+    await pool.acquire()
+    with pytest.raises(NoSessionAvailable) as caught:
+        await pool.acquire()
+    assert caught.value.reason == "quota"
