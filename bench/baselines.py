@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -30,6 +29,7 @@ from typing import Literal
 import aiohttp
 from aiohttp import web
 
+from bench.processes import serve_until_signalled
 from broker import Session, load_sessions
 from proxy.request.retry_after import retry_after_ms
 
@@ -130,18 +130,6 @@ class BaselineProxy:
         )
 
 
-async def _serve(proxy: BaselineProxy, host: str, port: int) -> None:
-    runner = web.AppRunner(proxy.app(), access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
-    await stopping.wait()
-    await runner.cleanup()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.baselines", description=__doc__)
     parser.add_argument("--mode", choices=["naive", "local"], required=True)
@@ -154,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     retry_count = args.retry_count or min(len(sessions), MAX_ATTEMPTS)
     host, _, port = args.listen.rpartition(":")
     proxy = BaselineProxy(args.mode, args.upstream, sessions, retry_count)
-    asyncio.run(_serve(proxy, host, int(port)))
+    asyncio.run(serve_until_signalled(proxy.app(), host, int(port)))
     return 0
 
 

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
 
 import aiohttp
 from aiohttp import web
 
+from bench.processes import serve_until_signalled
 from broker import BrokerSettings, Outcome, Pool, Release, Session, open_store
 
 #: Request headers not passed on: they describe the client's connection, not the message.
@@ -122,16 +122,7 @@ class Brokered:
 
 async def serve(upstream_url: str, host: str, port: int, broker: Brokered | None = None) -> None:
     """Serve until SIGTERM or SIGINT."""
-    passthrough = PassThrough(upstream_url, broker)
-    runner = web.AppRunner(passthrough.app(), access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
-    await stopping.wait()
-    await runner.cleanup()
+    await serve_until_signalled(PassThrough(upstream_url, broker).app(), host, port)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

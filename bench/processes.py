@@ -4,8 +4,10 @@ the benchmarks share start in one call each: Redis, the simulated upstream, a re
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -15,6 +17,8 @@ import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from aiohttp import web
 
 from proxy.testing import ExecutableNotFound, free_port, running_redis
 from proxy.testing.server import die_with_parent
@@ -29,6 +33,7 @@ __all__ = [
     "private_redis",
     "processes",
     "python",
+    "serve_until_signalled",
     "start_redis",
     "start_replica",
     "start_upstream",
@@ -232,3 +237,17 @@ def start_replica(scope: Processes, env: Mapping[str, str]) -> tuple[Child, int,
     ready_url = f"http://127.0.0.1:{admin}/readyz"
     child = scope.start("replica", [python(), "-m", "proxy"], env=settings, ready_url=ready_url)
     return child, port, admin
+
+
+async def serve_until_signalled(app: web.Application, host: str, port: int) -> None:
+    """Serve ``app`` on ``host:port`` until SIGTERM or SIGINT: the body of a server process a
+    run starts (a baseline proxy, the bare pass-through)."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await stopping.wait()
+    await runner.cleanup()
