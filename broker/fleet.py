@@ -1,7 +1,8 @@
 """Who serves a pool right now, for operators: the replicas whose claims on it are live (the
 ``claims`` set the sync script keeps: replica id -> claim deadline) and how many of them have
 requests waiting for a session (``waiters``: the oldest waiter of each waiting replica holds one
-ticket there). Reads only, one round trip; nothing on a request's path calls it.
+ticket there). Reads only, one round trip per shard (the clock's beside them); nothing on a
+request's path calls it.
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ import math
 import random
 import secrets
 import time
+import uuid
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, replace
 
@@ -127,15 +128,13 @@ class ShardedPool:
         if self.count < 2:
             raise ValueError("a ShardedPool has 2 shards or more; open_pool makes a Pool for 1")
         heard = None if listener is None else self._relabel(listener)
+        #: One replica, one claim id on every shard (operators see one replica per process).
+        self.claimant = claimant or uuid.uuid4().hex
         #: The shards, in index order; each an ordinary Pool under its own hash tag.
         self.shards = [
-            Pool(redis, settings, name=shard, listener=heard, claimant=claimant)
+            Pool(redis, settings, name=shard, listener=heard, claimant=self.claimant)
             for shard in shard_names(self.name, self.count)
         ]
-        #: One replica, one claim id on every shard (operators see one replica per process).
-        self.claimant = self.shards[0].claimant
-        for shard in self.shards:
-            shard.claimant = self.claimant
         self._news = [_ShardNews() for _ in self.shards]
 
     def _relabel(self, listener: TransitionListener) -> TransitionListener:
